@@ -1,0 +1,219 @@
+"""The one gradient probe: mean full-weight gradients dL/dW of the target linear layers.
+
+Used by SLICE and LoRA-GA (stage 1 of METHOD.md), by the strategies that need a task gradient
+(KeepLoRA, EBLoRA) and by sequence mining. ``G[name]`` has the shape of the layer's weight,
+``(d_out, d_in)``, and is accumulated in fp32.
+
+The loss of one mini-batch is the token mean over its label tokens (labels != -100 after the
+causal shift), the loss SFTTrainer trains with. Micro-batches are summed with the *batch's*
+token count as the denominator, so the result does not depend on the micro-batch size. The mean
+over S mini-batches gives every mini-batch equal weight (METHOD.md: "each earlier task weighs
+equally").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_PEFT_PREFIX = "base_model.model."
+_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def canonical_name(module_name: str) -> str:
+    """Strip PEFT's wrapper prefix so plain and PEFT-wrapped models share module names."""
+    return module_name[len(_PEFT_PREFIX):] if module_name.startswith(_PEFT_PREFIX) else module_name
+
+
+def target_weights(model: nn.Module, target_modules: Iterable[str] | None = None, adapter_name: str | None = None
+                   ) -> dict[str, nn.Parameter]:
+    """Weights of the target linear layers, keyed by canonical module name.
+
+    On a PEFT model, the targets are the LoRA layers that hold ``adapter_name`` (any adapter if
+    None) and the weight is the frozen ``base_layer.weight``. On a plain model, the targets are
+    ``nn.Linear`` modules whose last name component is in ``target_modules`` (default: the seven
+    Llama projections).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    lora_layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    found: dict[str, nn.Parameter] = {}
+    if lora_layers:
+        for name, layer in lora_layers.items():
+            if adapter_name is not None and adapter_name not in layer.lora_A:
+                continue
+            if target_modules is not None and name.rsplit(".", 1)[-1] not in set(target_modules):
+                continue
+            found[canonical_name(name)] = layer.get_base_layer().weight
+    else:
+        targets = set(target_modules or DEFAULT_TARGETS)
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+                found[canonical_name(name)] = module.weight
+    if not found:
+        raise ValueError(
+            f"No target module matched (target_modules={sorted(target_modules) if target_modules else None}, "
+            f"adapter={adapter_name!r}). Set LoraConfig.target_modules to names of linear layers in the model, "
+            f"e.g. {list(DEFAULT_TARGETS)} for Llama."
+        )
+    return found
+
+
+def _label_token_count(labels: torch.Tensor) -> int:
+    return int((labels[..., 1:] != -100).sum())
+
+
+def _labels_of(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    if "labels" in batch:
+        return batch["labels"]
+    labels = batch["input_ids"].clone()
+    if "attention_mask" in batch:
+        labels[batch["attention_mask"] == 0] = -100
+    return labels
+
+
+def summed_token_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over label tokens of the next-token cross-entropy (fp32). Scalar."""
+    inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+    logits = model(**inputs, use_cache=False).logits
+    labels = _labels_of(batch)
+    # logits: (b, T, V) predicts token t+1 from position t
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100,
+        reduction="sum",
+    )
+
+
+@contextlib.contextmanager
+def _only_targets_require_grad(model: nn.Module, weights: Mapping[str, nn.Parameter]):
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for w in weights.values():
+            w.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+@contextlib.contextmanager
+def _estimation_mode(model: nn.Module, gradient_checkpointing: bool):
+    """Eval mode (no dropout: the estimate is deterministic). Checkpointing in HF models only acts
+    in train mode, so with it we switch to train mode for the duration."""
+    was_training = model.training
+    had_gc = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    if had_gc is None:
+        had_gc = bool(getattr(model, "is_gradient_checkpointing", False))
+    try:
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+        else:
+            model.eval()
+        yield
+    finally:
+        if gradient_checkpointing and not had_gc:
+            model.gradient_checkpointing_disable()
+        model.train(was_training)
+
+
+def _split(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    n = batch["input_ids"].size(0)
+    return [{k: v[i:i + size] for k, v in batch.items() if torch.is_tensor(v)} for i in range(0, n, size)]
+
+
+def estimate_mean_gradients(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    weights: Mapping[str, nn.Parameter],
+    micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
+    store_dtype: torch.dtype = torch.float32,
+    store_device: torch.device | str | None = None,
+    shard_across_processes: bool = True,
+    progress: str | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean over mini-batches of dL/dW for each weight in ``weights``.
+
+    Args:
+        batches: collated mini-batches ({"input_ids": (b, T), "attention_mask": (b, T),
+            "labels": (b, T) with -100 on ignored tokens}). All mini-batches weigh equally.
+        micro_batch_size: examples per forward/backward (None = whole mini-batch).
+        store_dtype / store_device: where the accumulated result lives (accumulation itself is
+            fp32 per micro-batch, then added into the store).
+        shard_across_processes: under torch.distributed, rank k handles mini-batches
+            k, k + world, ... and the sums are all-reduced, so every rank returns the same mean
+            as one process over all mini-batches (the global batch).
+
+    Returns:
+        (G, n_batches): G[name] of shape (d_out, d_in); n_batches = mini-batches averaged.
+    """
+    from tqdm.auto import tqdm
+
+    rank, world = distributed.rank_and_world() if shard_across_processes else (0, 1)
+    acc: dict[str, torch.Tensor] = {}
+    name_of = {id(w): n for n, w in weights.items()}
+
+    def make_hook(name: str):
+        def hook(param: torch.Tensor) -> None:
+            # Fold the gradient into the store as soon as autograd finishes it, then free it:
+            # peak memory holds one fresh gradient per layer in flight, not a full second copy.
+            g = param.grad
+            if name not in acc:
+                acc[name] = torch.zeros(g.shape, dtype=store_dtype, device=store_device or g.device)
+            acc[name].add_(g.to(device=acc[name].device, dtype=store_dtype))
+            param.grad = None
+        return hook
+
+    n_batches = 0
+    with _only_targets_require_grad(model, weights), _estimation_mode(model, gradient_checkpointing):
+        handles = [w.register_post_accumulate_grad_hook(make_hook(name_of[id(w)])) for w in weights.values()]
+        try:
+            device = next(iter(weights.values())).device
+            for i, batch in enumerate(tqdm(batches, desc=progress, disable=progress is None or rank != 0)):
+                n_batches += 1
+                if i % world != rank:
+                    continue
+                batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+                n_tokens = _label_token_count(_labels_of(batch))
+                if n_tokens == 0:
+                    logger.warning("A gradient-estimation batch has no label tokens; it contributes zero.")
+                    continue
+                for micro in _split(batch, micro_batch_size or batch["input_ids"].size(0)):
+                    loss = summed_token_loss(model, micro) / n_tokens
+                    loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+    if n_batches == 0:
+        raise ValueError("Gradient estimation got no mini-batches; the task's train split is empty or too small.")
+    for name, w in weights.items():
+        if name not in acc:  # no batch on this rank reached it (or no label tokens at all)
+            acc[name] = torch.zeros(w.shape, dtype=store_dtype, device=store_device or w.device)
+    distributed.all_reduce_sum(acc)
+    for g in acc.values():
+        g.div_(n_batches)
+    return acc, n_batches
+
+
+def check_finite(grads: Mapping[str, torch.Tensor], label: str) -> None:
+    """Raise naming the first module whose gradient has NaN or inf."""
+    for name, g in grads.items():
+        if not torch.isfinite(g).all():
+            raise FloatingPointError(
+                f"The {label} gradient of module {name!r} contains NaN or inf. Lower the learning rate of the "
+                "previous stage, use float32, or check the data of this task for empty/degenerate examples."
+            )

@@ -1,0 +1,281 @@
+"""LoRA initialisers behind one small interface, and weight absorption.
+
+An initialiser is called before each task as
+
+    report = initializer(model, adapter_name, current_batches, previous_batches)
+
+with ``model`` a PeftModel holding a fresh LoRA adapter ``adapter_name``, and the batches
+collated mini-batches (see `slice_trl.gradients.estimate_mean_gradients`). It writes A and B
+into the adapter's layers, absorbs s * B0 A0 into the frozen base so the model's function is
+unchanged, and returns an `InitReport`.
+
+- SLICE (Pasquali, Barros et al., 2026): G_cur, G_prev -> PCGrad-c -> LoRA-GA slicing ->
+  variance-matched rescaling -> absorption.
+- LoRA-GA, paper variant (Wang et al., 2024, as used by SLICE): the same with G_cur only.
+- LoRAM: data-free DST-I bases, rescaled, absorbed.
+- Vanilla: PEFT's default (A Kaiming-uniform, B = 0), seeded; nothing to absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from . import distributed
+from .config import InitConfig
+from .decompose import lora_ga_slices, loram_bases, module_seed, variance_matched_beta
+from .gradients import canonical_name, check_finite, estimate_mean_gradients, target_weights
+from .surgery import reconcile
+
+logger = logging.getLogger(__name__)
+
+Batches = Iterable[Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class InitReport:
+    """What an initialiser did. ``modules[name]`` holds norms of A0, B0, beta and whether the
+    module fell back to the vanilla init; ``timings`` are seconds per stage."""
+
+    method: str
+    adapter_name: str
+    modules: dict[str, dict] = field(default_factory=dict)
+    surgery: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    n_batches_cur: int = 0
+    n_batches_prev: int = 0
+    loss: str = "token mean over label tokens (labels != -100)"
+    fallbacks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lora_layers(model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
+    """Canonical name -> LoRA layer holding ``adapter_name``; error if none."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {canonical_name(n): m for n, m in model.named_modules()
+              if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
+    if not layers:
+        raise ValueError(f"No LoRA layer holds adapter {adapter_name!r}: no target module matched. "
+                         "Check LoraConfig.target_modules against the model's linear layer names.")
+    return layers
+
+
+def _delta(layer, b: torch.Tensor, a: torch.Tensor, scaling: float) -> torch.Tensor:
+    """s * B A in the base weight's layout (transposed for fan_in_fan_out layers). fp32."""
+    d = scaling * (b.float() @ a.float())
+    return d.T if getattr(layer, "fan_in_fan_out", False) else d
+
+
+@torch.no_grad()
+def write_and_absorb(layer, adapter_name: str, a0: torch.Tensor, b0: torch.Tensor) -> None:
+    """Write A0 (r, d_in), B0 (d_out, r) into the adapter and absorb them into the base:
+
+        W_base <- W_base + s * (B_old A_old - B0 A0)
+
+    so the effective weight W_base + s B A is unchanged. The product is taken in fp32 and
+    rounded once into the base dtype.
+    """
+    base = layer.get_base_layer()
+    lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+    s = layer.scaling[adapter_name]
+    with distributed.gathered([base.weight, lora_a, lora_b], modifier_rank=0):
+        change = _delta(layer, lora_b, lora_a, s) - _delta(layer, b0, a0, s)
+        base.weight.data.copy_((base.weight.data.float() + change).to(base.weight.dtype))
+        lora_a.data.copy_(a0.to(lora_a.dtype))
+        lora_b.data.copy_(b0.to(lora_b.dtype))
+
+
+@torch.no_grad()
+def vanilla_reset(layer, adapter_name: str, seed: int, name: str) -> None:
+    """PEFT's default init (A Kaiming-uniform with a = sqrt(5), as `nn.Linear`; B = 0), seeded per
+    module, written through `write_and_absorb` so a non-zero old adapter is absorbed too."""
+    weight = layer.lora_A[adapter_name].weight
+    a0 = torch.empty(weight.shape, dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(module_seed(seed, name))
+        nn.init.kaiming_uniform_(a0, a=math.sqrt(5))
+    b0 = torch.zeros(layer.lora_B[adapter_name].weight.shape)
+    write_and_absorb(layer, adapter_name, a0.to(weight.device), b0.to(weight.device))
+
+
+def _module_entry(a0: torch.Tensor, b0: torch.Tensor, beta: float | None, fallback: bool) -> dict:
+    return {"norm_A": float(a0.detach().float().norm()), "norm_B": float(b0.detach().float().norm()), "beta": beta, "fallback": fallback}
+
+
+def check_rank(layers: Mapping[str, nn.Module], adapter_name: str, needs_2r: bool) -> None:
+    """Raise before any work if a layer is too small for the rank (2r singular vectors are needed
+    by gradient slicing, r by LoRAM)."""
+    for name, layer in layers.items():
+        r = layer.r[adapter_name]
+        d_out, d_in = layer.out_features, layer.in_features
+        need = 2 * r if needs_2r else r
+        if need > min(d_out, d_in):
+            raise ValueError(
+                f"LoraConfig.r={r} is too large for module {name!r} ({d_out}x{d_in}): this init needs "
+                f"{'2r' if needs_2r else 'r'}={need} <= {min(d_out, d_in)}. Lower r to at most "
+                f"{min(d_out, d_in) // (2 if needs_2r else 1)} or exclude the module from target_modules."
+            )
+
+
+class VanillaInitializer:
+    """PEFT's default LoRA init, reseeded so a run is reproducible; no rescaling, no absorption."""
+
+    method = "vanilla"
+
+    def __init__(self, config: InitConfig):
+        self.config = config
+
+    def __call__(self, model, adapter_name: str, current_batches: Batches | None = None,
+                 previous_batches: Batches | None = None) -> InitReport:
+        report = InitReport(self.method, adapter_name)
+        t0 = time.perf_counter()
+        for name, layer in lora_layers(model, adapter_name).items():
+            vanilla_reset(layer, adapter_name, self.config.seed, name)
+            report.modules[name] = _module_entry(layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight,
+                                                 None, False)
+        report.timings["init"] = time.perf_counter() - t0
+        return report
+
+
+class _RescaledInitializer:
+    """Shared path of LoRAM, LoRA-GA and SLICE: per-module (Phi_B, Phi_A) -> beta -> absorb."""
+
+    method = ""
+    needs_2r = True
+
+    def __init__(self, config: InitConfig):
+        self.config = config
+
+    def _bases(self, name: str, layer, r: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        raise NotImplementedError
+
+    def _finish(self, model, adapter_name: str, layers, report: InitReport) -> InitReport:
+        t_svd = t_abs = 0.0
+        for name, layer in layers.items():
+            r = layer.r[adapter_name]
+            t0 = time.perf_counter()
+            bases = self._bases(name, layer, r)
+            if bases is None:  # zero gradient: nothing to slice
+                vanilla_reset(layer, adapter_name, self.config.seed, name)
+                msg = f"module {name!r}: gradient is exactly zero; fell back to the vanilla init"
+                warnings.warn(msg, stacklevel=2)
+                report.fallbacks.append(name)
+                report.modules[name] = _module_entry(layer.lora_A[adapter_name].weight,
+                                                     layer.lora_B[adapter_name].weight, None, True)
+                continue
+            phi_b, phi_a = bases
+            weight = layer.get_base_layer().weight
+            with distributed.gathered([weight], modifier_rank=None):
+                w = weight.T if getattr(layer, "fan_in_fan_out", False) else weight
+                beta = variance_matched_beta(w, phi_b, phi_a) if self.config.rescale else 1.0
+            b0, a0 = beta * phi_b, beta * phi_a
+            # Identical factors on every rank: rank 0's are broadcast (r x (d_in + d_out): cheap).
+            distributed.broadcast_tensors([b0, a0])
+            t1 = time.perf_counter()
+            write_and_absorb(layer, adapter_name, a0, b0)
+            t_abs += time.perf_counter() - t1
+            t_svd += t1 - t0
+            report.modules[name] = _module_entry(a0, b0, beta, False)
+        report.timings["svd_rescale"] = t_svd
+        report.timings["absorb"] = t_abs
+        return report
+
+
+class LoramInitializer(_RescaledInitializer):
+    """LoRAM: orthonormal DST-I bases (lowest r frequencies), rescaled, absorbed."""
+
+    method = "loram"
+    needs_2r = False
+
+    def _bases(self, name, layer, r):
+        d_out, d_in = layer.out_features, layer.in_features
+        phi_b, phi_a = loram_bases(d_out, d_in, r)
+        device = layer.lora_A[next(iter(layer.lora_A))].weight.device
+        return phi_b.to(device), phi_a.to(device)
+
+    def __call__(self, model, adapter_name, current_batches=None, previous_batches=None) -> InitReport:
+        layers = lora_layers(model, adapter_name)
+        check_rank(layers, adapter_name, needs_2r=False)
+        return self._finish(model, adapter_name, layers, InitReport(self.method, adapter_name))
+
+
+class SliceInitializer(_RescaledInitializer):
+    """SLICE: gradient surgery of G_cur against G_prev, then LoRA-GA slicing, rescaling and
+    absorption. With c = 0 or no previous-task batches it is exactly LoRA-GA."""
+
+    method = "slice"
+
+    def _bases(self, name, layer, r):
+        g = self._grads.pop(name)  # free each module's gradient as soon as it is used
+        if not torch.any(g):
+            return None
+        cfg = self.config
+        return lora_ga_slices(g, r, cfg.svd_oversample, cfg.svd_niter, seed=module_seed(cfg.seed, name))
+
+    def _use_previous(self) -> bool:
+        return self.config.c > 0 and self.config.prev_steps > 0
+
+    def __call__(self, model, adapter_name: str, current_batches: Batches,
+                 previous_batches: Batches | None = None) -> InitReport:
+        cfg = self.config
+        layers = lora_layers(model, adapter_name)
+        check_rank(layers, adapter_name, needs_2r=True)
+        weights = target_weights(model, adapter_name=adapter_name)
+        report = InitReport(self.method, adapter_name)
+        g_prev = None
+        if previous_batches is not None and self._use_previous():
+            # G_prev first, so it can sit in CPU memory / bf16 while G_cur is estimated.
+            t0 = time.perf_counter()
+            g_prev, report.n_batches_prev = estimate_mean_gradients(
+                model, previous_batches, weights, cfg.micro_batch_size, cfg.gradient_checkpointing,
+                store_dtype=getattr(torch, cfg.prev_grad_dtype),
+                store_device="cpu" if cfg.prev_grad_device == "cpu" else None, progress="G_prev")
+            report.timings["grad_prev"] = time.perf_counter() - t0
+            check_finite(g_prev, "previous-task")
+        t0 = time.perf_counter()
+        g_cur, report.n_batches_cur = estimate_mean_gradients(
+            model, current_batches, weights, cfg.micro_batch_size, cfg.gradient_checkpointing, progress="G_cur")
+        report.timings["grad_cur"] = time.perf_counter() - t0
+        check_finite(g_cur, "current-task")
+        t0 = time.perf_counter()
+        surgery = reconcile(g_cur, g_prev, cfg.c, cfg.projection)
+        report.surgery = surgery.summary()
+        report.timings["surgery"] = time.perf_counter() - t0
+        del g_prev
+        self._grads = g_cur
+        try:
+            return self._finish(model, adapter_name, layers, report)
+        finally:
+            self._grads = {}
+
+
+class LoraGAInitializer(SliceInitializer):
+    """LoRA-GA, the paper's variance-matched variant: SLICE without the previous-task gradient."""
+
+    method = "lora_ga"
+
+    def _use_previous(self) -> bool:
+        return False
+
+
+INITIALIZERS = {
+    "slice": SliceInitializer,
+    "lora_ga": LoraGAInitializer,
+    "loram": LoramInitializer,
+    "vanilla": VanillaInitializer,
+}
+
+
+def build_initializer(config: InitConfig):
+    """The initialiser named by ``config.method``."""
+    return INITIALIZERS[config.method](config)

@@ -1,0 +1,62 @@
+"""Tiny offline models for tests, examples and CPU smoke runs.
+
+`tiny_tokenizer()` is a byte-level tokenizer (one token per UTF-8 byte plus ChatML specials)
+built without any download; `tiny_llama()` is a randomly initialised Llama sized for it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+
+
+def tiny_tokenizer():
+    """Byte-level BPE with no merges: 4 special tokens + 256 byte tokens, ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in bytes_to_unicode().values():
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size: int = 260, intermediate: int = 96):
+    """A random LlamaForCausalLM (fp32) with q/k/v/o/gate/up/down projections."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    return model.float()
