@@ -13,7 +13,6 @@ INIT_METHODS = ("slice", "lora_ga", "loram", "vanilla")
 PROJECTIONS = ("global", "per_module")
 PREV_BATCHING = ("each_task", "pooled")
 GRAD_DTYPES = ("float32", "bfloat16")
-REPLAY_MODES = ("each_task", "pooled")
 
 
 def _choice(cls_name: str, name: str, value, choices) -> None:
@@ -133,15 +132,13 @@ class InitConfig(_FromDict):
 @dataclass
 class ReplayConfig(_FromDict):
     """The replay-sample provider: which earlier-task examples SLICE sees before a task, and the
-    optional training-time replay (off by default, as in the paper)."""
+    optional training-time replay (off by default, as in the paper). Whether the sample is drawn
+    per earlier task or pooled is `InitConfig.prev_batching`."""
 
-    mode: str = field(
-        default="each_task",
-        metadata={"help": "'each_task': a separate sample per earlier task; 'pooled': one mixed sample."},
-    )
     samples_per_task: int | None = field(
         default=None,
-        metadata={"help": "Examples drawn per earlier task (each_task) or in total (pooled) for initialisation. "
+        metadata={"help": "Examples drawn per earlier task (prev_batching='each_task') or in total ('pooled') for "
+                  "initialisation. "
                   "Default: exactly what InitConfig needs (prev_steps * batch_size)."},
     )
     seed: int = field(default=42, metadata={"help": "Base seed; stage t draws with a seed derived from (seed, t)."})
@@ -153,7 +150,6 @@ class ReplayConfig(_FromDict):
 
     def __post_init__(self):
         n = type(self).__name__
-        _choice(n, "mode", self.mode, REPLAY_MODES)
         if self.samples_per_task is not None and int(self.samples_per_task) < 1:
             raise ValueError(f"{n}.samples_per_task={self.samples_per_task!r} must be >= 1 (or null for the default).")
         if not 0.0 <= float(self.train_fraction) <= 10.0:
@@ -178,6 +174,16 @@ class EvalConfig(_FromDict):
     )
     lm_eval_num_fewshot: int = field(default=5, metadata={"help": "Shots for IP (few-shot) evaluation."})
     lm_eval_limit: int | None = field(default=None, metadata={"help": "Examples per lm-eval task (None = all)."})
+    lm_eval_fewshot_overrides: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "Per-task shots for IP, overriding lm_eval_num_fewshot (the paper: 3 for BBH), "
+                  "e.g. {bbh_fewshot_object_counting: 3}."},
+    )
+    lm_eval_metrics: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Per-task primary metric for GP/IP (e.g. {hellaswag: acc_norm}); default: the first of "
+                  "acc_norm, acc, exact_match, ... that the task reports."},
+    )
 
     def __post_init__(self):
         n = type(self).__name__
@@ -186,3 +192,123 @@ class EvalConfig(_FromDict):
                 raise ValueError(f"{n}.{name}={getattr(self, name)!r} must be >= 1.")
         if int(self.lm_eval_num_fewshot) < 0:
             raise ValueError(f"{n}.lm_eval_num_fewshot must be >= 0.")
+        if isinstance(self.lm_eval_tasks, str):  # a single task name from the command line
+            self.lm_eval_tasks = [self.lm_eval_tasks]
+        for name in ("lm_eval_fewshot_overrides", "lm_eval_metrics"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{n}.{name} must be a mapping of lm-eval task name -> value, "
+                                 f"got {getattr(self, name)!r}.")
+        for task, shots in self.lm_eval_fewshot_overrides.items():
+            if not isinstance(shots, int) or shots < 0:
+                raise ValueError(f"{n}.lm_eval_fewshot_overrides[{task!r}]={shots!r} must be an integer >= 0.")
+        unknown = sorted(set(self.lm_eval_fewshot_overrides) - set(self.lm_eval_tasks))
+        if unknown:
+            raise ValueError(f"{n}.lm_eval_fewshot_overrides names tasks not in lm_eval_tasks: {unknown}.")
+
+
+def _sub_config(value, cls, field_name: str):
+    """dict / JSON string / instance / None -> cls instance (TrainingArguments does the same for
+    its dict-valued fields, which is what lets these pass through HfArgumentParser/TrlParser)."""
+    import json
+
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"ContinualSFTConfig.{field_name} must be a mapping or a JSON object string: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"ContinualSFTConfig.{field_name} must be a mapping of {cls.__name__} fields, got {type(value).__name__}.")
+    try:
+        return cls.from_dict(value)
+    except ValueError as err:
+        raise ValueError(f"{field_name}: {err}") from None
+
+
+def _continual_sft_config():
+    from trl import SFTConfig
+
+    @dataclass
+    class ContinualSFTConfig(SFTConfig):
+        """`trl.SFTConfig` plus the continual loop: initialiser, replay, evaluation and stage
+        layout. Every `SFTConfig` field applies to each task's stage (epochs, lr, schedule,
+        batch, accumulation, completion-only loss, report_to...). The optimizer, scheduler and
+        trainer state are fresh for every task.
+
+        ``init``, ``replay`` and ``evaluation`` take a mapping (YAML section or JSON string) or
+        the dataclass itself; after construction they are `InitConfig`, `ReplayConfig` and
+        `EvalConfig` instances.
+        """
+
+        init: dict | str | None = field(
+            default=None,
+            metadata={"help": "Initialiser settings (InitConfig fields: method, c, projection, cur_steps, prev_steps, "
+                      "prev_batching, batch_size, micro_batch_size, svd_oversample, svd_niter, rescale, seed, "
+                      "prev_grad_device, prev_grad_dtype), as a mapping or JSON string."},
+        )
+        replay: dict | str | None = field(
+            default=None,
+            metadata={"help": "Replay-sample provider settings (ReplayConfig fields: samples_per_task, seed, "
+                      "train_fraction), as a mapping or JSON string."},
+        )
+        evaluation: dict | str | None = field(
+            default=None,
+            metadata={"help": "Evaluation settings (EvalConfig fields: max_samples, batch_size, max_new_tokens, "
+                      "max_input_tokens, lm_eval_*), as a mapping or JSON string."},
+        )
+        merge_after_task: bool = field(
+            default=True,
+            metadata={"help": "Merge each stage's adapter into the base after the task (the paper's protocol). "
+                      "False keeps the stage adapters unmerged (stacked, frozen) and trains a new one on top."},
+        )
+        resume: bool = field(
+            default=True,
+            metadata={"help": "Rerunning with the same output_dir skips finished stages and restarts an unfinished one."},
+        )
+        save_strategy: str = field(
+            default="no",
+            metadata={"help": "Mid-stage checkpointing of the underlying Trainer ('no' by default: every finished "
+                      "stage is saved by the continual loop itself)."},
+        )
+        report_to: None | str | list[str] = field(
+            default="none", metadata={"help": "Integrations to report each stage's training logs to."}
+        )
+        learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of each stage (paper: 1e-4)."})
+        lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule of each stage (paper: linear)."})
+        warmup_ratio: float = field(default=0.01, metadata={"help": "Warmup ratio of each stage (paper: 0.01)."})
+        max_length: int | None = field(default=256, metadata={"help": "Token budget per example (paper: 256)."})
+        logging_steps: float = field(default=5, metadata={"help": "Log every N optimizer steps."})
+        bf16: bool | None = field(
+            default=None,
+            metadata={"help": "bf16 mixed precision. Default: on when a bf16-capable GPU is present, off on CPU."},
+        )
+        gradient_checkpointing: bool | None = field(
+            default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+        )
+        activation_checkpointing: bool | None = field(
+            default=False, metadata={"help": "Activation checkpointing during each stage's training."}
+        )
+
+        def __post_init__(self):
+            self.init = _sub_config(self.init, InitConfig, "init")
+            self.replay = _sub_config(self.replay, ReplayConfig, "replay")
+            self.evaluation = _sub_config(self.evaluation, EvalConfig, "evaluation")
+            if self.bf16 is None:  # SFTConfig would turn None into True, which fails on a CPU-only machine
+                import torch
+
+                self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            super().__post_init__()
+
+        def to_dict(self):
+            d = super().to_dict()
+            for name in ("init", "replay", "evaluation"):
+                d[name] = getattr(self, name).to_dict()
+            return d
+
+    return ContinualSFTConfig
+
+
+ContinualSFTConfig = _continual_sft_config()

@@ -96,24 +96,32 @@ def summed_token_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> to
 
 @contextlib.contextmanager
 def _only_targets_require_grad(model: nn.Module, weights: Mapping[str, nn.Parameter]):
+    """Only the target weights require grad for the duration. Their existing ``.grad`` (e.g. from
+    a user's own backward) is set aside, so it neither leaks into the estimate nor is lost; every
+    flag and gradient is restored on exit."""
     flags = {p: p.requires_grad for p in model.parameters()}
+    for w in weights.values():  # a target outside model.parameters() is restored too
+        flags.setdefault(w, w.requires_grad)
+    saved_grads = {w: w.grad for w in weights.values()}
     try:
         for p in flags:
             p.requires_grad_(False)
         for w in weights.values():
+            w.grad = None
             w.requires_grad_(True)
         yield
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
-            p.grad = None
+        for w, g in saved_grads.items():
+            w.grad = g
 
 
 @contextlib.contextmanager
 def _estimation_mode(model: nn.Module, gradient_checkpointing: bool):
     """Eval mode (no dropout: the estimate is deterministic). Checkpointing in HF models only acts
     in train mode, so with it we switch to train mode for the duration."""
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # per module: a mixed train/eval state survives
     had_gc = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
     if had_gc is None:
         had_gc = bool(getattr(model, "is_gradient_checkpointing", False))
@@ -127,7 +135,8 @@ def _estimation_mode(model: nn.Module, gradient_checkpointing: bool):
     finally:
         if gradient_checkpointing and not had_gc:
             model.gradient_checkpointing_disable()
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def _split(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -152,8 +161,10 @@ def estimate_mean_gradients(
         batches: collated mini-batches ({"input_ids": (b, T), "attention_mask": (b, T),
             "labels": (b, T) with -100 on ignored tokens}). All mini-batches weigh equally.
         micro_batch_size: examples per forward/backward (None = whole mini-batch).
-        store_dtype / store_device: where the accumulated result lives (accumulation itself is
-            fp32 per micro-batch, then added into the store).
+        store_dtype / store_device: where the returned mean lives. Accumulation is always in fp32
+            on the weights' device (METHOD.md: "Accumulate in fp32"); the mean is cast/moved to
+            the store at the end, module by module, so a bf16 store costs no precision in the
+            sum and no extra peak memory (the fp32 sum exists only while nothing else is held).
         shard_across_processes: under torch.distributed, rank k handles mini-batches
             k, k + world, ... and the sums are all-reduced, so every rank returns the same mean
             as one process over all mini-batches (the global batch).
@@ -173,8 +184,8 @@ def estimate_mean_gradients(
             # peak memory holds one fresh gradient per layer in flight, not a full second copy.
             g = param.grad
             if name not in acc:
-                acc[name] = torch.zeros(g.shape, dtype=store_dtype, device=store_device or g.device)
-            acc[name].add_(g.to(device=acc[name].device, dtype=store_dtype))
+                acc[name] = torch.zeros(g.shape, dtype=torch.float32, device=g.device)
+            acc[name].add_(g)
             param.grad = None
         return hook
 
@@ -202,11 +213,14 @@ def estimate_mean_gradients(
         raise ValueError("Gradient estimation got no mini-batches; the task's train split is empty or too small.")
     for name, w in weights.items():
         if name not in acc:  # no batch on this rank reached it (or no label tokens at all)
-            acc[name] = torch.zeros(w.shape, dtype=store_dtype, device=store_device or w.device)
-    distributed.all_reduce_sum(acc)
-    for g in acc.values():
-        g.div_(n_batches)
-    return acc, n_batches
+            acc[name] = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    distributed.all_reduce_sum(acc)  # fp32, on the weights' device (NCCL cannot reduce CPU tensors)
+    result: dict[str, torch.Tensor] = {}
+    for name in weights:  # the weights' order; one module at a time bounds the cast's extra memory
+        g = acc.pop(name).div_(n_batches)
+        result[name] = g.to(device=store_device or g.device, dtype=store_dtype)
+        del g
+    return result, n_batches
 
 
 def check_finite(grads: Mapping[str, torch.Tensor], label: str) -> None:

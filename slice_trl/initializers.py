@@ -18,6 +18,7 @@ unchanged, and returns an `InitReport`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -209,6 +210,18 @@ class LoramInitializer(_RescaledInitializer):
         return self._finish(model, adapter_name, layers, InitReport(self.method, adapter_name))
 
 
+def _non_empty(batches: Batches | None) -> Batches | None:
+    """None for None or an empty iterable (task 1: no previous-task data, so SLICE = LoRA-GA);
+    otherwise an iterable over the same batches (a one-shot iterator is not consumed)."""
+    if batches is None:
+        return None
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return None
+    return itertools.chain([first], it)
+
+
 class SliceInitializer(_RescaledInitializer):
     """SLICE: gradient surgery of G_cur against G_prev, then LoRA-GA slicing, rescaling and
     absorption. With c = 0 or no previous-task batches it is exactly LoRA-GA."""
@@ -233,6 +246,7 @@ class SliceInitializer(_RescaledInitializer):
         weights = target_weights(model, adapter_name=adapter_name)
         report = InitReport(self.method, adapter_name)
         g_prev = None
+        previous_batches = _non_empty(previous_batches)
         if previous_batches is not None and self._use_previous():
             # G_prev first, so it can sit in CPU memory / bf16 while G_cur is estimated.
             t0 = time.perf_counter()

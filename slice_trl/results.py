@@ -1,0 +1,318 @@
+"""The results matrix R of a continual run and the metrics read off it (METHOD.md, "Evaluation
+and metrics").
+
+``R[i][j]`` = score (in [0, 1]) on task j after training through task i; only ``j <= i`` is ever
+measured, so R is lower-triangular and entries above the diagonal are ``None``. Rows are filled
+stage by stage; every metric is computed on the completed prefix, so it can be reported after
+each stage:
+
+- AP (plasticity)  = mean_{i <= t} R[i][i]
+- FP (stability)   = mean_{j <= t} R[t][j]
+- Fgt (forgetting) = AP - FP (positive = forgetting, negative = backward transfer)
+
+where t is the last completed stage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["ResultsMatrix", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` so that a reader sees either the old file or the whole
+    new one: write a temporary file in the same directory, fsync it, then ``os.replace`` it onto
+    ``path`` (atomic on POSIX and Windows within one file system). The directory is fsynced too
+    where the platform allows, so the rename itself survives a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=indent, ensure_ascii=False, allow_nan=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable; not possible on every OS (e.g. Windows)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class ResultsMatrix:
+    """Lower-triangular T x T score matrix, filled one stage (row) at a time.
+
+    ``task_names``: the T tasks in training order. Rows are set in order (row i after rows
+    0..i-1), each with exactly i + 1 scores (tasks 0..i); ``completed`` counts the rows set.
+    Scores are floats in [0, 1]; ``None`` marks "not measured" (above the diagonal, or a row not
+    yet set).
+    """
+
+    def __init__(self, task_names: Sequence[str]):
+        names = [str(n) for n in task_names]
+        if not names:
+            raise ValueError("ResultsMatrix needs at least one task name.")
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"Task names must be unique; repeated: {dupes}.")
+        self.task_names = names
+        self._rows: list[list[float]] = []
+
+    # ------------------------------------------------------------------ filling
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def completed(self) -> int:
+        """Number of finished stages (rows set)."""
+        return len(self._rows)
+
+    def set_row(self, i: int, scores: Mapping[str, float] | Sequence[float]) -> None:
+        """Set row ``i`` (scores on tasks 0..i after training through task i).
+
+        ``scores``: a list of exactly i + 1 numbers, or a mapping with exactly the names of tasks
+        0..i. Row i may be set once rows 0..i-1 are; the last set row may be set again (a
+        re-evaluation), earlier rows may not, since later rows and metrics depend on them.
+        Raises ``ValueError`` on a wrong index, length, name or value.
+        """
+        if not isinstance(i, int) or not 0 <= i < self.num_tasks:
+            raise ValueError(f"Row index {i!r} is out of range for {self.num_tasks} tasks.")
+        if i > self.completed:
+            raise ValueError(f"Row {i} cannot be set before rows {list(range(self.completed, i))}: "
+                             "R is filled stage by stage.")
+        if i < self.completed - 1:
+            raise ValueError(f"Row {i} is already followed by rows up to {self.completed - 1}; "
+                             "only the last row may be replaced.")
+        seen = self.task_names[: i + 1]
+        if isinstance(scores, Mapping):
+            extra = sorted(set(scores) - set(seen))
+            missing = [n for n in seen if n not in scores]
+            if extra or missing:
+                hint = f" Tasks after stage {i} cannot be scored yet (R is lower-triangular)." if any(
+                    n in self.task_names[i + 1:] for n in extra) else ""
+                raise ValueError(f"Row {i} ({self.task_names[i]!r}) needs scores for exactly {seen}; "
+                                 f"missing {missing}, unexpected {extra}.{hint}")
+            values = [scores[n] for n in seen]
+        else:
+            values = list(scores)
+            if len(values) != i + 1:
+                raise ValueError(f"Row {i} ({self.task_names[i]!r}) needs exactly {i + 1} scores (tasks 0..{i}), "
+                                 f"got {len(values)}. Entries above the diagonal are not measured.")
+        row = []
+        for name, v in zip(seen, values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"Score of {name!r} in row {i} must be a number, got {v!r}.")
+            v = float(v)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"Score of {name!r} in row {i} is {v}; scores are fractions in [0, 1].")
+            row.append(v)
+        if i == self.completed:
+            self._rows.append(row)
+        else:
+            self._rows[i] = row
+
+    def __getitem__(self, ij: tuple[int, int]) -> float | None:
+        i, j = ij
+        if not (0 <= i < self.num_tasks and 0 <= j < self.num_tasks):
+            raise IndexError(f"R[{i}, {j}] is outside {self.num_tasks} x {self.num_tasks}.")
+        if i >= self.completed or j > i:
+            return None
+        return self._rows[i][j]
+
+    @property
+    def matrix(self) -> list[list[float | None]]:
+        """Full T x T list of lists; ``None`` above the diagonal and in rows not yet set."""
+        return [[self[i, j] for j in range(self.num_tasks)] for i in range(self.num_tasks)]
+
+    # ------------------------------------------------------------------ metrics
+    def _require_rows(self, what: str) -> int:
+        if self.completed == 0:
+            raise ValueError(f"{what} needs at least one completed stage; no row of R is set.")
+        return self.completed - 1
+
+    def ap(self) -> float:
+        """Average plasticity after the last completed stage t: mean_{i <= t} R[i][i]."""
+        t = self._require_rows("AP")
+        return _mean([self._rows[i][i] for i in range(t + 1)])
+
+    def fp(self) -> float:
+        """Final performance after the last completed stage t: mean_{j <= t} R[t][j]."""
+        t = self._require_rows("FP")
+        return _mean(self._rows[t])
+
+    def forgetting(self) -> float:
+        """AP - FP (positive = forgetting; negative = backward transfer)."""
+        return self.ap() - self.fp()
+
+    def per_task_forgetting(self) -> dict[str, float]:
+        """For each task j seen before the last completed stage t (j < t): the best score it had
+        at an earlier stage minus its score now, max_{j <= i < t} R[i][j] - R[t][j]. Tasks
+        without an earlier measurement (j == t) are left out."""
+        if self.completed == 0:
+            return {}
+        t = self.completed - 1
+        return {self.task_names[j]: max(self._rows[i][j] for i in range(j, t)) - self._rows[t][j]
+                for j in range(t)}
+
+    def summary(self) -> dict:
+        """{"AP", "FP", "forgetting", "per_task_forgetting"} on the completed prefix (None
+        values before the first stage)."""
+        if self.completed == 0:
+            return {"AP": None, "FP": None, "forgetting": None, "per_task_forgetting": {}}
+        return {"AP": self.ap(), "FP": self.fp(), "forgetting": self.forgetting(),
+                "per_task_forgetting": self.per_task_forgetting()}
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        """``{"task_names": [...], "R": T x T list with None (JSON null) where unmeasured,
+        "completed": int}``."""
+        return {"task_names": list(self.task_names), "R": self.matrix, "completed": self.completed}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ResultsMatrix:
+        """Inverse of `to_dict` (extra keys such as "AP" are ignored). Rows are read until the
+        first unmeasured diagonal entry; a non-null entry above the diagonal is an error."""
+        names = data["task_names"]
+        R = data.get("R") or []
+        out = cls(names)
+        if len(R) > len(names):
+            raise ValueError(f"R has {len(R)} rows for {len(names)} tasks.")
+        for i, row in enumerate(R):
+            row = list(row)
+            above = [j for j in range(i + 1, len(row)) if row[j] is not None]
+            if above:
+                raise ValueError(f"R[{i}] has values above the diagonal at columns {above}; R is lower-triangular.")
+            if row[: i + 1] == [None] * (i + 1):
+                # an unset row; everything after it must be unset too
+                if any(any(v is not None for v in later) for later in R[i + 1:]):
+                    raise ValueError(f"R row {i} is unset but later rows are set.")
+                break
+            out.set_row(i, row[: i + 1])
+        completed = data.get("completed")
+        if completed is not None and completed != out.completed:
+            raise ValueError(f"'completed'={completed} but R has {out.completed} set rows.")
+        return out
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ResultsMatrix) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"ResultsMatrix(tasks={self.task_names}, completed={self.completed})"
+
+    # ------------------------------------------------------------------ reporting
+    def table(self, digits: int = 1) -> str:
+        """Readable text table of R (scores x 100): one row per stage (blank until it has run),
+        columns numbered like the rows, then AP, FP and Fgt of the completed prefix. Rendered
+        with rich when it is installed, plain text otherwise."""
+        # Columns are numbered like the rows (task j = row j's name): NI task names are ~40
+        # characters, too wide to head a column each.
+        headers = ["after stage \\ on task"] + [str(j + 1) for j in range(self.num_tasks)]
+        rows = []
+        for i in range(self.completed):
+            rows.append([f"{i + 1}. {self.task_names[i]}"] + [
+                f"{100 * v:.{digits}f}" if (v := self[i, j]) is not None else "" for j in range(self.num_tasks)])
+        rows += [[f"{i + 1}. {self.task_names[i]}"] + [""] * self.num_tasks
+                 for i in range(self.completed, self.num_tasks)]
+        if self.completed:
+            footer = (f"AP {100 * self.ap():.{digits}f}  FP {100 * self.fp():.{digits}f}  "
+                      f"Fgt {100 * self.forgetting():+.{digits}f}  (x100, after stage {self.completed})")
+        else:
+            footer = "no completed stage yet"
+        try:
+            return self._rich_table(headers, rows, footer)
+        except ImportError:
+            return self._plain_table(headers, rows, footer)
+
+    @staticmethod
+    def _plain_table(headers: list[str], rows: list[list[str]], footer: str) -> str:
+        widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(headers)]
+
+        def line(cells):
+            return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+
+        out = [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows] + [footer]
+        return "\n".join(out)
+
+    @staticmethod
+    def _rich_table(headers: list[str], rows: list[list[str]], footer: str) -> str:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="R: score (x100) on task j after training through task i", caption=footer)
+        table.add_column(headers[0], justify="left")
+        for h in headers[1:]:
+            table.add_column(h, justify="right")
+        for r in rows:
+            table.add_row(*r)
+        buffer = io.StringIO()
+        width = max(len(r[0]) for r in rows) + 8 * (len(headers) - 1) + 8
+        Console(file=buffer, width=max(60, width), color_system=None).print(table)
+        return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+
+    def heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Save R as an annotated heatmap (scores x 100, unmeasured cells blank) to ``path``
+        (PNG by default; the suffix picks the format). Uses matplotlib's Agg backend, so no
+        display is needed. Returns the path."""
+        import matplotlib
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        T = self.num_tasks
+        data = np.full((T, T), np.nan)
+        for i in range(self.completed):
+            for j in range(i + 1):
+                data[i, j] = 100.0 * self._rows[i][j]
+        size = max(4.0, 0.9 * T + 2.5)
+        # A Figure on an Agg canvas, without pyplot: no display, no global backend switch, and
+        # nothing left open in pyplot's figure registry.
+        fig = Figure(figsize=(size + 1.0, size))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # unmeasured cells blank
+        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=100.0)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score x100")
+        labels = [n if len(n) <= 24 else n[:21] + "..." for n in self.task_names]
+        ax.set_xticks(range(T), labels=labels, rotation=45, ha="right")
+        ax.set_yticks(range(T), labels=[f"{i + 1}. {lab}" for i, lab in enumerate(labels)])
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("after training through task i")
+        for i in range(T):
+            for j in range(T):
+                if not np.isnan(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center",
+                            color="white" if data[i, j] < 60 else "black", fontsize=9)
+        if title is None:
+            title = "R"
+        if self.completed:
+            title += f"\nAP {100 * self.ap():.1f}  FP {100 * self.fp():.1f}  Fgt {100 * self.forgetting():+.1f}"
+        ax.set_title(title)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        return path

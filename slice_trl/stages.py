@@ -1,0 +1,108 @@
+"""The on-disk layout of a continual run, and the two ways a finished stage is re-applied.
+
+```
+output_dir/
+  run.json                 base model, task names, seed, LoRA config, recipe (written first)
+  results.json             R so far, AP/FP/forgetting (rewritten after every stage)
+  results_heatmap.png
+  stages/01-<task>/        one folder per stage, t 1-indexed
+    init_adapter/          the adapter right after initialisation (A0, B0): PEFT format
+    adapter/               the trained adapter (A, B), RAW: applies to the base after absorption
+    adapter_original_base/ converted (rank 2r: A' = [A; A0], B' = [B | -B0]): applies to the base
+                           with stages 1..t-1 merged, i.e. without this package
+    record.json            written LAST, atomically: a stage is finished iff it exists
+```
+
+Resume re-applies a stage exactly as the live run did (absorb A0 B0 with the same function,
+load the trained A B, merge with PEFT), so a resumed run is bitwise equal to an uninterrupted
+one. Publishing uses the converted adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+RECORD = "record.json"
+RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
+_WEIGHTS = "adapter_model.safetensors"
+
+
+def stage_dirname(stage: int, task_name: str) -> str:
+    """'01-task088' for stage index 0 (0-indexed in code, 1-indexed on disk)."""
+    return f"{stage + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task_name)}"
+
+
+def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
+    return Path(output_dir) / "stages" / stage_dirname(stage, task_name)
+
+
+def is_finished(path: Path) -> bool:
+    return (path / RECORD).is_file()
+
+
+def read_record(path: Path) -> dict:
+    return json.loads((path / RECORD).read_text())
+
+
+def finished_prefix(output_dir: str | Path, task_names: list[str]) -> int:
+    """Number of leading stages that are finished on disk; later partial stage folders are
+    removed (an unfinished stage restarts from scratch)."""
+    done = 0
+    for t, name in enumerate(task_names):
+        if is_finished(stage_dir(output_dir, t, name)):
+            done += 1
+        else:
+            break
+    for t in range(done, len(task_names)):
+        partial = stage_dir(output_dir, t, task_names[t])
+        if partial.exists():
+            shutil.rmtree(partial)
+    return done
+
+
+def save_initial(peft_model, adapter_name: str, path: Path) -> None:
+    peft_model.save_pretrained(str(path / INIT), selected_adapters=[adapter_name], safe_serialization=True)
+
+
+def save_trained(peft_model, adapter_name: str, path: Path) -> None:
+    """Save the raw trained adapter, then the converted one (PEFT's own conversion, the one it
+    uses for PiSSA/LoRA-GA: rank and alpha double, the scaling is unchanged)."""
+    peft_model.save_pretrained(str(path / RAW), selected_adapters=[adapter_name], safe_serialization=True)
+    peft_model.save_pretrained(
+        str(path / CONVERTED), selected_adapters=[adapter_name], safe_serialization=True,
+        path_initial_model_for_weight_conversion=str(path / INIT),
+    )
+
+
+def _adapter_tensors(folder: Path) -> dict:
+    return load_file(str(folder / _WEIGHTS))
+
+
+def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
+    """Rebuild the end of a finished stage on ``base_model`` (the model as it stood before the
+    stage): attach a fresh adapter, absorb the saved A0 B0, load the trained A B, then merge.
+    Returns the plain merged model (or the PeftModel when ``merge`` is False)."""
+    import copy
+
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    from .initializers import lora_layers, write_and_absorb
+
+    peft_model = get_peft_model(base_model, copy.deepcopy(lora_config))
+    init = _adapter_tensors(path / INIT)
+    layers = lora_layers(peft_model, "default")
+    for name, layer in layers.items():
+        prefix = f"base_model.model.{name}"
+        a0 = init[f"{prefix}.lora_A.weight"]
+        b0 = init[f"{prefix}.lora_B.weight"]
+        write_and_absorb(layer, "default", a0.to(layer.lora_A["default"].weight.device),
+                         b0.to(layer.lora_B["default"].weight.device))
+    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name="default")
+    if result.unexpected_keys:
+        raise ValueError(f"{path / RAW} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
+    return peft_model.merge_and_unload() if merge else peft_model

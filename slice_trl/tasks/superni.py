@@ -1,0 +1,216 @@
+"""Super-NaturalInstructions tasks (METHOD.md, "Paper's training setup").
+
+Sources:
+- a natural-instructions task file (allenai/natural-instructions ``tasks/<name>.json``): one JSON
+  object with "Definition" (a list holding one string), "Instances" (each ``{"id", "input",
+  "output": [str, ...]}``), "Positive Examples", "Negative Examples" and metadata keys in any
+  order. Read with Python's json module because some files hold ``NaN`` (e.g. ``"URL": [NaN]``);
+- a directory of such files plus a task name, full (``task088_identify_typo_verification``) or
+  short (``task088``);
+- a Hub dataset with one row per instance and a task-name column (e.g.
+  ``Muennighoff/natural-instructions``: ``task_name, id, definition, inputs, targets``).
+
+Each instance becomes the conversational record ``{"prompt": [{"role": "user", "content":
+Definition + "\\n\\nInput: " + input}], "completion": [{"role": "assistant", "content":
+first output}]}``. Instances with no output are skipped (counted in ``info``). Positive and
+negative examples are not used: the paper trains zero-shot prompts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+from datasets import Dataset
+
+from .base import Task, load_hub_dataset, make_task, split_train_eval, user_prompt_example
+
+# METHOD.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
+# every other Super-NI task by ROUGE-L.
+EXACT_MATCH_TASKS = ("task088", "task1510", "task363")
+
+LOCAL_HINT = (
+    "Point the task at local natural-instructions files instead: path=<task .json file>, or "
+    "path=<directory of task files> with task=<name such as task088_identify_typo_verification or task088>."
+)
+
+
+def short_id(task_name: str) -> str:
+    """``task088_identify_typo_verification`` -> ``task088``; other names are returned as is."""
+    m = re.match(r"^(task\d+)(?:_|$)", task_name)
+    return m.group(1) if m else task_name
+
+
+def default_metric(task_name: str) -> str:
+    """The paper's metric for a Super-NI task: exact match for task088, task1510 and task363,
+    ROUGE-L ("rougeL") otherwise."""
+    return "exact_match" if short_id(task_name) in EXACT_MATCH_TASKS else "rougeL"
+
+
+def prompt_text(definition: str, input_text: str) -> str:
+    """Definition, a blank line, ``"Input: " + input`` (just the input line if the definition is
+    empty, e.g. after length fitting removed it)."""
+    return f"{definition}\n\nInput: {input_text}" if definition else f"Input: {input_text}"
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):  # "Definition" is a one-string list in the task files
+        return "\n".join(_text(v) for v in value)
+    return str(value)
+
+
+def _first_output(output) -> str | None:
+    if isinstance(output, list):
+        return _text(output[0]) if output else None
+    return _text(output) if output not in (None, "") else None
+
+
+def resolve_task_file(path: str | Path, task: str | None = None) -> Path:
+    """The task file: ``path`` itself when it is a file, else ``path/<task>.json`` or the single
+    ``path/<task>_*.json`` for a short id such as ``task088``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"Super-NI path {str(path)!r} does not exist. {LOCAL_HINT}")
+    if not task:
+        raise ValueError(
+            f"Super-NI path {str(path)!r} is a directory: also give task=<task name>, e.g. "
+            "task088_identify_typo_verification or task088."
+        )
+    stem = task[:-5] if task.endswith(".json") else task
+    exact = path / f"{stem}.json"
+    if exact.is_file():
+        return exact
+    matches = sorted(path.glob(f"{stem}_*.json"))
+    if len(matches) == 1:
+        return matches[0]
+    available = sorted(p.stem for p in path.glob("*.json"))
+    if len(matches) > 1:
+        raise ValueError(
+            f"Super-NI task {task!r} matches several files in {str(path)!r}: "
+            f"{[m.name for m in matches]}; give the full task name."
+        )
+    close = difflib.get_close_matches(stem, available, n=3, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise FileNotFoundError(
+        f"No Super-NI task file for {task!r} in {str(path)!r}.{hint} Available: {available[:20]}"
+        f"{' ...' if len(available) > 20 else ''}"
+    )
+
+
+def read_task_file(file: str | Path) -> tuple[str, list[dict]]:
+    """``(definition, instances)`` of a natural-instructions task file, after format checks."""
+    file = Path(file)
+    with open(file, encoding="utf-8") as fh:
+        data = json.load(fh)  # Python's json accepts the NaN some task files contain
+    if not isinstance(data, dict) or "Instances" not in data or "Definition" not in data:
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(
+            f"{str(file)!r} is not a natural-instructions task file: expected a JSON object with "
+            f"'Definition' and 'Instances' keys, found {keys}."
+        )
+    instances = data["Instances"]
+    if not isinstance(instances, list) or not all(isinstance(x, dict) and "input" in x and "output" in x for x in instances):
+        raise ValueError(f"{str(file)!r}: every entry of 'Instances' must be an object with 'input' and 'output'.")
+    return _text(data["Definition"]), instances
+
+
+def _hub_rows(dataset_id: str, task: str, split: str | None, revision: str | None) -> tuple[str, str, list[dict]]:
+    """``(full task name, definition, rows)`` of one task from a Hub dataset (all splits pooled
+    unless ``split`` is given: a task's instances may sit in either split of such a dataset)."""
+    from datasets import DatasetDict, concatenate_datasets
+
+    loaded = load_hub_dataset(dataset_id, LOCAL_HINT, split=split, revision=revision)
+    ds = concatenate_datasets(list(loaded.values())) if isinstance(loaded, DatasetDict) else loaded
+    cols = ds.column_names
+
+    def pick(options, what):
+        for c in options:
+            if c in cols:
+                return c
+        raise ValueError(f"Hub dataset {dataset_id!r} has no {what} column (looked for {list(options)}; it has {cols}).")
+
+    task_col = pick(("task_name", "task"), "task-name")
+    def_col = pick(("definition", "Definition"), "definition")
+    in_col = pick(("inputs", "input"), "input")
+    out_col = pick(("targets", "output", "outputs"), "output")
+    names = ds.unique(task_col)
+    full = [n for n in names if n == task] or [n for n in names if short_id(n) == short_id(task) and task.startswith("task")]
+    if len(full) != 1:
+        close = difflib.get_close_matches(task, names, n=3, cutoff=0.5)
+        raise ValueError(
+            f"Task {task!r} is {'ambiguous' if full else 'not'} in Hub dataset {dataset_id!r}"
+            f"{' (' + ', '.join(full) + ')' if full else ''}.{' Did you mean ' + str(close) + '?' if close else ''}"
+        )
+    ds = ds.filter(lambda name: name == full[0], input_columns=task_col)
+    definition = _text(ds[0][def_col]) if len(ds) else ""
+    rows = [{"input": r[in_col], "output": r[out_col]} for r in ds]
+    return full[0], definition, rows
+
+
+def load_superni_task(
+    path: str | Path | None = None,
+    task: str | None = None,
+    dataset_id: str | None = None,
+    *,
+    name: str | None = None,
+    metric: str | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    seed: int = 42,
+    max_eval: int = 200,
+    max_train: int | None = None,
+    tokenizer=None,
+    max_length: int | None = None,
+    min_keep_tokens: int = 32,
+) -> Task:
+    """Load one Super-NI task as a `Task` (conversational prompt/completion records).
+
+    Give ``path`` (a task file, or a directory with ``task``), or ``dataset_id`` with ``task``.
+    The instances are split with `split_train_eval` (seed 42, ``min(max_eval, n-1)`` held out);
+    ``max_train`` caps the training rows; with ``tokenizer`` and ``max_length`` every example is
+    fitted to the budget (input shortened first, then the definition; see `fit_prompt`).
+    ``metric`` defaults to `default_metric` of the task name. ``name`` defaults to the full task
+    name. ``info`` records the source, the split sizes, skipped instances and the fitting counts.
+    """
+    if (path is None) == (dataset_id is None):
+        raise ValueError("Give exactly one of path= (local natural-instructions files) or dataset_id= (Hub dataset).")
+    if path is not None:
+        file = resolve_task_file(path, task)
+        task_name = file.stem
+        definition, instances = read_task_file(file)
+        info = {"source": "superni", "path": str(file)}
+    else:
+        if not task:
+            raise ValueError(f"Loading Super-NI from Hub dataset {dataset_id!r} needs task=<task name>, e.g. task088.")
+        task_name, definition, instances = _hub_rows(dataset_id, task, split, revision)
+        info = {"source": "superni", "dataset_id": dataset_id, "split": split, "revision": revision}
+
+    rows, skipped = [], 0
+    for inst in instances:
+        out = _first_output(inst.get("output"))
+        if out is None:
+            skipped += 1  # an instance without a reference answer can be neither trained nor scored
+            continue
+        rows.append({"input": _text(inst.get("input")), "output": out})
+    if len(rows) < 2:
+        raise ValueError(f"Super-NI task {task_name!r} has {len(rows)} usable instance(s); at least 2 are needed.")
+    train_raw, eval_raw = split_train_eval(Dataset.from_list(rows), seed=seed, max_eval=max_eval)
+
+    def to_parts(row):
+        # Shortening order: the input first, then the definition; the output is never cut.
+        def render(pieces):
+            return user_prompt_example(prompt_text(pieces[1], pieces[0]), row["output"])
+
+        return [row["input"], definition], render
+
+    info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=seed, max_eval=max_eval)
+    return make_task(
+        name or task_name, train_raw, eval_raw, to_parts, metric or default_metric(task_name), info,
+        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
+    )

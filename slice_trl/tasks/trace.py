@@ -1,0 +1,129 @@
+"""TRACE tasks (BeyonderXX/TRACE): C-STANCE, FOMC, MeetingBank, Py150, ScienceQA, NumGLUE-cm.
+
+TRACE's own format: a task directory with ``train.json``, ``eval.json`` and ``test.json``, each
+a JSON list of ``{"prompt": str, "answer": str}``. A record becomes the conversational record
+``{"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant",
+"content": answer}]}``; the prompt is used as is (it already holds the instruction and the
+answer cue, e.g. FOMC's "...\\nStance:").
+
+Which file is split, and why: by default ONLY ``train.json`` is read, and it is split with the
+paper's protocol (`split_train_eval`: shuffle with seed 42, hold out ``min(200, n-1)``).
+- It is what the paper's protocol says ("each task: shuffle with seed 42, hold out min(200, n-1)
+  examples for evaluation") and what the reference code does (it loads ``train.json`` only), so
+  the held-out examples are drawn the same way as for Super-NI and the scores are comparable
+  across the two benchmarks.
+- TRACE's ``eval.json`` and ``test.json`` are the same file in the distributed data (byte-identical
+  for FOMC), so they cannot serve as separate validation and test sets; leaving them untouched
+  keeps TRACE's official test set clean for a separate, final evaluation.
+``files=`` pools other files into the split (e.g. ``("train.json", "eval.json")``); doing so
+with a test file mixes the official test set into training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import Dataset
+
+from .base import Task, load_hub_dataset, make_task, split_train_eval, user_prompt_example
+
+TRACE_TASKS = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm")
+DEFAULT_FILES = ("train.json",)
+
+LOCAL_HINT = (
+    "Point the task at a local TRACE task directory instead: path=<dir with train.json, eval.json, "
+    "test.json>, or path=<TRACE data root> with task=<task folder name such as FOMC>."
+)
+
+
+def resolve_task_dir(path: str | Path, task: str | None = None) -> Path:
+    """``path`` when it holds TRACE files (or is one JSON file), else ``path/<task>``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"TRACE path {str(path)!r} does not exist. {LOCAL_HINT}")
+    if path.is_file() or (path / "train.json").is_file():
+        return path
+    if task and (path / task).is_dir():
+        return path / task
+    subdirs = sorted(p.name for p in path.iterdir() if p.is_dir())
+    raise FileNotFoundError(
+        f"{str(path)!r} is not a TRACE task directory (no train.json)"
+        f"{'' if not task else f' and has no task folder {task!r}'}. Task folders found there: {subdirs}. {LOCAL_HINT}"
+    )
+
+
+def read_records(file: str | Path) -> list[dict]:
+    """A TRACE JSON file: a list of ``{"prompt": str, "answer": str}``, checked."""
+    file = Path(file)
+    with open(file, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "prompt" in r and "answer" in r for r in data):
+        raise ValueError(f"{str(file)!r} is not a TRACE file: expected a JSON list of {{'prompt', 'answer'}} records.")
+    return [{"prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in data]
+
+
+def load_trace_task(
+    path: str | Path | None = None,
+    task: str | None = None,
+    dataset_id: str | None = None,
+    *,
+    files=DEFAULT_FILES,
+    name: str | None = None,
+    metric: str | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    seed: int = 42,
+    max_eval: int = 200,
+    max_train: int | None = None,
+    tokenizer=None,
+    max_length: int | None = None,
+    min_keep_tokens: int = 32,
+) -> Task:
+    """Load one TRACE task as a `Task` (see the module docstring for the split).
+
+    Local: ``path`` = the task directory (or a TRACE root plus ``task``, or one JSON file);
+    ``files`` are the file names pooled before splitting. Hub: ``dataset_id`` (``task`` used as
+    the config name if given), ``split`` default "train", columns ``prompt`` and ``answer``.
+    ``metric`` defaults to "rougeL" (METHOD.md scores all six TRACE tasks by ROUGE-L). Length
+    fitting shortens the prompt from its middle (its instruction head and answer cue stay).
+    """
+    if (path is None) == (dataset_id is None):
+        raise ValueError("Give exactly one of path= (local TRACE task directory) or dataset_id= (Hub dataset).")
+    if path is not None:
+        where = resolve_task_dir(path, task)
+        if where.is_file():
+            used = [where]
+        else:
+            if isinstance(files, str):
+                files = (files,)
+            used = [where / f for f in files]
+            missing = [str(f) for f in used if not f.is_file()]
+            if missing:
+                present = sorted(p.name for p in where.glob("*.json"))
+                raise FileNotFoundError(f"TRACE files {missing} do not exist; {str(where)!r} has {present}.")
+        records = [r for f in used for r in read_records(f)]
+        task_name = task or (where.stem if where.is_file() else where.name)
+        info = {"source": "trace", "path": str(where), "files": [f.name for f in used]}
+    else:
+        loaded = load_hub_dataset(dataset_id, LOCAL_HINT, name=task, split=split or "train", revision=revision)
+        missing = [c for c in ("prompt", "answer") if c not in loaded.column_names]
+        if missing:
+            raise ValueError(f"Hub dataset {dataset_id!r} lacks TRACE column(s) {missing}; it has {loaded.column_names}.")
+        records = [{"prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in loaded]
+        task_name = task or dataset_id.rsplit("/", 1)[-1]
+        info = {"source": "trace", "dataset_id": dataset_id, "split": split or "train", "revision": revision}
+
+    train_raw, eval_raw = split_train_eval(Dataset.from_list(records), seed=seed, max_eval=max_eval)
+
+    def to_parts(row):
+        def render(pieces):
+            return user_prompt_example(pieces[0], row["answer"])
+
+        return [row["prompt"]], render
+
+    info.update(task=task_name, n_records=len(records), split_seed=seed, max_eval=max_eval)
+    return make_task(
+        name or task_name, train_raw, eval_raw, to_parts, metric or "rougeL", info,
+        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
+    )

@@ -1,0 +1,331 @@
+"""`ContinualSFTTrainer`: TRL's SFTTrainer, run over a sequence of tasks.
+
+For each task t (0-indexed in code, "stage t+1" on disk):
+
+1. `build_replay_sample`   fresh seeded sample of the earlier tasks' train splits
+2. `initialize_adapter`    fresh LoRA adapter, then the initialiser (SLICE by default)
+3. `train_stage`           plain `SFTTrainer.train()` with a fresh optimizer, scheduler and state
+4. `finish_stage`          save the adapter (raw + converted), merge it into the base
+5. `evaluate_seen_tasks`   batched greedy generation on every seen task -> row t of R
+6. the stage record is written atomically before stage t+1 starts
+
+Each numbered method is meant to be overridden to change one thing. ``train()`` runs the whole
+sequence (resuming from ``output_dir`` if stages are already finished there) and returns a
+`ContinualTrainOutput`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset, concatenate_datasets
+from transformers import set_seed
+from trl import SFTTrainer
+
+from . import distributed, stages
+from .batching import sample_batches
+from .config import ContinualSFTConfig
+from .evaluation import evaluate_general, evaluate_task
+from .initializers import InitReport, build_initializer
+from .replay import ReplaySampleProvider, stage_seed
+from .results import ResultsMatrix, write_json_atomic
+from .tasks.base import Task
+
+logger = logging.getLogger(__name__)
+
+ADAPTER = "default"
+
+
+@dataclass
+class ContinualTrainOutput:
+    results: ResultsMatrix
+    records: list[dict]
+    general: dict | None = None
+
+
+def _example_format(example: dict) -> str:
+    if "prompt" in example and "completion" in example:
+        return "conversational" if isinstance(example["prompt"], list) else "prompt_completion"
+    if "messages" in example:
+        return "messages"
+    if "text" in example:
+        return "text"
+    return "unknown"
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """Every error a task list can hold, raised before any model work."""
+    if not tasks:
+        raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
+    names = [t.name for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
+    formats = set()
+    for task in tasks:
+        for split in ("train", "eval"):
+            ds = getattr(task, split)
+            if ds is None or len(ds) == 0:
+                raise ValueError(f"Task {task.name!r} has an empty {split} split; give it at least one example.")
+            fmt = _example_format(ds[0])
+            if fmt not in ("conversational", "prompt_completion"):
+                raise ValueError(
+                    f"Task {task.name!r} ({split}) has fields {sorted(ds.column_names)}; expected 'prompt' and "
+                    "'completion' (strings, or chat messages lists). Map your fields with a generic task "
+                    "source (fields: {prompt: ..., completion: ...})."
+                )
+            formats.add(fmt)
+    if len(formats) > 1:
+        raise ValueError(f"Tasks mix data formats {sorted(formats)}; use one format (all conversational or all "
+                         "plain prompt/completion) so every stage trains with the same loss.")
+
+
+class ContinualSFTTrainer(SFTTrainer):
+    """Continual LoRA fine-tuning over ``tasks`` with a data-driven initialiser before each task.
+
+    Args:
+        model: a plain `PreTrainedModel` (not a PeftModel): the base of the sequence.
+        args: `ContinualSFTConfig`.
+        tasks: ordered tasks (`slice_trl.tasks.base.Task`).
+        peft_config: a `peft.LoraConfig`; a fresh adapter with this config is trained per task.
+        processing_class: the tokenizer.
+        initializer: callable (model, adapter_name, current_batches, previous_batches) ->
+            `InitReport`; default built from ``args.init``.
+        replay_provider: default `ReplaySampleProvider(args.replay)`.
+        run_info: extra facts written to run.json (e.g. the recipe, the base model id).
+    """
+
+    def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
+                 initializer=None, replay_provider: ReplaySampleProvider | None = None, callbacks=None,
+                 run_info: dict | None = None, **kwargs):
+        from peft import LoraConfig, PeftModel
+
+        if not isinstance(args, ContinualSFTConfig):
+            raise TypeError(f"args must be a ContinualSFTConfig, got {type(args).__name__}.")
+        if not isinstance(peft_config, LoraConfig):
+            raise ValueError(f"peft_config must be a peft.LoraConfig (got {type(peft_config).__name__}): SLICE "
+                             "initialises LoRA's A and B matrices.")
+        if isinstance(model, PeftModel):
+            raise ValueError("Pass the plain base model, not a PeftModel: the trainer attaches a fresh LoRA adapter "
+                             "per task (merge your adapter first with merge_and_unload()).")
+        validate_tasks(tasks)
+        self.tasks = list(tasks)
+        self.lora_config = copy.deepcopy(peft_config)
+        self.initializer = initializer or build_initializer(args.init)
+        self.replay_provider = replay_provider or ReplaySampleProvider(args.replay)
+        self.run_info = dict(run_info or {})
+        self._stage = -1
+        # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
+        # first task's format; all tasks share that format (validated above).
+        super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
+                         processing_class=processing_class, callbacks=callbacks, **kwargs)
+        self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
+        # The continual loop attaches its own adapter per stage: start from the plain base.
+        self.model = self.model_wrapped = self.model.unload()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def output_path(self) -> Path:
+        return Path(self.args.output_dir)
+
+    def stage_path(self, t: int) -> Path:
+        return stages.stage_dir(self.output_path, t, self.tasks[t].name)
+
+    def prepared_train(self, task: Task) -> Dataset:
+        """The task's train split tokenised by SFTTrainer's own preparation (cached)."""
+        if task.name not in self._prepared:
+            self._prepared[task.name] = self._prepare(task.train, f"{task.name}-train")
+        return self._prepared[task.name]
+
+    def _prepare(self, ds: Dataset, name: str) -> Dataset:
+        return self._prepare_dataset(ds, self.processing_class, self.args, self.args.packing, None,
+                                     name)
+
+    def _batches(self, ds: Dataset, n_batches: int, seed: int) -> list[dict]:
+        cfg = self.args.init
+        return sample_batches(ds, self.data_collator, cfg.batch_size, n_batches, seed)
+
+    def _attach_adapter(self):
+        from peft import get_peft_model
+
+        kwargs = {}
+        if distributed.zero3_enabled():  # same as SFTTrainer: keep adapter dtype = base dtype under ZeRO-3
+            kwargs["autocast_adapter_dtype"] = False
+        peft_model = get_peft_model(self.model, copy.deepcopy(self.lora_config), **kwargs)
+        if self.args.activation_checkpointing:
+            peft_model.enable_input_require_grads()
+        self.model = self.model_wrapped = peft_model
+        return peft_model
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._stage >= 0:
+            logs = {**logs, "stage": self._stage + 1}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------ overridables
+    def build_replay_sample(self, t: int) -> list[Dataset]:
+        """Earlier-task examples for SLICE's G_prev before task t (train splits only)."""
+        cfg = self.args.init
+        n = cfg.prev_steps * cfg.batch_size
+        return self.replay_provider.initialization_sample(t, self.tasks[:t], n, mode=cfg.prev_batching)
+
+    def initialize_adapter(self, t: int, replay: list[Dataset]) -> InitReport:
+        """Attach a fresh adapter and run the initialiser on current-task and replay batches."""
+        peft_model = self._attach_adapter()
+        cfg = self.args.init
+        seed = stage_seed(cfg.seed, t)
+        current = self._batches(self.prepared_train(self.tasks[t]), cfg.cur_steps, seed)
+        previous = []
+        for j, sample in enumerate(replay):
+            # each_task: prev_steps batches per earlier task; pooled: prev_steps in total
+            previous.extend(self._batches(self._prepare(sample, f"replay-{t}-{j}"), cfg.prev_steps, seed + j + 1))
+        return self.initializer(peft_model, ADAPTER, current, previous or None)
+
+    def train_stage(self, t: int):
+        """Train the current adapter on task t with SFTTrainer; fresh optimizer/scheduler/state."""
+        task = self.tasks[t]
+        train = self.prepared_train(task)
+        mix = self.replay_provider.training_mix(t, self.tasks[:t], len(task.train))
+        if mix is not None:
+            train = concatenate_datasets([train, self._prepare(mix, f"{task.name}-replay")]).shuffle(
+                seed=stage_seed(self.args.seed, t, 3))
+        self.train_dataset = train
+        self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
+        set_seed(stage_seed(self.args.seed, t))
+        return super().train()
+
+    def finish_stage(self, t: int) -> None:
+        """Save the trained adapter (raw and converted), then merge it into the base."""
+        path = self.stage_path(t)
+        if self.accelerator.is_main_process:
+            stages.save_trained(self.model, ADAPTER, path)
+        distributed.barrier()
+        self.model = self.model_wrapped = self.model.merge_and_unload()
+
+    def evaluate_seen_tasks(self, t: int) -> dict:
+        """Score every task seen so far; returns {task name: TaskScore}."""
+        return {task.name: evaluate_task(self.model, self.processing_class, task, self.args.evaluation,
+                                         accelerator=self.accelerator)
+                for task in self.tasks[:t + 1]}
+
+    # -------------------------------------------------------------- the loop
+    def _write_run_info(self) -> None:
+        info = {
+            "base_model": self.run_info.get("base_model") or getattr(self.model, "name_or_path", None),
+            "task_names": [t.name for t in self.tasks],
+            "seed": self.args.seed,
+            "lora": json.loads(json.dumps(self.lora_config.to_dict(), default=str)),
+            "init": self.args.init.to_dict(),
+            "tasks": {t.name: {"metric": t.metric, "n_train": len(t.train), "n_eval": len(t.eval), **t.info}
+                      for t in self.tasks},
+            **{k: v for k, v in self.run_info.items() if k != "base_model"},
+        }
+        path = self.output_path / "run.json"
+        if path.exists() and self.args.resume:
+            old = json.loads(path.read_text())
+            if old.get("task_names") != info["task_names"]:
+                raise ValueError(f"{self.output_path} holds a run over tasks {old.get('task_names')}, not "
+                                 f"{info['task_names']}. Use a new output_dir (or set resume=False to overwrite).")
+        write_json_atomic(path, info)
+
+    def _resume(self, results: ResultsMatrix) -> tuple[int, list[dict]]:
+        if not self.args.resume:
+            return 0, []
+        names = [t.name for t in self.tasks]
+        done = stages.finished_prefix(self.output_path, names) if self.accelerator.is_main_process else 0
+        done = distributed.broadcast_object(done)
+        records = []
+        for t in range(done):
+            path = self.stage_path(t)
+            self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
+            record = stages.read_record(path)
+            results.set_row(t, record["scores"])
+            records.append(record)
+            logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
+        self.model_wrapped = self.model
+        return done, records
+
+    def _stage_record(self, t: int, report: InitReport, train_out, scores: dict, results: ResultsMatrix,
+                      timings: dict, replay_sizes: list[int]) -> dict:
+        return {
+            "stage": t + 1,
+            "task": self.tasks[t].name,
+            "scores": {name: s.score for name, s in scores.items()},
+            "n_scored": {name: s.n for name, s in scores.items()},
+            "samples": {name: s.samples for name, s in scores.items()},
+            "R": results.to_dict()["R"],
+            "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
+            "init": report.to_dict(),
+            "replay_examples": replay_sizes,
+            "train_metrics": dict(train_out.metrics) if train_out is not None else {},
+            "timings": timings,
+        }
+
+    def _write_results(self, results: ResultsMatrix, general: dict | None = None) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        payload = {**results.to_dict(), "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
+                   "per_task_forgetting": results.per_task_forgetting()}
+        if general is not None:
+            payload["general"] = general
+        write_json_atomic(self.output_path / "results.json", payload)
+        results.heatmap(self.output_path / "results_heatmap.png", title=f"R ({self.args.init.method})")
+
+    def train(self, *args, **kwargs) -> ContinualTrainOutput:  # noqa: D401 - runs the whole sequence
+        """Run (or resume) the whole task sequence. Returns R, the stage records and GP/IP."""
+        if args or kwargs:
+            raise TypeError("ContinualSFTTrainer.train() takes no arguments: resuming is automatic from output_dir.")
+        self.output_path.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:
+            self._write_run_info()
+        results = ResultsMatrix([t.name for t in self.tasks])
+        start, records = self._resume(results)
+        for t in range(start, len(self.tasks)):
+            self._stage = t
+            path = self.stage_path(t)
+            timings = {}
+            t0 = time.perf_counter()
+            set_seed(stage_seed(self.args.seed, t))
+            replay = self.build_replay_sample(t)
+            report = self.initialize_adapter(t, replay)
+            replay_sizes = [len(d) for d in replay]
+            del replay  # used once for initialisation, then dropped (the paper's protocol)
+            if self.accelerator.is_main_process:
+                stages.save_initial(self.model, ADAPTER, path)
+            timings["init"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            train_out = self.train_stage(t)
+            timings["train"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.finish_stage(t)
+            timings["save_merge"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores = self.evaluate_seen_tasks(t)
+            timings["eval"] = time.perf_counter() - t0
+            results.set_row(t, {name: s.score for name, s in scores.items()})
+            record = self._stage_record(t, report, train_out, scores, results, timings, replay_sizes)
+            records.append(record)
+            if self.accelerator.is_main_process:
+                # results.json first: record.json marks the stage finished, so it is written last
+                self._write_results(results)
+                write_json_atomic(path / stages.RECORD, record)
+            distributed.barrier()
+            self.after_stage(t, record)
+        self._stage = -1
+        general = None
+        if self.args.evaluation.lm_eval_tasks:
+            general = evaluate_general(self.model, self.processing_class, self.args.evaluation)
+        self._write_results(results, general)
+        if self.accelerator.is_main_process:
+            logger.info("\n%s", results.table())
+        return ContinualTrainOutput(results, records, general)
+
+    def after_stage(self, t: int, record: dict) -> None:
+        """Hook called once stage t is on disk (publishing plugs in here)."""

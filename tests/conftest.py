@@ -1,0 +1,40 @@
+"""Shared fixtures. The loopback Hub is started at import time (before any test module imports
+huggingface_hub / datasets / transformers), see conftest_hub.py."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+from conftest_hub import *  # noqa: E402,F401,F403  (starts the test Hub, sets HF_ENDPOINT/HF_TOKEN)
+
+import pytest  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    from slice_trl.testing import tiny_tokenizer as make
+
+    return make()
+
+
+@pytest.fixture
+def tiny_model():
+    from slice_trl.testing import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Real SmolLM2-135M-Instruct (bundled GGUF, cached as safetensors on first use)."""
+    from slice_trl.models import load_model_and_tokenizer
+
+    try:
+        return load_model_and_tokenizer("smollm2-135m-instruct")
+    except FileNotFoundError as err:  # pragma: no cover - install step missing
+        pytest.fail(str(err))

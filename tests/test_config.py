@@ -1,0 +1,84 @@
+"""InitConfig: every user error is raised at construction, naming the field (issue: "Bad input
+gets a clear error naming the field before any work")."""
+
+import math
+
+import pytest
+
+from slice_trl.config import InitConfig
+
+
+@pytest.mark.parametrize("c", [-0.1, 1.0001, 2, math.nan, math.inf, "0.5", None])
+def test_c_outside_unit_interval_is_rejected_naming_the_field(c):
+    with pytest.raises(ValueError, match=r"InitConfig\.c="):
+        InitConfig(c=c)
+
+
+@pytest.mark.parametrize("c", [0, 0.0, 0.5, 1, 1.0])
+def test_c_in_unit_interval_is_accepted_as_float(c):
+    cfg = InitConfig(c=c)
+    assert cfg.c == float(c) and isinstance(cfg.c, float)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("method", "pissa"),
+        ("projection", "layerwise"),
+        ("prev_batching", "mixed"),
+        ("prev_grad_dtype", "float16"),
+        ("prev_grad_device", "cuda"),
+    ],
+)
+def test_invalid_choice_names_the_field_and_the_choices(field, value):
+    with pytest.raises(ValueError, match=rf"InitConfig\.{field}={value!r} is not valid; choose one of"):
+        InitConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["cur_steps", "batch_size", "micro_batch_size", "svd_oversample"])
+def test_counts_below_one_are_rejected(field):
+    with pytest.raises(ValueError, match=rf"InitConfig\.{field}=0 must be >= 1"):
+        InitConfig(**{field: 0})
+
+
+@pytest.mark.parametrize("field", ["prev_steps", "svd_niter"])
+def test_counts_below_zero_are_rejected_zero_allowed(field):
+    assert getattr(InitConfig(**{field: 0}), field) == 0
+    with pytest.raises(ValueError, match=rf"InitConfig\.{field}=-1 must be >= 0"):
+        InitConfig(**{field: -1})
+
+
+def test_defaults_follow_the_paper():
+    cfg = InitConfig()
+    assert (cfg.method, cfg.c, cfg.projection, cfg.cur_steps, cfg.prev_steps) == ("slice", 1.0, "global", 8, 8)
+    assert (cfg.svd_oversample, cfg.svd_niter, cfg.rescale, cfg.prev_grad_dtype) == (4, 4, True, "float32")
+
+
+def test_from_dict_rejects_unknown_keys_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"InitConfig has no field 'projecton'\. Did you mean 'projection'\?"):
+        InitConfig.from_dict({"projecton": "global"})
+    cfg = InitConfig.from_dict({"c": 0.5, "projection": "per_module"})
+    assert cfg.to_dict()["c"] == 0.5 and cfg.projection == "per_module"
+    assert InitConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_from_dict_still_validates_values():
+    with pytest.raises(ValueError, match=r"InitConfig\.c="):
+        InitConfig.from_dict({"c": 1.5})
+
+
+@pytest.mark.parametrize(
+    "kwargs, uses_grads, uses_prev",
+    [
+        ({"method": "slice"}, True, True),
+        ({"method": "slice", "c": 0.0}, True, False),
+        ({"method": "slice", "prev_steps": 0}, True, False),
+        ({"method": "lora_ga"}, True, False),
+        ({"method": "loram"}, False, False),
+        ({"method": "vanilla"}, False, False),
+    ],
+)
+def test_which_data_a_method_needs(kwargs, uses_grads, uses_prev):
+    cfg = InitConfig(**kwargs)
+    assert cfg.uses_gradients is uses_grads
+    assert cfg.uses_previous_tasks is uses_prev

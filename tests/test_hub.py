@@ -1,0 +1,327 @@
+"""slice_trl.hub against the loopback Hub (tests/hub_server.py) with the real huggingface_hub,
+datasets and PEFT: adapter conversion, publishing a 2-stage run, fresh-process loading, failures,
+idempotency and token hygiene."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import conftest_hub  # noqa: F401  (starts the server and sets HF_ENDPOINT before the imports below)
+from conftest_hub import TEST_HUB_TOKEN, hub, hub_repo_name  # noqa: F401  (fixtures)
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
+
+from slice_trl import hub as shub
+from slice_trl.testing import tiny_llama, tiny_tokenizer
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+IDS = torch.tensor([[5, 17, 99, 3, 42, 250, 7, 11, 64, 128]])
+TASKS = ["alpha_task", "beta_task"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lora(rslora: bool) -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=2 if rslora else 8, use_rslora=rslora, target_modules=TARGETS,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+
+
+def _absorb_nonzero_init(peft_model, name: str, gen: torch.Generator) -> None:
+    """What a SLICE/LoRA-GA/LoRAM initialiser does: non-zero A0, B0 and base -= scaling * B0 @ A0."""
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                A, B = module.lora_A[name].weight, module.lora_B[name].weight
+                A0 = torch.randn(A.shape, generator=gen) * 0.2
+                B0 = torch.randn(B.shape, generator=gen) * 0.2
+                module.get_base_layer().weight -= module.scaling[name] * (B0 @ A0)
+                A.copy_(A0)
+                B.copy_(B0)
+
+
+def _fake_training(peft_model, name: str, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer) and name in module.lora_A:
+                for w in (module.lora_A[name].weight, module.lora_B[name].weight):
+                    w += torch.randn(w.shape, generator=gen) * 0.05
+
+
+def _logits(model) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(IDS).logits.clone()
+
+
+def _png() -> bytes:
+    """A valid 1x1 PNG (stands in for the trainer's heatmap)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b""))
+
+
+def _json_default(obj):
+    return sorted(obj) if isinstance(obj, set) else str(obj)
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory):
+    """A finished 2-stage run in the trainer's layout, built with a tiny Llama and PEFT: absorbed
+    non-zero init, "trained" (perturbed) adapters, merged between stages. Stage 1 has its
+    adapter_original_base (PEFT conversion); stage 2 does not (push falls back to the file one)."""
+    root = tmp_path_factory.mktemp("built_run")
+    base_dir = root / "base"
+    tiny_llama(seed=0).save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    out = root / "run"
+    lora = _lora(rslora=True)
+    model = tiny_llama(seed=0)
+    gen = torch.Generator().manual_seed(1234)
+    expected = {}
+    for k, task in enumerate(TASKS, start=1):
+        name = "default" if k == 1 else f"stage{k}"  # PEFT saves non-default adapters in a sub-folder
+        pm = get_peft_model(model, copy.deepcopy(lora), adapter_name=name)
+        before = _logits(pm)
+        _absorb_nonzero_init(pm, name, gen)
+        assert torch.allclose(_logits(pm), before, atol=1e-5)  # absorption keeps the function
+        sdir = out / "stages" / f"{k:02d}-{task}"
+        pm.save_pretrained(sdir / "init_adapter", selected_adapters=[name])
+        _fake_training(pm, name, gen)
+        pm.save_pretrained(sdir / "adapter", selected_adapters=[name])
+        if k == 1:
+            shub.convert_stage_adapter(pm, name, sdir / "init_adapter", sdir / "adapter_original_base")
+        expected[k] = _logits(pm)
+        model = pm.merge_and_unload()
+        (sdir / "record.json").write_text(json.dumps({"stage": k, "task": task, "init": {"method": "slice"}}))
+    (out / "run.json").write_text(json.dumps({
+        "base_model": str(base_dir), "task_names": TASKS, "seed": 0,
+        "recipe": {"init": {"method": "slice", "c": 1.0}, "learning_rate": 1e-4},
+        "lora": json.loads(json.dumps(lora.to_dict(), default=_json_default)),
+    }))
+    (out / "results.json").write_text(json.dumps({
+        "task_names": TASKS, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125}))
+    (out / "results_heatmap.png").write_bytes(_png())
+    return {"out": out, "base_dir": base_dir, "expected": expected}
+
+
+@pytest.fixture
+def run(built_run, tmp_path):
+    """A private copy of the built run (pushing writes pushed.json and stage 2's converted adapter)."""
+    out = tmp_path / "run"
+    shutil.copytree(built_run["out"], out)
+    return {**built_run, "out": out}
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- conversion
+@pytest.mark.parametrize("rslora", [False, True])
+def test_convert_stage_adapter_reproduces_logits_on_fresh_base(tmp_path, rslora):
+    pm = get_peft_model(tiny_llama(seed=0), _lora(rslora), adapter_name="task_x")
+    gen = torch.Generator().manual_seed(7)
+    _absorb_nonzero_init(pm, "task_x", gen)
+    pm.save_pretrained(tmp_path / "init_adapter", selected_adapters=["task_x"])
+    _fake_training(pm, "task_x", gen)
+    expected = _logits(pm)
+    pm.train()
+
+    out = shub.convert_stage_adapter(pm, "task_x", tmp_path / "init_adapter", tmp_path / "adapter_original_base")
+    # the live model is as it was: same adapters, active adapter, mode and trainable parameters
+    assert list(pm.peft_config) == ["task_x"] and pm.active_adapters == ["task_x"] and pm.training
+    assert all(p.requires_grad for n, p in pm.named_parameters() if "lora_" in n)
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == pytest.approx(2 * 2**0.5 if rslora else 16)
+
+    fresh = PeftModel.from_pretrained(tiny_llama(seed=0), out)  # the ORIGINAL base, plain PEFT
+    assert (_logits(fresh) - expected).abs().max() < 1e-5
+
+    # the pure-safetensors conversion gives the same adapter
+    pm.save_pretrained(tmp_path / "adapter", selected_adapters=["task_x"])
+    files = shub.convert_adapter_files(tmp_path / "adapter", tmp_path / "init_adapter", tmp_path / "files")
+    a, b = load_file(out / "adapter_model.safetensors"), load_file(files / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg_files = json.loads((files / "adapter_config.json").read_text())
+    assert (cfg_files["r"], cfg_files["lora_alpha"]) == (cfg["r"], cfg["lora_alpha"])
+
+    bad = json.loads((tmp_path / "adapter" / "task_x" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "task_x" / "adapter_config.json").write_text(json.dumps({**bad, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        shub.convert_adapter_files(tmp_path / "adapter", tmp_path / "init_adapter", tmp_path / "dora")
+
+
+# ----------------------------------------------------------------------------- publishing + loading
+def test_push_and_load_stages_in_fresh_process(hub, hub_repo_name, run, tmp_path):
+    out = run["out"]
+    repo = f"{hub.orgs[0]}/{hub_repo_name}"
+    report = shub.push_pending(out, repo, private=True)
+    assert report.ok and report.pushed == [1, 2] and len(report.commits) == 2, str(report)
+    assert hub.is_private(repo)
+    commits = HfApi().list_repo_commits(repo)
+    assert [c.title for c in commits] == ["Stage 2/2: beta_task", "Stage 1/2: alpha_task", "initial commit"]
+    files = set(hub.list_files(repo))
+    for folder in ("stage-01-alpha_task", "stage-02-beta_task"):
+        assert {f"{folder}/adapter_config.json", f"{folder}/adapter_model.safetensors", f"{folder}/record.json"} <= files
+    assert {"README.md", "run.json", "recipe.yaml", "results.json", "results_heatmap.png"} <= files
+    assert not any("init_adapter" in f or f.endswith("/adapter/adapter_model.safetensors") for f in files)
+    assert (out / "stages" / "02-beta_task" / "adapter_original_base" / "adapter_model.safetensors").is_file()
+    marker = json.loads((out / "pushed.json").read_text())[f"{repo}@main"]
+    assert marker["head"] == hub.head(repo) and set(marker["stages"]) == {"1", "2"}
+
+    card = ModelCard.load(repo)
+    assert card.data.library_name == "peft" and {"continual-learning", "lora", "slice"} <= set(card.data.tags)
+    assert card.data.base_model is None  # a local checkpoint is not a Hub id
+    for needle in ("stage-02-beta_task", "load_stage", "merge_and_unload", "results_heatmap.png", "| AP | 0.625 |"):
+        assert needle in card.text
+
+    result = tmp_path / "logits.pt"
+    code = textwrap.dedent(f"""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        from slice_trl.hub import load_stage
+        repo, ids, out = {repo!r}, torch.tensor({IDS.tolist()}), {{}}
+        for k in (1, 2):
+            model, tok = load_stage(repo, k)
+            with torch.no_grad():
+                out[f"load_stage_{{k}}"] = model(ids).logits
+        # plain PEFT, as in the model card: stage 1 on the original base, then stage 2 on top
+        model = AutoModelForCausalLM.from_pretrained({str(run["base_dir"])!r}, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, repo, subfolder="stage-01-alpha_task").eval()
+        with torch.no_grad():
+            out["peft_1"] = model(ids).logits
+        model = PeftModel.from_pretrained(model.merge_and_unload(), repo, subfolder="stage-02-beta_task").eval()
+        with torch.no_grad():
+            out["peft_2"] = model(ids).logits
+        torch.save(out, {str(result)!r})
+    """)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert TEST_HUB_TOKEN not in proc.stdout + proc.stderr
+    got = torch.load(result)
+    for k in (1, 2):
+        assert (got[f"load_stage_{k}"] - run["expected"][k]).abs().max() < 1e-4
+        assert (got[f"peft_{k}"] - run["expected"][k]).abs().max() < 1e-4
+
+
+def test_push_survives_failures_and_resumes_without_duplicates(hub, hub_repo_name, run):
+    out = run["out"]
+    repo = f"{hub.user}/{hub_repo_name}"
+    before = _snapshot(out)
+
+    hub.set_down(True)  # the Hub is unreachable: nothing raises, nothing on disk changes
+    report = shub.push_pending(out, repo)
+    assert set(report.failed) == {1, 2} and not report.pushed and not report.ok
+    assert _snapshot(out) == before and not hub.repo_exists(repo)
+    hub.set_down(False)
+
+    assert shub.push_stage(out, 1, repo) is not None
+    hub.fail_next(1, status=500, path_contains="/commit/")  # stage 2's commit fails (after its LFS upload)
+    report = shub.push_pending(out, repo)
+    assert report.up_to_date == [1] and set(report.failed) == {2} and not report.pushed
+    assert not any(f.startswith("stage-02") for f in hub.list_files(repo))
+
+    hub.clear_log()
+    report = shub.push_pending(out, repo)  # the next call pushes exactly the missing stage
+    assert report.ok and report.pushed == [2] and report.up_to_date == [1] and len(report.commits) == 1
+    assert len(hub.requests_matching("POST", "/commit/")) == 1
+    assert any(f.startswith("stage-02-beta_task/") for f in hub.list_files(repo))
+
+    head, n_commits = hub.head(repo), len(hub.commit_ids(repo))
+    hub.clear_log()
+    for _ in range(2):  # pushing again changes nothing
+        report = shub.push_pending(out, repo)
+        assert report.ok and report.up_to_date == [1, 2] and not report.pushed and not report.commits
+        assert shub.push_stage(out, 2, repo) is None
+    background = shub.push_pending_in_background(out, repo).result(timeout=120)
+    assert background.ok and background.up_to_date == [1, 2]
+    assert hub.head(repo) == head and len(hub.commit_ids(repo)) == n_commits
+    assert not hub.requests_matching("POST", "/commit/")
+
+    with pytest.raises(ValueError, match="not finished"):
+        shub.push_stage(out, 3, repo)
+
+
+def test_push_to_branch_and_load_peft_model_in_process(hub, hub_repo_name, run):
+    out = run["out"]
+    repo = f"{hub.user}/{hub_repo_name}"
+    shub.push_stage(out, 1, repo, revision="runs")  # creates the branch
+    assert hub.list_files(repo) == [".gitattributes"]  # main untouched
+    assert "stage-01-alpha_task/adapter_model.safetensors" in hub.list_files(repo, revision="runs")
+    model, tokenizer = shub.load_stage(repo, 1, revision="runs", merge=False)
+    assert isinstance(model, PeftModel) and tokenizer.pad_token is not None
+    assert (_logits(model) - run["expected"][1]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="not published"):
+        shub.load_stage(repo, 2, revision="runs")
+
+
+def test_token_never_written_or_logged(hub, hub_repo_name, run, caplog, capsys):
+    out = run["out"]
+    repo = f"{hub.user}/{hub_repo_name}"
+    caplog.set_level(logging.DEBUG)
+    hub.fail_next(1, status=500, path_contains="/commit/")
+    first = shub.push_pending(out, repo, token=TEST_HUB_TOKEN)  # explicit token: must not leak either
+    assert set(first.failed) == {1, 2} and "not attempted" in first.failed[2]
+    assert any("stays pending" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert shub.push_pending(out, repo).ok  # token from HF_TOKEN
+
+    secret = TEST_HUB_TOKEN.encode()
+    leaks = [name for name, data in _snapshot(out).items() if secret in data]
+    assert leaks == []
+    assert [f for f in hub.list_files(repo) if secret in hub.read_file(repo, f)] == []
+    captured = capsys.readouterr()
+    assert TEST_HUB_TOKEN not in caplog.text + captured.out + captured.err
+    assert TEST_HUB_TOKEN not in json.dumps(first.failed)
+    assert hub.find_in_requests(TEST_HUB_TOKEN) == []  # only ever in the Authorization header
+    assert set(h for h in hub.authorization_headers() if h) == {f"Bearer {TEST_HUB_TOKEN}"}
+
+    # a recipe that carries credentials is published redacted
+    run_json = json.loads((out / "run.json").read_text())
+    run_json["recipe"].update(hub_token=TEST_HUB_TOKEN, env={"HF_TOKEN": TEST_HUB_TOKEN, "HF_HOME": "/x"})
+    (out / "run.json").write_text(json.dumps(run_json))
+    assert shub.push_pending(out, repo).ok
+    for name in ("run.json", "recipe.yaml", "README.md"):
+        assert secret not in hub.read_file(repo, name)
+    assert b"<redacted>" in hub.read_file(repo, "recipe.yaml") and b"HF_HOME: /x" in hub.read_file(repo, "recipe.yaml")
+
+
+def test_push_task_splits_dataset_repo(hub, hub_repo_name, tmp_path):
+    from datasets import Dataset, load_dataset
+
+    from slice_trl.tasks.base import Task
+
+    def task(name, n, metric):
+        rows = {"prompt": [f"{name} question {i}" for i in range(n)], "completion": [f"answer {i}" for i in range(n)]}
+        return Task(name, Dataset.from_dict(rows), Dataset.from_dict({k: v[:2] for k, v in rows.items()}), metric,
+                    {"source": "test", "shortened": 1})
+
+    tasks = [task("task088_identify_typo_verification", 5, "exact_match"), task("task181_outcome_extraction", 4, "rougeL")]
+    repo = shub.push_task_splits(tasks, f"{hub.orgs[0]}/{hub_repo_name}")
+    loaded = load_dataset(repo, "task181_outcome_extraction", cache_dir=str(tmp_path / "ds"))
+    assert loaded["train"]["prompt"] == tasks[1].train["prompt"] and loaded["eval"].num_rows == 2
+    readme = hub.read_file(repo, "README.md", repo_type="dataset").decode()
+    assert "config_name: task088_identify_typo_verification" in readme  # datasets' configs kept
+    assert "| 2 | `task181_outcome_extraction` | 4 | 2 | rougeL |" in readme and "continual-learning" in readme
+
+    n_commits = len(hub.commit_ids(repo, repo_type="dataset"))
+    shub.push_task_splits(tasks, repo)  # unchanged data: no new commit
+    assert len(hub.commit_ids(repo, repo_type="dataset")) == n_commits
