@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
 from .config import EvalConfig
 from .tasks.base import Task, is_conversational
 
@@ -276,12 +277,6 @@ def _cut_left(ids: list[int], max_input_tokens: int, bos_id: int | None) -> list
     return ids[len(ids) - max_input_tokens:]
 
 
-def _zero3_enabled() -> bool:
-    from .distributed import zero3_enabled
-
-    return zero3_enabled()
-
-
 @torch.no_grad()
 def _generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                   synced_gpus: bool = False) -> list[list[int]]:
@@ -353,10 +348,15 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str | Sequence[int]], ba
         raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens} and "
                          f"max_input_tokens={max_input_tokens} must all be >= 1.")
     model = _generating_model(model, accelerator)
-    ids = [_cut_left(_encode_prompt(p, tokenizer), max_input_tokens, tokenizer.bos_token_id) for p in prompts]
+    ids = [_encode_prompt(p, tokenizer) for p in prompts]
+    n_long = sum(len(i) > max_input_tokens for i in ids)
+    if n_long:
+        logger.warning("%d of %d prompts are longer than max_input_tokens=%d and lose their first tokens.",
+                       n_long, len(ids), max_input_tokens)
+    ids = [_cut_left(i, max_input_tokens, tokenizer.bos_token_id) for i in ids]
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
-    zero3 = world > 1 and _zero3_enabled()
+    zero3 = world > 1 and distributed.zero3_enabled()
     mine = list(range(rank, len(ids), world))
     if zero3:
         # ZeRO-3 gathers parameters collectively at every forward: ranks must run equally many
@@ -465,7 +465,6 @@ class LMEvalDataError(RuntimeError):
 
 def _require_lm_eval():
     try:
-        import lm_eval  # noqa: F401
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager

@@ -117,24 +117,42 @@ def _only_targets_require_grad(model: nn.Module, weights: Mapping[str, nn.Parame
             w.grad = g
 
 
+def _toggle_checkpointing(model: nn.Module, enable: bool) -> None:
+    # transformers >= 5 names it activation checkpointing (the gradient_* names warn); older: gradient_*
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
 @contextlib.contextmanager
 def _estimation_mode(model: nn.Module, gradient_checkpointing: bool):
-    """Eval mode (no dropout: the estimate is deterministic). Checkpointing in HF models only acts
-    in train mode, so with it we switch to train mode for the duration."""
+    """Eval mode (no dropout: the estimate is deterministic). HF checkpointing only acts on a
+    checkpointed layer in train mode, so with it exactly those layers (the modules carrying
+    ``gradient_checkpointing = True``) are switched to train mode; their submodules (attention,
+    dropout, LoRA dropout) stay in eval mode. Every module's mode is restored on exit."""
     modes = {m: m.training for m in model.modules()}  # per module: a mixed train/eval state survives
     had_gc = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
     if had_gc is None:
         had_gc = bool(getattr(model, "is_gradient_checkpointing", False))
     try:
+        model.eval()
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.train()
-        else:
-            model.eval()
+            if not had_gc:
+                _toggle_checkpointing(model, True)
+            for m in model.modules():
+                if getattr(m, "gradient_checkpointing", False) is True:
+                    m.training = True
         yield
     finally:
         if gradient_checkpointing and not had_gc:
-            model.gradient_checkpointing_disable()
+            _toggle_checkpointing(model, False)
         for m, training in modes.items():
             m.training = training
 

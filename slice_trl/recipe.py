@@ -32,11 +32,8 @@ class RunArguments:
 
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory that relative task paths resolve against (default: the recipe's directory "
-                  "for paths that exist there, else the current directory)."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow model repos with custom code (off unless the recipe asks)."}
+        metadata={"help": "Directory that relative task paths resolve against (default: the current directory). "
+                  "E.g. --data_dir ../shared/data/superni for natural-instructions task files."},
     )
     push_repo_id: str | None = field(
         default=None,
@@ -124,6 +121,7 @@ class Recipe:
     training: ContinualSFTConfig
     model: object  # trl.ModelConfig
     task_specs: list
+    missing_data: list[str] = field(default_factory=list)  # only when validated for another machine
 
     def lora_config(self):
         from trl import get_peft_config
@@ -132,11 +130,16 @@ class Recipe:
         return get_peft_config(self.model)
 
 
-def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | None = None) -> Recipe:
-    """Read, merge and validate a recipe. Raises `RecipeError` (never loads a model)."""
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | None = None,
+                for_this_machine: bool = True) -> Recipe:
+    """Read, merge and validate a recipe. Raises `RecipeError` (never loads a model).
+
+    ``for_this_machine=False`` validates a recipe meant for another machine (a GPU recipe on a
+    CPU-only box, as `--dry-run` does): hardware checks of TrainingArguments are skipped by
+    validating it as a CPU run."""
     from trl import TrlParser
 
-    from .tasks import TaskSpec
+    from .tasks import MissingDataError, TaskSpec
 
     raw: dict = {}
     where = "recipe"
@@ -184,15 +187,21 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
                           "tasks:\n  - {name: first, source: builtin}\n  - {name: last, source: builtin}")
     if not isinstance(tasks, list):
         raise RecipeError(f"{where}: 'tasks' must be a list of task mappings.")
-    specs = []
+    data_dir = merged.get("data_dir")
+    specs, missing = [], []
     for i, item in enumerate(tasks):
         if not isinstance(item, dict):
             raise RecipeError(f"{where}: tasks[{i}] must be a mapping (name, source, ...), got {item!r}.")
         try:
-            specs.append(TaskSpec.from_dict(item))
+            specs.append(TaskSpec.from_dict(item, base_dir=data_dir))
+        except MissingDataError as err:
+            if for_this_machine:
+                raise RecipeError(f"{where}: tasks[{i}]: {err} Set data_dir (--data_dir PATH) to the folder that "
+                                  "holds the task data.") from None
+            missing.append(f"tasks[{i}]: {err}")
         except (TypeError, ValueError) as err:
             raise RecipeError(f"{where}: tasks[{i}] ({item.get('name', '?')}): {err}") from None
-    names = [s.name for s in specs]
+    names = [s.display_name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise RecipeError(f"{where}: duplicate task names {dupes}; every task needs a unique 'name'.")
@@ -205,6 +214,11 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         raise RecipeError(f"{where}: lora_r={lora_r!r} must be a positive integer (the LoRA rank).")
     merged.setdefault("output_dir", str(Path("runs") / (Path(where).stem if path else "run")))
 
+    if not for_this_machine:
+        import torch
+
+        if not torch.cuda.is_available():
+            merged["use_cpu"] = True
     parser = TrlParser(_dataclasses())
     try:
         parser.set_defaults_with_config(**merged)
@@ -214,9 +228,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from None
     model.use_peft = True
-    if run_args.data_dir is None and path is not None:
-        run_args.data_dir = str(Path(path).resolve().parent)
-    return Recipe(Path(path) if path else None, {**merged, "tasks": tasks}, run_args, training, model, specs)
+    return Recipe(Path(path) if path else None, {**merged, "tasks": tasks}, run_args, training, model, specs, missing)
 
 
 def help_text() -> str:

@@ -100,11 +100,13 @@ class ContinualSFTTrainer(SFTTrainer):
             `InitReport`; default built from ``args.init``.
         replay_provider: default `ReplaySampleProvider(args.replay)`.
         run_info: extra facts written to run.json (e.g. the recipe, the base model id).
+        publisher: optional callable(output_dir) run on the main process after each finished
+            stage (e.g. `slice_trl.hub.push_pending`); it must not raise.
     """
 
     def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
                  initializer=None, replay_provider: ReplaySampleProvider | None = None, callbacks=None,
-                 run_info: dict | None = None, **kwargs):
+                 run_info: dict | None = None, publisher=None, **kwargs):
         from peft import LoraConfig, PeftModel
 
         if not isinstance(args, ContinualSFTConfig):
@@ -121,6 +123,7 @@ class ContinualSFTTrainer(SFTTrainer):
         self.initializer = initializer or build_initializer(args.init)
         self.replay_provider = replay_provider or ReplaySampleProvider(args.replay)
         self.run_info = dict(run_info or {})
+        self.publisher = publisher
         self._stage = -1
         # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
         # first task's format; all tasks share that format (validated above).
@@ -328,4 +331,6 @@ class ContinualSFTTrainer(SFTTrainer):
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:
-        """Hook called once stage t is on disk (publishing plugs in here)."""
+        """Called once stage t is on disk: publishes it if a publisher was given."""
+        if self.publisher is not None and self.accelerator.is_main_process:
+            self.publisher(self.output_path)

@@ -267,6 +267,10 @@ def test_cli_end_to_end_with_cache_reuse(ni_pool, tmp_path, capsys, one_thread):
     order = [t["name"] for t in recipe["tasks"]]
     assert sorted(order) == top[0]["tasks"]
     assert all(t["source"] == "superni" and Path(t["path"]).is_file() for t in recipe["tasks"])
+    from slice_trl.recipe import load_recipe  # the recipe is one the training command accepts
+
+    assert [s.display_name for s in load_recipe(out / "recipe.yaml", for_this_machine=False).task_specs] == \
+        [t["name"] for t in recipe["tasks"]]
     # the order minimises the sum of consecutive-pair cosines
     idx = [names.index(t) for t in order]
     cost = sum(cos[a, b] for a, b in zip(idx, idx[1:]))

@@ -283,6 +283,18 @@ def test_generic_csv_and_parquet(tmp_path):
         assert len(task.train) == 6
 
 
+def test_generic_glob_and_conversational_columns(tmp_path):
+    for part in range(2):
+        rows = [{"prompt": [{"role": "user", "content": f"p{part}{i}"}],
+                 "completion": [{"role": "assistant", "content": f"c{part}{i}"}]} for i in range(3)]
+        (tmp_path / f"part{part}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec(source="generic", path=str(tmp_path / "part*.jsonl"), name="conv", max_eval=2)
+    task = build_task(spec)
+    assert len(task.train) + len(task.eval) == 6  # both files, TRL conversational columns used as they are
+    for ex in list(task.train) + list(task.eval):
+        assert ex["completion"][0]["content"] == "c" + ex["prompt"][0]["content"][1:]
+
+
 def test_generic_errors(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps({"question": "q", "answer": "a"}) for _ in range(3)))
@@ -412,7 +424,7 @@ def test_builtin_deterministic_shared_inputs_conflicting_answers():
 
 
 def test_builtin_is_short_and_default_sequence(tok):
-    suite = builtin_suite(tokenizer=tok, max_length=128)
+    suite = builtin_suite(n_train=32, n_eval=8, tokenizer=tok, max_length=128)
     assert [t.name for t in suite] == ["first", "last", "second"]
     longest = max(sequence_length(ex, tok) for t in suite for ex in t.train)
     assert longest <= 21 + 60 + 25  # bytes: "Words: " + 4 words + instruction, and the answer
@@ -424,9 +436,12 @@ def test_builtin_is_short_and_default_sequence(tok):
 # TaskSpec and build_task
 # ---------------------------------------------------------------------------------------------
 
-def test_taskspec_errors(tmp_path):
+def test_taskspec_errors(tmp_path, tok):
     write_superni(tmp_path)
+    trace_dir = write_trace(tmp_path / "FOMC")
     cases = [
+        (dict(source="trace", path=str(trace_dir), files=["dev.json"]), "are not in"),
+        (dict(source="superni", path=str(tmp_path), task="task088", files=["train.json"]), "only used by source='trace'"),
         (dict(), "source is required"),
         (dict(source="supernI", path=str(tmp_path), task="task088"), "Did you mean 'superni'"),
         (dict(source="superni", path=str(tmp_path / "missing"), task="task088"), "does not exist"),
@@ -450,6 +465,10 @@ def test_taskspec_errors(tmp_path):
             TaskSpec(**kwargs)
     with pytest.raises(ValueError, match="Did you mean 'dataset_id'"):
         TaskSpec.from_dict({"source": "hub_splits", "dataset": "me/x", "task": "first"})
+    with pytest.raises(TypeError, match="TaskSpec.from_dict"):
+        build_task({"source": "builtin", "task": "first"})
+    with pytest.raises(ValueError, match="positive integer"):
+        build_task(TaskSpec(source="builtin", task="first"), tokenizer=tok, max_length=0)
 
 
 def test_taskspec_builds_each_local_source(tmp_path, tok):
@@ -471,6 +490,7 @@ def test_taskspec_builds_each_local_source(tmp_path, tok):
     assert [t.metric for t in tasks] == ["exact_match", "rougeL", "exact_match", "exact_match"]
     assert [len(t.eval) for t in tasks] == [3, 5, 2, 4] and len(tasks[3].train) == 16
     assert all("length_fit" in t.info for t in tasks)
+    assert TaskSpec(source="builtin", name="second").task == "second"  # the name doubles as the task id
     with pytest.raises(ValueError, match="unique"):
         build_tasks([specs[3], TaskSpec(source="builtin", task="last")])
 

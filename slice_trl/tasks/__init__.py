@@ -23,8 +23,12 @@ from .trace import load_trace_task, resolve_task_dir
 
 SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits")
 
+
+class MissingDataError(ValueError):
+    """A task's local data path does not exist (a machine-specific problem, not a recipe typo)."""
+
 __all__ = [
-    "SOURCES", "METRICS", "BUILTIN_TASKS", "Task", "TaskSpec", "build_task", "build_tasks",
+    "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "build_task", "build_tasks",
     "split_train_eval", "fit_prompt", "sequence_length", "sequence_lengths", "builtin_suite", "builtin_task",
     "load_superni_task", "load_trace_task", "load_generic_task", "load_hub_splits_task", "default_metric",
 ]
@@ -59,7 +63,7 @@ class TaskSpec:
         default=None,
         metadata={"help": "The source's task id. superni: task088_identify_typo_verification or task088. trace: "
                   "the task folder (FOMC) under a TRACE root, or the Hub config. generic: the Hub config. builtin: "
-                  f"one of {list(BUILTIN_TASKS)}. hub_splits: the config (task) name in the pushed repo."},
+                  f"one of {list(BUILTIN_TASKS)} (default: name). hub_splits: the config (task) name in the pushed repo."},
     )
     metric: str | None = field(
         default=None,
@@ -170,8 +174,8 @@ class TaskSpec:
     def _check_path_exists(self) -> None:
         p = Path(self.path)
         if not p.exists() and not any(ch in self.path for ch in "*?["):
-            raise self._err(f"path={self.path!r} does not exist; fix the path (relative paths are resolved "
-                            f"against the recipe's directory, else the working directory {str(Path.cwd())!r}).")
+            raise MissingDataError(self._err(f"path={self.path!r} does not exist; fix the path (relative paths are resolved "
+                            f"against the recipe's directory, else the working directory {str(Path.cwd())!r}).").args[0])
 
     def _validate_superni(self) -> None:
         self._one_location("natural-instructions task file or directory")
@@ -224,6 +228,8 @@ class TaskSpec:
     def _validate_builtin(self) -> None:
         if self.path is not None or self.dataset_id is not None:
             raise self._err("source='builtin' is generated in code: remove path= and dataset_id=.")
+        if self.task is None and self.name in BUILTIN_TASKS:
+            self.task = self.name  # {name: first, source: builtin} is enough
         if self.task not in BUILTIN_TASKS:
             close = difflib.get_close_matches(str(self.task), list(BUILTIN_TASKS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,140 @@
+"""Run a continual sequence from a recipe:
+
+    python -m slice_trl.run RECIPE.yaml [--key value ...] [--section.key value ...]
+    accelerate launch [--config_file accelerate_configs/...] -m slice_trl.run RECIPE.yaml ...
+
+Flags: ``--dry-run`` (validate the recipe and report the task data, load no model),
+``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet),
+``--help`` (every recipe key with its help text).
+
+Order of work: the whole recipe is validated, then the tokenizer is loaded and the tasks are
+built (data errors surface here), and only then the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .recipe import Recipe, RecipeError, help_text, load_recipe
+
+logger = logging.getLogger("slice_trl")
+
+USAGE = "usage: python -m slice_trl.run RECIPE.yaml [--dry-run] [--push-only] [--key value ...] [--section.key value ...]"
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
+    flags = {"--dry-run", "--push-only", "--help", "-h"}
+    return [a for a in argv if a not in flags], {a for a in argv if a in flags}
+
+
+def check_data(recipe: Recipe) -> list[str]:
+    """One line per task: name, source, location (the specs were checked on load)."""
+    return [f"  {i + 1}. {s.display_name}: source={s.source} "
+            f"{'path=' + s.path if s.path else 'dataset_id=' + str(s.dataset_id) if s.dataset_id else ''}".rstrip()
+            for i, s in enumerate(recipe.task_specs)]
+
+
+def build_tasks(recipe: Recipe, tokenizer):
+    from .tasks import build_tasks as build
+
+    try:
+        return build(recipe.task_specs, tokenizer, recipe.training.max_length)
+    except (ValueError, FileNotFoundError, ConnectionError, OSError) as err:
+        raise RecipeError(f"tasks: {err}") from None
+
+
+def _publisher(recipe: Recipe):
+    """after-stage hook: push every finished stage not yet on the Hub (never raises)."""
+    if not recipe.run.push_repo_id:
+        return None
+    from . import hub
+
+    def publish(output_dir):
+        report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
+                                  dataset_repo_id=recipe.run.push_dataset_repo_id)
+        if not report.ok:
+            logger.warning("Hub push incomplete (stages %s pending); they will be pushed by the next run or by "
+                           "`python -m slice_trl.run RECIPE --push-only`.", report.failed)
+        return report
+
+    return publish
+
+
+def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
+    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
+    if dry_run:
+        print(f"Recipe OK: {len(recipe.task_specs)} tasks, init={recipe.training.init.method}, "
+              f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}")
+        print("\n".join(check_data(recipe)))
+        if recipe.missing_data:
+            print(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
+            print("\n".join(f"  {m}" for m in recipe.missing_data))
+        return None
+    publish = _publisher(recipe)
+    if push_only:
+        if publish is None:
+            raise RecipeError("--push-only needs push_repo_id (the Hub model repo) in the recipe or as --push_repo_id.")
+        report = publish(recipe.training.output_dir)
+        print(f"pushed stages {report.pushed}; up to date {report.up_to_date}; failed {report.failed}")
+        return None
+
+    from transformers import AutoTokenizer
+
+    from .models import load_model_and_tokenizer, resolve_model_path
+    from .trainer import ContinualSFTTrainer
+
+    m = recipe.model
+    trust = recipe.training.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m.model_name_or_path), revision=m.model_revision,
+                                              trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tasks = build_tasks(recipe, tokenizer)
+    for task in tasks:
+        fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
+        logger.info("task %s: %d train / %d eval, metric %s %s", task.name, len(task.train), len(task.eval),
+                    task.metric, fit or "")
+    if recipe.run.push_dataset_repo_id:
+        from . import hub
+
+        try:
+            hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private)
+        except Exception as err:  # publishing never costs the run
+            logger.warning("Could not push the task splits (%s); continuing.", type(err).__name__)
+
+    model, _ = load_model_and_tokenizer(m.model_name_or_path, dtype=m.dtype or "float32", trust_remote_code=trust,
+                                        revision=m.model_revision, attn_implementation=m.attn_implementation)
+    trainer = ContinualSFTTrainer(
+        model=model, args=recipe.training, tasks=tasks, peft_config=recipe.lora_config(), processing_class=tokenizer,
+        run_info={"base_model": m.model_name_or_path, "recipe": recipe.raw}, publisher=publish,
+    )
+    out = trainer.train()
+    if trainer.accelerator.is_main_process:
+        print(out.results.table())
+        print(f"results: {recipe.training.output_dir}/results.json, heatmap: "
+              f"{recipe.training.output_dir}/results_heatmap.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, flags = _split_flags(argv)
+    if flags & {"--help", "-h"} or not rest:
+        print(USAGE)
+        print(__doc__)
+        print(help_text())
+        return 0 if flags & {"--help", "-h"} else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
+    try:
+        recipe = load_recipe(path, overrides, for_this_machine="--dry-run" not in flags)
+        run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
