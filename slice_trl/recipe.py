@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def parse_overrides(argv: list[str]) -> dict[str, object]:
             out.setdefault(section, {})
             if not isinstance(out[section], dict):
                 raise RecipeError(f"--{key}: {section!r} is not a section.")
-            out[section][sub] = parsed
+            out[section][sub.replace("-", "_")] = parsed
         else:
             out[key.replace("-", "_")] = parsed
     return out
@@ -104,11 +106,97 @@ def parse_overrides(argv: list[str]) -> dict[str, object]:
 def _merge(recipe: dict, overrides: dict) -> dict:
     merged = dict(recipe)
     for key, value in overrides.items():
-        if key in SECTIONS and isinstance(value, dict):
-            merged[key] = {**(merged.get(key) or {}), **value}
+        base = merged.get(key)
+        if key in SECTIONS and isinstance(value, dict) and (base is None or isinstance(base, dict)):
+            merged[key] = {**(base or {}), **value}
+        elif key in SECTIONS and isinstance(value, dict):
+            pass  # the recipe's section is not a mapping: keep it so that validation reports it
         else:
             merged[key] = value
     return merged
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
+    """Type-check (and coerce where unambiguous) the values of a nested section against the
+    dataclass annotations, so that a wrong type is reported with the key instead of surfacing as
+    ``int('abc')`` from ``__post_init__``. YAML 1.1 reads ``5e-1`` as a string: a float field
+    accepts such a numeric string."""
+    hints = typing.get_type_hints(cls)
+    out = dict(section)
+    for key, value in section.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue  # unknown keys are reported (with a suggestion) by from_dict
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        base = typing.get_origin(base) or base
+        default = next(f.default for f in fields(cls) if f.name == key)
+        example = f" (e.g. --{name}.{key} {default})" if default is not None and base in (int, float, bool) else ""
+        if value is None:
+            if optional:
+                continue
+            expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                        list: "a list", dict: "a mapping"}.get(base, str(hint))
+            raise RecipeError(f"{where}: {name}.{key} is empty; it must be {expected}{example}.")
+        if base is bool:
+            ok = isinstance(value, bool)
+            expected = "true or false"
+        elif base is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            expected = "an integer"
+        elif base is float:
+            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+                value = out[key] = float(value)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            expected = "a number"
+        elif base is str:
+            ok = isinstance(value, str)
+            expected = "a string"
+        elif base is list:
+            ok = isinstance(value, (list, str))
+            expected = "a list"
+        elif base is dict:
+            ok = isinstance(value, dict)
+            expected = "a mapping"
+        else:  # pragma: no cover - every field type of the sections is covered above
+            ok, expected = True, str(hint)
+        if not ok:
+            raise RecipeError(f"{where}: {name}.{key}={value!r} has the wrong type: it must be {expected}"
+                              f"{example}.")
+    return out
+
+
+class _ArgumentError(Exception):
+    """argparse's error message, raised instead of printing the usage and exiting."""
+
+
+def _raise_argument_error(message: str):
+    raise _ArgumentError(message)
+
+
+def _argument_error_message(where: str, message: str, merged: dict, known: dict) -> str:
+    """'argument --num_train_epochs/--num-train-epochs: invalid float value: 'abc'' -> a message
+    naming the key, the value and the fix."""
+    match = re.match(r"argument --([\w.]+)[^:]*: (.*)", message, re.S)
+    if not match:
+        return f"{where}: {message}"
+    key, reason = match.group(1), match.group(2).strip()
+    value = merged.get(key, "?")
+    hint = ""
+    choices = re.search(r"\(choose from (.*)\)", reason)
+    if choices and isinstance(value, str):
+        options = [c.strip(" '\"") for c in choices.group(1).split(",")]
+        hint = _suggest(value, options)
+    f = known.get(key)
+    ftype = getattr(f, "type", None) if f is not None else None
+    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", None)
+    expects = f" {key} expects {tname}." if tname else ""
+    return (f"{where}: {key}={value!r} is not valid ({reason}).{hint}{expects} Fix it in the recipe or override it "
+            f"with --{key} VALUE; `python -m slice_trl.run --help` lists every key.")
 
 
 @dataclass
@@ -160,9 +248,8 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
 
     env = merged.pop("env", None) or {}
     if not isinstance(env, dict):
-        raise RecipeError(f"{where}: 'env' must be a mapping of environment variables.")
-    for k, v in env.items():
-        os.environ[str(k)] = str(v)
+        raise RecipeError(f"{where}: 'env' must be a mapping of environment variables (NAME: value), "
+                          f"got {type(env).__name__}.")
 
     known = flat_fields()
     allowed = set(known) | set(SECTIONS) | {"tasks"}
@@ -170,12 +257,22 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         if key not in allowed:
             raise RecipeError(f"{where}: unknown key {key!r}.{_suggest(key, allowed)} Run `python -m slice_trl.run "
                               "--help` for every key.")
+    for key, value in merged.items():  # argparse checks choices of command-line values, not of defaults
+        choices = getattr(known.get(key), "metadata", {}).get("choices")
+        if choices is None or value is None:
+            continue
+        choices = [c for c in choices if not (key == "dtype" and c == "auto")]  # the loader needs a real dtype
+        if value not in choices:
+            raise RecipeError(f"{where}: {key}={value!r} is not valid.{_suggest(str(value), choices)} "
+                              f"Choose one of {choices}.")
     for name, cls in SECTIONS.items():
         section = merged.get(name)
         if section is None:
             continue
         if not isinstance(section, dict):
-            raise RecipeError(f"{where}: '{name}' must be a mapping of {cls.__name__} fields.")
+            raise RecipeError(f"{where}: '{name}' must be a mapping of {cls.__name__} fields, e.g. "
+                              f"'{name}: {{KEY: VALUE}}' or --{name}.KEY VALUE; got {section!r}.")
+        section = merged[name] = _check_section_types(where, name, cls, section)
         try:
             cls.from_dict(section)
         except ValueError as err:
@@ -210,20 +307,27 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         raise RecipeError(f"{where}: 'model_name_or_path' is missing. Set it to a Hub id, a local path or "
                           "'smollm2-135m-instruct' (the bundled offline model).")
     lora_r = merged.get("lora_r", 16)
-    if not isinstance(lora_r, int) or lora_r <= 0:
+    if not isinstance(lora_r, int) or isinstance(lora_r, bool) or lora_r <= 0:
         raise RecipeError(f"{where}: lora_r={lora_r!r} must be a positive integer (the LoRA rank).")
     merged.setdefault("output_dir", str(Path("runs") / (Path(where).stem if path else "run")))
 
+    # the environment is only touched once the recipe is known to be valid (and before the CUDA
+    # check below, which e.g. CUDA_VISIBLE_DEVICES affects)
+    for k, v in env.items():
+        os.environ[str(k)] = "" if v is None else str(v)
     if not for_this_machine:
         import torch
 
         if not torch.cuda.is_available():
             merged["use_cpu"] = True
     parser = TrlParser(_dataclasses())
+    parser.error = _raise_argument_error  # argparse would print the whole usage and exit
     try:
         parser.set_defaults_with_config(**merged)
         run_args, training, model = parser.parse_args_into_dataclasses(args=[])
-    except SystemExit:  # argparse reports type errors by exiting
+    except _ArgumentError as err:  # argparse's type conversion of a flat key failed
+        raise RecipeError(_argument_error_message(where, str(err), merged, known)) from None
+    except SystemExit:  # pragma: no cover - any other argparse exit
         raise RecipeError(f"{where}: a value has the wrong type (see the message above).") from None
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from None

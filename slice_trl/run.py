@@ -35,13 +35,43 @@ def check_data(recipe: Recipe) -> list[str]:
             for i, s in enumerate(recipe.task_specs)]
 
 
-def build_tasks(recipe: Recipe, tokenizer):
-    from .tasks import build_tasks as build
+_NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "RemoteProtocolError", "TimeoutException",
+                   "ConnectionError", "Timeout", "ProtocolError", "NewConnectionError", "MaxRetryError"}
 
-    try:
-        return build(recipe.task_specs, tokenizer, recipe.training.max_length)
-    except (ValueError, FileNotFoundError, ConnectionError, OSError) as err:
-        raise RecipeError(f"tasks: {err}") from None
+
+def _is_network_error(err: BaseException) -> bool:
+    """A transport-level failure (refused/dropped connection, timeout) of any HTTP client, also
+    when wrapped by datasets/huggingface_hub."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if any(c.__name__ in _NETWORK_ERRORS for c in type(err).__mro__):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def build_tasks(recipe: Recipe, tokenizer):
+    """Load every task of the recipe; data problems become one `RecipeError` naming the task."""
+    from .tasks import build_task
+
+    tasks = []
+    for i, spec in enumerate(recipe.task_specs):
+        label = f"tasks[{i}] ({spec.display_name})"
+        try:
+            tasks.append(build_task(spec, tokenizer, recipe.training.max_length))
+        except (ValueError, FileNotFoundError, ConnectionError, OSError) as err:
+            raise RecipeError(f"{label}: {err}") from None
+        except Exception as err:  # an HTTP client's own transport errors (dropped connection, timeout)
+            if not _is_network_error(err):
+                raise
+            where = f"dataset {spec.dataset_id!r}" if spec.dataset_id else "its data"
+            raise RecipeError(
+                f"{label}: could not reach the Hugging Face Hub for {where}: this machine appears offline or the "
+                f"Hub cannot be reached ({type(err).__name__}: {err}). Point the task at local files instead "
+                "(path=<local file or directory> in place of dataset_id=, relative to data_dir), or retry online."
+            ) from None
+    return tasks
 
 
 def _publisher(recipe: Recipe):
@@ -64,7 +94,8 @@ def _publisher(recipe: Recipe):
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
     if dry_run:
-        print(f"Recipe OK: {len(recipe.task_specs)} tasks, init={recipe.training.init.method}, "
+        n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
+        print(f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
               f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}")
         print("\n".join(check_data(recipe)))
         if recipe.missing_data:
@@ -86,8 +117,13 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
 
     m = recipe.model
     trust = recipe.training.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m.model_name_or_path), revision=m.model_revision,
-                                              trust_remote_code=trust)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m.model_name_or_path),
+                                                  revision=m.model_revision, trust_remote_code=trust)
+    except (OSError, ValueError) as err:  # a wrong name/path, or offline without the model in the cache
+        raise RecipeError(f"model_name_or_path={m.model_name_or_path!r}: the tokenizer could not be loaded "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a Hub id, "
+                          "a local checkpoint directory or 'smollm2-135m-instruct' (the bundled offline model).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tasks = build_tasks(recipe, tokenizer)

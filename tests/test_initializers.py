@@ -80,7 +80,8 @@ def _peft(base_model, r=4, alpha=8, rslora=False, targets=DEFAULT_TARGETS, **kw)
 
 
 def _cfg(method="slice", **kw):
-    return InitConfig(method=method, cur_steps=2, prev_steps=2, batch_size=4, micro_batch_size=2, **kw)
+    kw = {"cur_steps": 2, "prev_steps": 2, "batch_size": 4, "micro_batch_size": 2, **kw}
+    return InitConfig(method=method, **kw)
 
 
 def _logits(model, batch):

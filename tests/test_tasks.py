@@ -465,6 +465,14 @@ def test_taskspec_errors(tmp_path, tok):
             TaskSpec(**kwargs)
     with pytest.raises(ValueError, match="Did you mean 'dataset_id'"):
         TaskSpec.from_dict({"source": "hub_splits", "dataset": "me/x", "task": "first"})
+    # Data absent on this machine is told apart from recipe mistakes (the recipe layer may defer it).
+    from slice_trl.tasks import MissingDataError
+
+    for kwargs in (dict(source="superni", path=str(tmp_path / "missing"), task="task088"),
+                   dict(source="superni", path=str(tmp_path), task="task089"),
+                   dict(source="trace", path=str(tmp_path), task="C-STANCE")):
+        with pytest.raises(MissingDataError):
+            TaskSpec(**kwargs)
     with pytest.raises(TypeError, match="TaskSpec.from_dict"):
         build_task({"source": "builtin", "task": "first"})
     with pytest.raises(ValueError, match="positive integer"):

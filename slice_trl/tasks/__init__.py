@@ -25,7 +25,9 @@ SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits")
 
 
 class MissingDataError(ValueError):
-    """A task's local data path does not exist (a machine-specific problem, not a recipe typo)."""
+    """A task's local data path does not exist (a machine-specific problem, not a recipe typo).
+    Also raised when an existing directory lacks the named task's file or folder."""
+
 
 __all__ = [
     "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "build_task", "build_tasks",
@@ -53,7 +55,7 @@ class TaskSpec:
         metadata={"help": "Local data. superni: a task .json file, or a directory of them (with task=). "
                   "trace: a task directory holding train.json (or a TRACE root with task=). generic: a "
                   ".json/.jsonl/.csv/.parquet file, a directory or a glob. Relative paths are resolved "
-                  "against the recipe's directory when built with TaskSpec.from_dict(..., base_dir=)."},
+                  "against the recipe's data_dir (TaskSpec.from_dict(..., base_dir=data_dir)), else the working directory."},
     )
     dataset_id: str | None = field(
         default=None,
@@ -113,7 +115,7 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | Path | None = None) -> "TaskSpec":
         """Build from a recipe mapping; unknown keys raise with a close-match suggestion.
-        A relative ``path`` is resolved against ``base_dir`` (the recipe's directory) if given."""
+        A relative ``path`` is resolved against ``base_dir`` (the recipe's data_dir) if given."""
         if not isinstance(data, dict):
             raise ValueError(f"A task entry must be a mapping such as {{source: superni, path: ..., task: ...}}; got {data!r}.")
         known = [f.name for f in dc_fields(cls)]
@@ -174,8 +176,10 @@ class TaskSpec:
     def _check_path_exists(self) -> None:
         p = Path(self.path)
         if not p.exists() and not any(ch in self.path for ch in "*?["):
-            raise MissingDataError(self._err(f"path={self.path!r} does not exist; fix the path (relative paths are resolved "
-                            f"against the recipe's directory, else the working directory {str(Path.cwd())!r}).").args[0])
+            raise MissingDataError(self._err(
+                f"path={self.path!r} does not exist; fix the path (a relative path is resolved against the "
+                f"recipe's data_dir when set, else the working directory {str(Path.cwd())!r})."
+            ).args[0])
 
     def _validate_superni(self) -> None:
         self._one_location("natural-instructions task file or directory")
@@ -189,7 +193,9 @@ class TaskSpec:
                             "task088_identify_typo_verification).")
         try:
             file = resolve_task_file(self.path, self.task)
-        except (FileNotFoundError, ValueError) as exc:
+        except FileNotFoundError as exc:  # the directory exists but lacks this task's file
+            raise MissingDataError(self._err(f"task={self.task!r}: {exc}").args[0]) from None
+        except ValueError as exc:
             raise self._err(f"task={self.task!r}: {exc}") from None
         self.task = file.stem  # the full name, also for a short id such as task088
 
@@ -201,7 +207,7 @@ class TaskSpec:
         try:
             where = resolve_task_dir(self.path, self.task)
         except FileNotFoundError as exc:
-            raise self._err(f"path/task: {exc}") from None
+            raise MissingDataError(self._err(f"path/task: {exc}").args[0]) from None
         if self.files is not None:
             if isinstance(self.files, str):
                 self.files = [self.files]
@@ -222,7 +228,9 @@ class TaskSpec:
             self._check_path_exists()
             try:
                 local_files(self.path)
-            except (FileNotFoundError, ValueError) as exc:
+            except FileNotFoundError as exc:
+                raise MissingDataError(self._err(f"path: {exc}").args[0]) from None
+            except ValueError as exc:
                 raise self._err(f"path: {exc}") from None
 
     def _validate_builtin(self) -> None:

@@ -1,0 +1,29 @@
+"""slice-trl: continual LoRA fine-tuning on TRL's SFTTrainer, with SLICE initialisation."""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ContinualSFTConfig": "slice_trl.config",
+    "InitConfig": "slice_trl.config",
+    "ReplayConfig": "slice_trl.config",
+    "EvalConfig": "slice_trl.config",
+    "ContinualSFTTrainer": "slice_trl.trainer",
+    "SliceInitializer": "slice_trl.initializers",
+    "LoraGAInitializer": "slice_trl.initializers",
+    "LoramInitializer": "slice_trl.initializers",
+    "VanillaInitializer": "slice_trl.initializers",
+    "build_initializer": "slice_trl.initializers",
+    "ReplaySampleProvider": "slice_trl.replay",
+    "ResultsMatrix": "slice_trl.results",
+    "Task": "slice_trl.tasks.base",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    # Lazy: `python -m slice_trl.mine --help` should not pay for importing trl.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'slice_trl' has no attribute {name!r}")
