@@ -5,7 +5,7 @@ Setting: NI-Seq-Opposite-2's first three tasks from ``../shared/data/superni``: 
 fitted to ~128 tokens (Super-NI prompt: Definition, blank line, "Input: " + input, as the user
 turn; completion = first output; the definition is cut to fit the budget, the completion never),
 so G_prev averages 16 batches (8 per earlier task, "each_task") and G_cur 8.
-LoRA as in the paper: rsLoRA, r = 64, alpha = 2, q/k/v/o/gate/up/down.
+LoRA: rsLoRA, alpha = 2 (the paper), r = 16 (the recipes' default; --r 64 for the paper's rank), q/k/v/o/gate/up/down.
 
 Every configuration runs in a FRESH subprocess (peak RSS is per process):
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -48,13 +49,27 @@ PREV_TASKS = ("task088_identify_typo_verification", "task1510_evalution_relation
 CUR_TASK = "task181_outcome_extraction"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+# Gradient checkpointing (InitConfig.gradient_checkpointing) bounds the activations of the
+# passes; "memory-only" runs use 2 batches per side (the peak does not grow with the number of
+# batches: every micro-batch frees what it allocated) and are not used for the time ratio.
+# "mmap" runs set MALLOC_MMAP_THRESHOLD_ (a glibc tunable) so that large blocks are returned to
+# the OS when freed: they separate live memory from what glibc's heap keeps after frees.
 CONFIGS = [
-    {"name": "fp32_global", "prev_grad_dtype": "float32", "projection": "global"},
-    {"name": "fp32_per_module", "prev_grad_dtype": "float32", "projection": "per_module"},
-    {"name": "bf16_per_module", "prev_grad_dtype": "bfloat16", "projection": "per_module"},
-    {"name": "bf16_global", "prev_grad_dtype": "bfloat16", "projection": "global"},
+    {"name": "fp32_global", "prev_grad_dtype": "float32", "projection": "global", "gradient_checkpointing": True},
+    {"name": "fp32_per_module", "prev_grad_dtype": "float32", "projection": "per_module",
+     "gradient_checkpointing": True},
+    {"name": "bf16_per_module", "prev_grad_dtype": "bfloat16", "projection": "per_module",
+     "gradient_checkpointing": True},
+    {"name": "bf16_global", "prev_grad_dtype": "bfloat16", "projection": "global", "gradient_checkpointing": True},
+    {"name": "fp32_global_mmap", "prev_grad_dtype": "float32", "projection": "global", "gradient_checkpointing": True,
+     "steps": 2, "malloc_mmap_threshold": 131072},
+    {"name": "bf16_global_mmap", "prev_grad_dtype": "bfloat16", "projection": "global", "gradient_checkpointing": True,
+     "steps": 2, "malloc_mmap_threshold": 131072},
+    {"name": "fp32_global_no_ckpt", "prev_grad_dtype": "float32", "projection": "global",
+     "gradient_checkpointing": False, "steps": 2},
 ]
-DEFAULT_CONFIGS = ["fp32_global", "fp32_per_module", "bf16_per_module"]
+DEFAULT_CONFIGS = ["fp32_global", "fp32_per_module", "bf16_per_module", "fp32_global_mmap", "bf16_global_mmap",
+                   "fp32_global_no_ckpt"]
 PAIRS = [("fp32_global", "bf16_global"), ("fp32_per_module", "bf16_per_module")]
 
 OVERHEAD_TARGET = 0.15
@@ -164,6 +179,8 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     rss_start = rss_bytes()
 
@@ -178,6 +195,12 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
     rss_data = rss_bytes()
 
     model, _ = load_model_and_tokenizer(EMBEDDED_MODEL, dtype="float32")
+    rss_model_lazy = rss_bytes()
+    # safetensors loads lazily (mmap): the weights become resident only when first read, which
+    # would otherwise be charged to the initialiser. Read every parameter once.
+    with torch.no_grad():
+        for p in model.parameters():
+            float(p.sum())
     rss_model_only = rss_bytes()
     lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], use_rslora=True, lora_dropout=0.0,
                       target_modules=TARGETS, bias="none", task_type="CAUSAL_LM")
@@ -194,7 +217,7 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
     init_cfg = InitConfig(method="slice", c=1.0, projection=cfg["projection"], cur_steps=cfg["steps"],
                           prev_steps=cfg["steps"], batch_size=cfg["batch_size"],
                           micro_batch_size=cfg["micro_batch_size"], prev_grad_dtype=cfg["prev_grad_dtype"],
-                          prev_grad_device="cpu", seed=42)
+                          prev_grad_device="cpu", gradient_checkpointing=cfg["gradient_checkpointing"], seed=42)
     initializer = SliceInitializer(init_cfg)
     peak_reset = reset_peak_rss()
     t0 = time.perf_counter()
@@ -224,6 +247,8 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
         "timings_s": t,
         "wall_s": wall,
         "passes_s": passes,
+        "micro_batches": (report.n_batches_prev + report.n_batches_cur) * math.ceil(cfg["batch_size"] / cfg["micro_batch_size"]),
+        "passes_s_per_batch": passes / max(1, report.n_batches_prev + report.n_batches_cur),
         "overhead_s": wall - passes,
         "overhead_fraction": (wall - passes) / passes,
         "overhead_parts_s": {k: t.get(k, 0.0) for k in ("surgery", "svd_rescale", "absorb")},
@@ -232,6 +257,7 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
         "memory": {
             "rss_start_bytes": rss_start,
             "rss_after_data_bytes": rss_data,
+            "rss_after_model_load_lazy_bytes": rss_model_lazy,
             "rss_after_model_load_bytes": rss_model_only,
             "model_bytes": rss_model,  # "model" memory: RSS after loading (+ PEFT wrap)
             "model_param_bytes": model_param_bytes,
@@ -291,7 +317,10 @@ def markdown(res: dict) -> str:
         f"Machine: {res['machine']}. Shared with other jobs: timings are noisy.",
         f"Setting: S_cur = S_prev = {s['steps']} batches of {s['batch_size']} x <= {s['max_length']} tokens, "
         f"two earlier tasks ({', '.join(PREV_TASKS)}) -> {CUR_TASK}; rsLoRA r = {s['r']}, alpha = {s['alpha']}, "
-        f"7 projections x 30 layers; micro_batch_size = {s['micro_batch_size']}; c = 1; prev_grad_device = cpu.",
+        f"7 projections x 30 layers; micro_batch_size = {s['micro_batch_size']}; c = 1; prev_grad_device = cpu; "
+        f"torch threads = {s.get('threads') or 'default'}.",
+        "Config names: fp32/bf16 = prev_grad_dtype; global/per_module = projection; gradient checkpointing on "
+        "unless 'no_ckpt'; 'mmap' = MALLOC_MMAP_THRESHOLD_=131072 (see the notes).",
         "",
         "| config | G_prev s | G_cur s | surgery s | SVD+rescale s | absorb s | overhead / passes | "
         "model RSS | peak - model | x targets (fp32) | target | surgery log |",
@@ -302,14 +331,15 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['config']['name']} | failed: {r['error'][:80]} |")
             continue
         t, m, cfg = r["timings_s"], r["memory"], r["config"]
+        ratio = ("n/a (memory-only run)" if cfg.get("memory_only") else
+                 f"{r['overhead_fraction']:.1%} ({'ok' if r['overhead_fraction'] <= OVERHEAD_TARGET else 'MISSED'})")
         tgt = MEM_TARGET[cfg["prev_grad_dtype"]]
         sg = r["surgery"] or {}
         log = (f"cos {sg.get('cosine', float('nan')):+.3f}, fired {sg.get('fired')}, "
                f"neg. modules {sg.get('frac_negative_modules', 0):.0%}")
         lines.append(
             f"| {cfg['name']} | {t.get('grad_prev', 0):.1f} | {t['grad_cur']:.1f} | {t['surgery']:.2f} | "
-            f"{t['svd_rescale']:.2f} | {t['absorb']:.2f} | {r['overhead_fraction']:.1%} "
-            f"({'ok' if r['overhead_fraction'] <= OVERHEAD_TARGET else 'MISSED'}) | {gib(m['model_bytes'])} | "
+            f"{t['svd_rescale']:.2f} | {t['absorb']:.2f} | {ratio} | {gib(m['model_bytes'])} | "
             f"{gib(m['peak_above_model_bytes'])} | {m['peak_above_model_x_targets']:.2f} | <= {tgt} "
             f"({'ok' if m['peak_above_model_x_targets'] <= tgt else 'MISSED'}) | {log} |"
         )
@@ -337,6 +367,8 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", type=int, default=1)
     ap.add_argument("--r", type=int, default=16, help="LoRA rank (default: the recipes' lora_r = 16)")
     ap.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, choices=[c["name"] for c in CONFIGS])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each worker (default: torch's default, one per core)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -346,29 +378,44 @@ def main() -> None:
         worker(spec["cfg"], Path(spec["json"]), Path(spec["factors"]))
         return
 
-    setting = {"steps": 1 if args.quick else 8, "batch_size": 8, "max_length": 128, "r": args.r, "alpha": 2,
-               "micro_batch_size": args.micro_batch_size}
+    setting = {"steps": 8, "batch_size": 8, "max_length": 128, "r": args.r, "alpha": 2,
+               "micro_batch_size": args.micro_batch_size, "threads": args.threads}
     tmp = Path(tempfile.mkdtemp(prefix="bench_init_"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "init_benchmark_quick" if args.quick else "init_benchmark"
     runs, files = [], {}
     for base in CONFIGS:
         if base["name"] not in args.configs:
             continue
         cfg = {**setting, **base}
+        cfg["memory_only"] = cfg["steps"] < setting["steps"]
+        if args.quick:
+            cfg["steps"] = 1
         spec = {"cfg": cfg, "json": str(tmp / f"{base['name']}.json"), "factors": str(tmp / f"{base['name']}.pt")}
+        env = dict(os.environ)
+        if cfg.get("malloc_mmap_threshold"):
+            env["MALLOC_MMAP_THRESHOLD_"] = str(cfg["malloc_mmap_threshold"])
         print(f"[bench_init] {base['name']} ...", flush=True)
         t0 = time.perf_counter()
+        load_before = os.getloadavg()
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             runs.append({"config": cfg, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"})
             continue
         r = json.loads(Path(spec["json"]).read_text())
         r["process_wall_s"] = time.perf_counter() - t0
+        r["load_average_1min_before_after"] = [load_before[0], os.getloadavg()[0]]
         runs.append(r)
         files[base["name"]] = Path(spec["factors"])
         print(f"[bench_init] {base['name']}: passes {r['passes_s']:.1f} s, overhead {r['overhead_fraction']:.1%}, "
               f"peak-model {r['memory']['peak_above_model_x_targets']:.2f} x targets", flush=True)
+        write_results(args, setting, runs, files, stem, final=False)
+    write_results(args, setting, runs, files, stem, final=True)
+
+
+def write_results(args, setting, runs, files, stem, final: bool) -> None:
     comparisons = []
     for a, b in PAIRS:
         if a in files and b in files:
@@ -378,16 +425,18 @@ def main() -> None:
                 comparisons.append({"pair": [a, b], "error": repr(err)})
     ok = [r for r in runs if "error" not in r]
     notes = [
-        '"model" memory = RSS after imports, data preparation, loading the fp32 model and wrapping it with PEFT '
-        "(the r=64 adapters are part of the model being initialised); the peak is VmHWM after resetting it there.",
+        '"model" memory = RSS after imports, data preparation, loading the fp32 model (every weight read once: '
+        "safetensors maps the file lazily) and wrapping it with PEFT; the peak is VmHWM after resetting it there.",
         "prev_grad_device = cpu is the model's device on this machine, so it changes nothing here.",
-        "overhead = wall time of the initialiser call minus the two gradient passes.",
+        "overhead = wall time of the initialiser call minus the two gradient passes; only full runs (S = 8) count "
+        "for it. Memory-only runs use 2 batches per side.",
     ]
     res = {
         "benchmark": "SLICE initialisation, SmolLM2-135M-Instruct",
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Linux, torch threads "
                    f"{ok[0]['torch_threads'] if ok else '?'}",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "complete": final,
         "quick": args.quick,
         "setting": setting,
         "targets": {"overhead_fraction_max": OVERHEAD_TARGET, "peak_above_model_x_targets_max": MEM_TARGET,
@@ -397,11 +446,10 @@ def main() -> None:
         "comparisons": comparisons,
         "notes": notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "init_benchmark_quick" if args.quick else "init_benchmark"
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     (args.out / f"{stem}.md").write_text(markdown(res))
-    print(markdown(res))
+    if final:
+        print(markdown(res))
 
 
 if __name__ == "__main__":

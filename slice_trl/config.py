@@ -259,6 +259,12 @@ def _continual_sft_config():
             metadata={"help": "Evaluation settings (EvalConfig fields: max_samples, batch_size, max_new_tokens, "
                       "max_input_tokens, lm_eval_*), as a mapping or JSON string."},
         )
+        strategy: dict | str | None = field(
+            default=None,
+            metadata={"help": "Continual strategy (slice_trl.strategies), as a mapping or JSON string with 'name' "
+                      "(keeplora, olora, slao, inflora) and that strategy's fields, e.g. {name: olora, lambda1: 0.5}. "
+                      "None = no strategy (initialiser + merge into the base only)."},
+        )
         merge_after_task: bool = field(
             default=True,
             metadata={"help": "Merge each stage's adapter into the base after the task (the paper's protocol). "
@@ -293,7 +299,21 @@ def _continual_sft_config():
         )
 
         def __post_init__(self):
+            if self.strategy is not None:
+                from .strategies import REGISTRY, StrategyConfig
+
+                self.strategy = _sub_config(self.strategy, StrategyConfig, "strategy")
+                strategy_cls = REGISTRY[self.strategy.name]
+                given = self.init.get("method") if isinstance(self.init, dict) else (
+                    self.init.method if isinstance(self.init, InitConfig) else None)
+                if strategy_cls.defines_init and given is None:  # its own init: default to vanilla
+                    self.init = {**(self.init if isinstance(self.init, dict) else {}), "method": "vanilla"}
             self.init = _sub_config(self.init, InitConfig, "init")
+            if self.strategy is not None and strategy_cls.defines_init and self.init.method != "vanilla":
+                raise ValueError(
+                    f"strategy {self.strategy.name!r} defines its own adapter initialisation, which conflicts with "
+                    f"init.method={self.init.method!r}. Set init.method to 'vanilla' (or leave it unset), or use a "
+                    f"strategy that composes with any initialiser (olora).")
             self.replay = _sub_config(self.replay, ReplayConfig, "replay")
             self.evaluation = _sub_config(self.evaluation, EvalConfig, "evaluation")
             if self.bf16 is None:  # SFTConfig would turn None into True, which fails on a CPU-only machine
@@ -306,6 +326,8 @@ def _continual_sft_config():
             d = super().to_dict()
             for name in ("init", "replay", "evaluation"):
                 d[name] = getattr(self, name).to_dict()
+            if self.strategy is not None:
+                d["strategy"] = self.strategy.to_dict()
             return d
 
     return ContinualSFTConfig

@@ -14,6 +14,7 @@ equally").
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -82,15 +83,33 @@ def _labels_of(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return labels
 
 
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes ``logits_to_keep`` (transformers' causal
+    LMs do; an index tensor selects sequence positions)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
 def summed_token_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over label tokens of the next-token cross-entropy (fp32). Scalar."""
+    """Sum over label tokens of the next-token cross-entropy (fp32). Scalar.
+
+    Position t's logits predict token t + 1. Only positions whose next token is a label anywhere
+    in the batch get logits (``logits_to_keep``, where the model supports it): with completion-only
+    labels that skips the LM head - (b, T, vocab) logits, their log-softmax and their gradients -
+    for the prompt, which is most of the sequence. The sum is the same."""
     inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
-    logits = model(**inputs, use_cache=False).logits
-    labels = _labels_of(batch)
-    # logits: (b, T, V) predicts token t+1 from position t
+    targets = _labels_of(batch)[:, 1:]  # targets[:, t] is predicted at position t
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    if keep.numel() < targets.size(1) and _accepts_logits_to_keep(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (b, K, V)
+        targets = targets[:, keep]
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1]  # (b, T - 1, V)
     return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100,
-        reduction="sum",
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum",
     )
 
 
@@ -185,7 +204,15 @@ def estimate_mean_gradients(
             sum and no extra peak memory (the fp32 sum exists only while nothing else is held).
         shard_across_processes: under torch.distributed, rank k handles mini-batches
             k, k + world, ... and the sums are all-reduced, so every rank returns the same mean
-            as one process over all mini-batches (the global batch).
+            as one process over all mini-batches (the global batch). False: every rank
+            computes the mean over all mini-batches alone (no collective at all).
+
+    Under DeepSpeed ZeRO-3 the target weights are partitioned; DeepSpeed's module hooks gather
+    each layer's weights for its forward and backward, so autograd still delivers the FULL
+    gradient dL/dW (checked with DeepSpeed 0.19 on CPU/gloo), and the sums here have the full
+    shape (``ds_shape``) on every rank: one full fp32 set per rank, as without ZeRO-3. Those
+    gathers are collective, so every rank runs the same number of forward/backward passes
+    (passes with nothing to contribute run with weight 0; see ``lockstep`` below).
 
     Returns:
         (G, n_batches): G[name] of shape (d_out, d_in); n_batches = mini-batches averaged.
@@ -193,7 +220,6 @@ def estimate_mean_gradients(
     from tqdm.auto import tqdm
 
     rank, world = distributed.rank_and_world() if shard_across_processes else (0, 1)
-    acc: dict[str, torch.Tensor] = {}
     name_of = {id(w): n for n, w in weights.items()}
 
     def make_hook(name: str):
@@ -207,6 +233,18 @@ def estimate_mean_gradients(
             param.grad = None
         return hook
 
+    # The fp32 sums are allocated up front, before any activation exists: long-lived buffers
+    # allocated between short-lived activations fragment the host allocator's heap (a higher
+    # peak RSS on CPU for the same live memory). ZeRO-3-partitioned weights (no real shape
+    # here) get theirs from the first gradient instead.
+    acc: dict[str, torch.Tensor] = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+                                    for n, w in weights.items() if not hasattr(w, "ds_id")}
+
+    # ZeRO-3 gathers the partitioned weights collectively at every forward and backward: a rank
+    # must not skip a pass or run fewer passes than another (it would hang). Such passes run
+    # with weight 0 instead.
+    lockstep = world > 1 and distributed.zero3_enabled()
+    passes, filler = 0, None
     n_batches = 0
     with _only_targets_require_grad(model, weights), _estimation_mode(model, gradient_checkpointing):
         handles = [w.register_post_accumulate_grad_hook(make_hook(name_of[id(w)])) for w in weights.values()]
@@ -214,16 +252,27 @@ def estimate_mean_gradients(
             device = next(iter(weights.values())).device
             for i, batch in enumerate(tqdm(batches, desc=progress, disable=progress is None or rank != 0)):
                 n_batches += 1
+                if lockstep and filler is None:
+                    filler = batch
                 if i % world != rank:
                     continue
                 batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
                 n_tokens = _label_token_count(_labels_of(batch))
                 if n_tokens == 0:
                     logger.warning("A gradient-estimation batch has no label tokens; it contributes zero.")
-                    continue
+                    if not lockstep:
+                        continue
                 for micro in _split(batch, micro_batch_size or batch["input_ids"].size(0)):
-                    loss = summed_token_loss(model, micro) / n_tokens
+                    if _label_token_count(_labels_of(micro)) == 0 and not lockstep:
+                        continue  # contributes exactly zero: skip the pass
+                    loss = summed_token_loss(model, micro) / max(n_tokens, 1)
                     loss.backward()
+                    passes += 1
+            if lockstep and filler is not None:  # top up to the busiest rank's pass count
+                filler = _split({k: v.to(device) for k, v in filler.items() if torch.is_tensor(v)},
+                                micro_batch_size or filler["input_ids"].size(0))[0]
+                for _ in range(distributed.max_over_ranks(passes, device) - passes):
+                    (summed_token_loss(model, filler) * 0.0).backward()
         finally:
             for h in handles:
                 h.remove()
@@ -231,8 +280,10 @@ def estimate_mean_gradients(
         raise ValueError("Gradient estimation got no mini-batches; the task's train split is empty or too small.")
     for name, w in weights.items():
         if name not in acc:  # no batch on this rank reached it (or no label tokens at all)
-            acc[name] = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-    distributed.all_reduce_sum(acc)  # fp32, on the weights' device (NCCL cannot reduce CPU tensors)
+            shape = getattr(w, "ds_shape", w.shape)  # ZeRO-3: the full shape, not the local partition
+            acc[name] = torch.zeros(shape, dtype=torch.float32, device=w.device)
+    if shard_across_processes:  # unsharded: every rank summed all mini-batches itself
+        distributed.all_reduce_sum(acc)  # fp32, on the weights' device (NCCL cannot reduce CPU tensors)
     result: dict[str, torch.Tensor] = {}
     for name in weights:  # the weights' order; one module at a time bounds the cast's extra memory
         g = acc.pop(name).div_(n_batches)

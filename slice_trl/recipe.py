@@ -20,8 +20,9 @@ from pathlib import Path
 import yaml
 
 from .config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
+from .strategies import StrategyConfig
 
-SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig}
+SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
 
 
 class RecipeError(ValueError):
@@ -135,7 +136,8 @@ def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
         base = next((a for a in args if a is not type(None)), hint) if optional else hint
         base = typing.get_origin(base) or base
         default = next(f.default for f in fields(cls) if f.name == key)
-        example = f" (e.g. --{name}.{key} {default})" if default is not None and base in (int, float, bool) else ""
+        shown = str(default).lower() if isinstance(default, bool) else default
+        example = f" (e.g. --{name}.{key} {shown})" if default is not None and base in (int, float, bool) else ""
         if value is None:
             if optional:
                 continue
@@ -168,6 +170,19 @@ def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
             raise RecipeError(f"{where}: {name}.{key}={value!r} has the wrong type: it must be {expected}"
                               f"{example}.")
     return out
+
+
+def _concrete_section_class(cls, section: dict):
+    """The dataclass whose fields a section holds: for ``strategy:`` the named strategy's config
+    class (its fields are type-checked too), else ``cls`` itself."""
+    if cls is StrategyConfig and isinstance(section.get("name"), str):
+        from .strategies import REGISTRY, _load_all
+
+        _load_all()
+        strategy = REGISTRY.get(section["name"])
+        if strategy is not None:
+            return strategy.config_cls
+    return cls
 
 
 class _ArgumentError(Exception):
@@ -272,7 +287,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         if not isinstance(section, dict):
             raise RecipeError(f"{where}: '{name}' must be a mapping of {cls.__name__} fields, e.g. "
                               f"'{name}: {{KEY: VALUE}}' or --{name}.KEY VALUE; got {section!r}.")
-        section = merged[name] = _check_section_types(where, name, cls, section)
+        section = merged[name] = _check_section_types(where, name, _concrete_section_class(cls, section), section)
         try:
             cls.from_dict(section)
         except ValueError as err:

@@ -14,9 +14,23 @@ built (data errors surface here), and only then the model is loaded.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import TYPE_CHECKING
 
-from .recipe import Recipe, RecipeError, help_text, load_recipe
+# The recipe layer imports trl (and so transformers, huggingface_hub, datasets) lazily: a recipe's
+# ``env:`` (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, ...) must be in os.environ before those libraries
+# are imported, since they read these variables once, at import (see `_apply_env_early`).
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+
+def __getattr__(name):
+    if name in ("Recipe", "RecipeError", "help_text", "load_recipe"):
+        from . import recipe as _recipe
+
+        return getattr(_recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logger = logging.getLogger("slice_trl")
 
@@ -53,6 +67,7 @@ def _is_network_error(err: BaseException) -> bool:
 
 def build_tasks(recipe: Recipe, tokenizer):
     """Load every task of the recipe; data problems become one `RecipeError` naming the task."""
+    from .recipe import RecipeError
     from .tasks import build_task
 
     tasks = []
@@ -74,6 +89,14 @@ def build_tasks(recipe: Recipe, tokenizer):
     return tasks
 
 
+def _public_recipe(recipe: Recipe) -> dict:
+    """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
+    HF token) are redacted, as on the Hub."""
+    from .hub import _known_secrets, _redact
+
+    return _redact(recipe.raw, _known_secrets(recipe.training.hub_token))
+
+
 def _publisher(recipe: Recipe):
     """after-stage hook: push every finished stage not yet on the Hub (never raises)."""
     if not recipe.run.push_repo_id:
@@ -82,7 +105,7 @@ def _publisher(recipe: Recipe):
 
     def publish(output_dir):
         report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
-                                  dataset_repo_id=recipe.run.push_dataset_repo_id)
+                                  token=recipe.training.hub_token, dataset_repo_id=recipe.run.push_dataset_repo_id)
         if not report.ok:
             logger.warning("Hub push incomplete (stages %s pending); they will be pushed by the next run or by "
                            "`python -m slice_trl.run RECIPE --push-only`.", report.failed)
@@ -93,6 +116,8 @@ def _publisher(recipe: Recipe):
 
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
+    from .recipe import RecipeError
+
     if dry_run:
         n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
         print(f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
@@ -135,7 +160,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         from . import hub
 
         try:
-            hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private)
+            hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
+                                 token=recipe.training.hub_token)
         except Exception as err:  # publishing never costs the run
             logger.warning("Could not push the task splits (%s); continuing.", type(err).__name__)
 
@@ -143,7 +169,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
                                         revision=m.model_revision, attn_implementation=m.attn_implementation)
     trainer = ContinualSFTTrainer(
         model=model, args=recipe.training, tasks=tasks, peft_config=recipe.lora_config(), processing_class=tokenizer,
-        run_info={"base_model": m.model_name_or_path, "recipe": recipe.raw}, publisher=publish,
+        run_info={"base_model": m.model_name_or_path, "recipe": _public_recipe(recipe)}, publisher=publish,
     )
     out = trainer.train()
     if trainer.accelerator.is_main_process:
@@ -153,18 +179,43 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     return out
 
 
+def _apply_env_early(path: str | None) -> None:
+    """Best effort: put the recipe file's ``env:`` mapping into os.environ before trl & co. are
+    imported (load_recipe validates and applies it again). Anything unreadable is left for
+    load_recipe to report."""
+    if path is None or not os.path.isfile(path):
+        return
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - reported by load_recipe
+        return
+    env = raw.get("env") if isinstance(raw, dict) else None
+    if isinstance(env, dict):
+        for k, v in env.items():
+            os.environ[str(k)] = "" if v is None else str(v)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, flags = _split_flags(argv)
     if flags & {"--help", "-h"} or not rest:
+        from .recipe import help_text
+
         print(USAGE)
         print(__doc__)
         print(help_text())
         return 0 if flags & {"--help", "-h"} else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
+    _apply_env_early(path)
+    from .recipe import RecipeError, load_recipe
+
     try:
-        recipe = load_recipe(path, overrides, for_this_machine="--dry-run" not in flags)
+        # --dry-run and --push-only need neither the task data nor the training hardware on this machine
+        recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"})
         run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, concatenate_datasets
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from . import distributed, stages
@@ -41,6 +41,20 @@ from .tasks.base import Task
 logger = logging.getLogger(__name__)
 
 ADAPTER = "default"
+
+
+class _StrategyStepCallback(TrainerCallback):
+    """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
+    Trainer fires these events once per ``optimizer.step()``, after gradient accumulation and clipping)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.strategy.pre_step(self.trainer, self.trainer.model)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.strategy.post_step(self.trainer, self.trainer.model)
 
 
 @dataclass
@@ -130,6 +144,12 @@ class ContinualSFTTrainer(SFTTrainer):
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
+        self.strategy = None
+        if args.strategy is not None:
+            from .strategies import build_strategy
+
+            self.strategy = build_strategy(args.strategy)
+            self.add_callback(_StrategyStepCallback(self))
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
 
@@ -180,7 +200,13 @@ class ContinualSFTTrainer(SFTTrainer):
         return self.replay_provider.initialization_sample(t, self.tasks[:t], n, mode=cfg.prev_batching)
 
     def initialize_adapter(self, t: int, replay: list[Dataset]) -> InitReport:
-        """Attach a fresh adapter and run the initialiser on current-task and replay batches."""
+        """Attach a fresh adapter and run the initialiser on current-task and replay batches, then
+        the strategy's ``before_task`` (if any)."""
+        if self.strategy is not None:
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):  # adapter-space strategies keep the deployed adapter
+                self.model = self.model_wrapped = self.model.unload()  # base untouched
         peft_model = self._attach_adapter()
         cfg = self.args.init
         seed = stage_seed(cfg.seed, t)
@@ -189,7 +215,10 @@ class ContinualSFTTrainer(SFTTrainer):
         for j, sample in enumerate(replay):
             # each_task: prev_steps batches per earlier task; pooled: prev_steps in total
             previous.extend(self._batches(self._prepare(sample, f"replay-{t}-{j}"), cfg.prev_steps, seed + j + 1))
-        return self.initializer(peft_model, ADAPTER, current, previous or None)
+        report = self.initializer(peft_model, ADAPTER, current, previous or None)
+        if self.strategy is not None:
+            self.strategy.before_task(self, t, peft_model)
+        return report
 
     def train_stage(self, t: int):
         """Train the current adapter on task t with SFTTrainer; fresh optimizer/scheduler/state."""
@@ -207,10 +236,37 @@ class ContinualSFTTrainer(SFTTrainer):
     def finish_stage(self, t: int) -> None:
         """Save the trained adapter (raw and converted), then merge it into the base."""
         path = self.stage_path(t)
+        if self.strategy is not None:
+            return self._finish_stage_with_strategy(t, path)
         if self.accelerator.is_main_process:
             stages.save_trained(self.model, ADAPTER, path)
         distributed.barrier()
         self.model = self.model_wrapped = self.model.merge_and_unload()
+
+    def _finish_stage_with_strategy(self, t: int, path: Path) -> None:
+        """Save the trained adapter, run ``after_task``, save the strategy state, then merge into
+        the base (``merge == "base"``) or keep the strategy's deployed adapter (``"adapter"``: the
+        base is never changed; ``adapter_original_base`` then holds the deployed adapter)."""
+        from .strategies.base import save_state
+
+        strategy = self.strategy
+        if self.accelerator.is_main_process:
+            if strategy.merge == "adapter":
+                self.model.save_pretrained(str(path / stages.RAW), selected_adapters=[ADAPTER], safe_serialization=True)
+            else:
+                stages.save_trained(self.model, ADAPTER, path)
+        distributed.barrier()
+        strategy.after_task(self, t)
+        if self.accelerator.is_main_process:
+            if strategy.merge == "adapter":
+                self.model.save_pretrained(str(path / stages.CONVERTED), selected_adapters=[ADAPTER],
+                                           safe_serialization=True)
+            save_state(strategy, path)
+        distributed.barrier()
+        if strategy.merge == "base":
+            self.model = self.model_wrapped = self.model.merge_and_unload()
+        else:
+            self.model_wrapped = self.model
 
     def evaluate_seen_tasks(self, t: int) -> dict:
         """Score every task seen so far; returns {task name: TaskScore}."""
@@ -230,6 +286,8 @@ class ContinualSFTTrainer(SFTTrainer):
                       for t in self.tasks},
             **{k: v for k, v in self.run_info.items() if k != "base_model"},
         }
+        if self.args.strategy is not None:
+            info["strategy"] = self.args.strategy.to_dict()
         path = self.output_path / "run.json"
         if path.exists() and self.args.resume:
             old = json.loads(path.read_text())
@@ -247,16 +305,29 @@ class ContinualSFTTrainer(SFTTrainer):
         records = []
         for t in range(done):
             path = self.stage_path(t)
-            self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
+            if self.strategy is None or self.strategy.merge == "base":
+                self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
             record = stages.read_record(path)
             results.set_row(t, record["scores"])
             records.append(record)
             logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
+        if self.strategy is not None and done:
+            from .strategies.base import load_state
+
+            self.strategy.load_state_dict(load_state(self.stage_path(done - 1)))
+            self.strategy.on_resume(self, done)
         self.model_wrapped = self.model
         return done, records
 
     def _stage_record(self, t: int, report: InitReport, train_out, scores: dict, results: ResultsMatrix,
                       timings: dict, replay_sizes: list[int]) -> dict:
+        record = self._base_record(t, report, train_out, scores, results, timings, replay_sizes)
+        if self.strategy is not None:
+            record["strategy"] = {"name": self.strategy.name,
+                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
+        return record
+
+    def _base_record(self, t, report, train_out, scores, results, timings, replay_sizes) -> dict:
         return {
             "stage": t + 1,
             "task": self.tasks[t].name,

@@ -64,12 +64,14 @@ class DumpingTrainer(ContinualSFTTrainer):
         super().finish_stage(t)
 
 
-def main(output_dir: str, dump_dir: str, per_device_batch: int, method: str = "slice") -> None:
+def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
+         method: str = "slice") -> None:
     torch.set_num_threads(1)  # equal threading in every run (2 shared cores), and no oversubscription
     args = ContinualSFTConfig(
-        output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=per_device_batch,
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=3e-2, warmup_ratio=0.0, logging_steps=1, max_length=64, seed=0,
-        init={"method": method, "cur_steps": 2, "prev_steps": 2, "batch_size": 4, "micro_batch_size": 2},
+        init={"method": method, "cur_steps": 2, "prev_steps": 2, "batch_size": 4},
         evaluation={"max_samples": 4, "batch_size": 2, "max_new_tokens": 4}, use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True, report_to=[],
     )
@@ -91,4 +93,4 @@ def main(output_dir: str, dump_dir: str, per_device_batch: int, method: str = "s
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), *(sys.argv[4:5]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), *sys.argv[6:7])

@@ -20,6 +20,16 @@ from slice_trl.testing import tiny_llama
 VOCAB = 260
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
+    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batch(seed: int, b: int, t: int, pad: int = 0, masked_prefix: int = 3) -> dict[str, torch.Tensor]:
     """Right-padded batch with a masked prompt prefix: rows have different lengths and different
     label counts, so a per-example or per-micro-batch mean would give a different number."""
@@ -234,3 +244,30 @@ def test_a_weight_outside_the_default_targets_can_be_probed():
     net = nn.Sequential()
     net.add_module("proj", nn.Linear(4, 3))
     assert list(target_weights(net, ["proj"])) == ["proj"]
+
+
+class _NoLogitsToKeep(nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep`` (the probe must fall back to full logits)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_lm_head_runs_only_where_a_label_follows_and_the_fallback_agrees(model, batches):
+    weights = target_weights(model)
+    seen = []
+    handle = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    try:
+        trimmed, _ = estimate_mean_gradients(model, batches[:1], weights)
+    finally:
+        handle.remove()
+    b = batches[0]
+    used = int((b["labels"][:, 1:] != -100).any(0).sum())
+    assert seen == [used] and used < b["input_ids"].shape[1] - 1  # prompt positions skipped
+    wrapped = _NoLogitsToKeep(model)
+    full, _ = estimate_mean_gradients(wrapped, batches[:1], target_weights(wrapped))
+    _assert_grads_close({canonical_name(k.removeprefix("inner.")): v for k, v in full.items()}, trimmed)

@@ -33,6 +33,16 @@ WORDS = ["apple", "stone", "river", "cloud", "maple", "tiger", "olive", "piano"]
 ADAPTER = "default"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
+    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # fixtures: a tiny Llama whose two "tasks" conflict, batches through TRL's own tokenisation
 # ---------------------------------------------------------------------------------------------
@@ -452,11 +462,16 @@ def test_one_shot_iterators_are_accepted(base_model, data, lora_ga):
 
 @pytest.mark.slow
 def test_function_is_preserved_on_smollm2(smollm2):
+    """The real model, every initialiser, fp32 weights. The change of function is measured by
+    evaluating the original and the initialised model in fp64 (<= 1e-4): evaluated in fp32, two
+    mathematically equal SmolLM2 forwards that split a weight differently (W vs W_base + s B A)
+    already differ by a few 1e-4 (the fp32 forward alone is ~5e-5 off the exact logits), so
+    the fp32 comparison gets a rounding-level bound of 1e-3."""
     import json
     from pathlib import Path
 
     model, tok = smollm2
-    model = copy.deepcopy(model).float().eval()  # never touch the shared session model
+    original = copy.deepcopy(model).float().eval()  # never touch the shared session model
     root = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "superni"
     texts = {}
     for task in ("task088_identify_typo_verification", "task1510_evalution_relation_extraction"):
@@ -470,14 +485,16 @@ def test_function_is_preserved_on_smollm2(smollm2):
 
     cur = [batch(texts["task1510_evalution_relation_extraction"])]
     prev = [batch(texts["task088_identify_typo_verification"])]
+    exact_before = _logits(copy.deepcopy(original).double(), cur[0])
     cfg = dict(cur_steps=1, prev_steps=1, batch_size=2, micro_batch_size=2)
     for method in ("slice", "lora_ga", "loram", "vanilla"):
-        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS),
-                                                      lora_dropout=0.0), adapter_name=method)
+        peft_model = get_peft_model(copy.deepcopy(original), LoraConfig(
+            r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS), lora_dropout=0.0))
         before = _logits(peft_model, cur[0])
-        build_initializer(InitConfig(method=method, **cfg))(peft_model, method, cur, prev)
-        after = _logits(peft_model, cur[0])
-        assert (after - before).abs().max().item() <= 1e-4, method
-        if method != "vanilla":
-            assert any(layer.lora_B[method].weight.any() for layer in lora_layers(peft_model, method).values())
-        model = peft_model.merge_and_unload()  # effective weights back into a plain model
+        build_initializer(InitConfig(method=method, **cfg))(peft_model, ADAPTER, cur, prev)
+        assert (_logits(peft_model, cur[0]) - before).abs().max().item() <= 1e-3, method
+        exact_after = _logits(copy.deepcopy(peft_model).double(), cur[0])
+        assert (exact_after - exact_before).abs().max().item() <= 1e-4, method
+        if method != "vanilla":  # a real adapter was absorbed: the check is not vacuous
+            assert all(layer.lora_B[ADAPTER].weight.any() for layer in lora_layers(peft_model, ADAPTER).values())
+        del peft_model

@@ -1,0 +1,156 @@
+"""The continual-strategy interface of `ContinualSFTTrainer`, the registry and the config section.
+
+A strategy acts at three points of every stage (STRATEGIES.md):
+
+- ``before_task(trainer, t, peft_model)``: after the initialiser has written the fresh adapter;
+  may write or freeze adapter parts and may use the gradient probe (`task_gradient`).
+- ``pre_step(trainer, model)`` / ``post_step(trainer, model)``: exactly once per OPTIMISER step
+  (whatever the gradient accumulation), right before / after ``optimizer.step()``: hooked through
+  `TrainerCallback.on_pre_optimizer_step` / ``on_optimizer_step`` of transformers' Trainer. The
+  gradients seen by ``pre_step`` are already clipped (``max_grad_norm``).
+- ``after_task(trainer, t)``: after the trained adapter is saved, before any merge. ``merge``
+  (class attribute) says what the trainer does next: ``"base"`` merge into the base weights
+  (`merge_and_unload`), ``"adapter"`` keep the base bitwise unchanged and deploy whatever adapter
+  the strategy left in ``trainer.model`` (evaluation uses it).
+
+``state`` (name -> tensor) is saved as ``strategy_state.safetensors`` in every finished stage
+folder and reloaded (from the last finished stage) on resume, then ``on_resume`` is called.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from ..config import _FromDict
+
+STATE_FILE = "strategy_state.safetensors"
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
+@dataclass
+class StrategyConfig(_FromDict):
+    """Base of every per-strategy config; ``name`` selects the strategy."""
+
+    name: str = field(default="", metadata={"help": "Continual strategy: one of the registered names "
+                                                   "(inflora, keeplora, olora, slao)."})
+
+    # Called as StrategyConfig.from_dict(section): dispatch to the named strategy's config class.
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        data = dict(data or {})
+        if cls is not StrategyConfig:
+            return super().from_dict(data)
+        return config_from_dict(data)
+
+
+def config_from_dict(data: dict):
+    from . import _load_all
+
+    _load_all()
+    name = data.get("name")
+    if not name:
+        raise ValueError(f"strategy needs a 'name': one of {sorted(REGISTRY)}, e.g. strategy: {{name: olora}}.")
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(str(name), sorted(REGISTRY), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown strategy {name!r}.{hint} Known strategies: {sorted(REGISTRY)}.")
+    return REGISTRY[name].config_cls.from_dict(data)
+
+
+def register(cls):
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_strategy(config: StrategyConfig) -> Strategy:
+    from . import _load_all
+
+    _load_all()
+    return REGISTRY[config.name](config)
+
+
+class Strategy:
+    """Base class: every hook is a no-op; ``state`` is saved with every finished stage."""
+
+    name = ""
+    config_cls = StrategyConfig
+    defines_init = False  # writes A/B itself: the initialiser must be 'vanilla'
+    merge = "base"        # "base" or "adapter" (see the module docstring)
+
+    def __init__(self, config: StrategyConfig):
+        self.config = config
+        self.state: dict[str, torch.Tensor] = {}
+        self.report: dict = {}
+
+    def before_task(self, trainer, t: int, peft_model) -> None:
+        pass
+
+    def pre_step(self, trainer, model) -> None:
+        pass
+
+    def post_step(self, trainer, model) -> None:
+        pass
+
+    def after_task(self, trainer, t: int) -> None:
+        pass
+
+    def on_resume(self, trainer, done: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").clone().contiguous() for k, v in self.state.items()}  # no shared storage
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = dict(state)
+
+
+def save_state(strategy: Strategy, folder) -> None:
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_file(strategy.state_dict(), str(Path(folder) / STATE_FILE))
+
+
+def load_state(folder) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the stage was finished without the strategy's state. "
+                                "Rerun with a new output_dir (or resume=False).")
+    return load_file(str(path))
+
+
+def check_config_fields(cfg) -> None:
+    """Shared validation: every float field in [0, 1] whose name starts with eps/rho."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if (f.name.startswith("eps") or f.name == "rho") and not (isinstance(v, (int, float)) and 0 < v <= 1):
+            raise ValueError(f"{type(cfg).__name__}.{f.name}={v!r} must be a number in (0, 1].")
+
+
+def task_gradient(trainer, t: int, peft_model, rho: float, batch_size: int, micro_batch_size: int | None):
+    """THE gradient probe (`estimate_mean_gradients`) on a fraction ``rho`` of task t's prepared
+    train split (evenly spaced examples), at the model's current effective weights: on a
+    PeftModel the gradient w.r.t. the frozen base weight equals dL/dW at W + s B A.
+    Returns {canonical module name: G (d_out, d_in), fp32}."""
+    from ..gradients import check_finite, estimate_mean_gradients, target_weights
+
+    ds = trainer.prepared_train(trainer.tasks[t])
+    n = max(1, min(len(ds), round(rho * len(ds))))
+    idx = [int(i * len(ds) / n) for i in range(n)]
+    keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
+    rows = ds.select(idx).select_columns(keep)
+    batches = [trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
+               for i in range(0, n, batch_size)]
+    weights = target_weights(peft_model, adapter_name="default")
+    grads, _ = estimate_mean_gradients(peft_model, batches, weights, micro_batch_size)
+    check_finite(grads, f"{trainer.tasks[t].name} (strategy probe)")
+    return grads

@@ -1,0 +1,118 @@
+"""InfLoRA (Liang and Li, 2024), for decoder LLMs: A from the input covariance projected away
+from earlier tasks' input subspace, frozen; B = 0 trains.
+
+Before task t: C_t = mean over non-padding tokens of x x^T for each target module's input
+(through the current model, on a fraction rho of the task's train examples); A = the top-r left
+singular vectors of (I - M M^T) C_t, transposed, scaled by ``a_scale`` (1/sqrt(3)); B = 0;
+A frozen. After task t: C_t recomputed on the trained model; M <- extend(M, C_t^{1/2}, eps_t)
+(C^{1/2} = V diag(sqrt(lambda)): the features' energy), eps_t rising linearly from eps_start to
+eps_end over the sequence. Not implemented: storing the complement once k > d_in / 2 (M is
+capped at d_in - r instead)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..initializers import lora_layers, write_and_absorb
+from ..subspace import extend, orthonormal_rows_outside
+from .base import Strategy, StrategyConfig, check_config_fields, register
+
+
+@dataclass
+class InfLoRAConfig(StrategyConfig):
+    """InfLoRA settings."""
+
+    name: str = field(default="inflora", metadata={"help": "'inflora'."})
+    eps_start: float = field(default=0.95, metadata={"help": "Subspace energy threshold after the first task."})
+    eps_end: float = field(default=1.0, metadata={"help": "Threshold after the last task (linear in between)."})
+    rho: float = field(default=0.2, metadata={"help": "Fraction of the task's train examples (evenly spaced) "
+                                                     "for the input covariance."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per covariance forward pass."})
+    a_scale: float = field(default=3 ** -0.5, metadata={"help": "Scale of the orthonormal rows of A (1/sqrt(3))."})
+
+    def __post_init__(self):
+        check_config_fields(self)
+        if self.eps_end < self.eps_start:
+            raise ValueError(f"InfLoRAConfig.eps_end={self.eps_end} must be >= eps_start={self.eps_start}.")
+        if int(self.batch_size) < 1 or not self.a_scale > 0:
+            raise ValueError("InfLoRAConfig.batch_size must be >= 1 and a_scale > 0.")
+
+
+@torch.no_grad()
+def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dict[str, torch.Tensor]:
+    """{module: mean over non-padding tokens of x x^T (d_in x d_in, fp32)} of each LoRA layer's input."""
+    ds = trainer.prepared_train(trainer.tasks[t])
+    n = max(1, min(len(ds), round(rho * len(ds))))
+    idx = [int(i * len(ds) / n) for i in range(n)]
+    keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
+    rows = ds.select(idx).select_columns(keep)
+    layers = lora_layers(model, "default")
+    acc: dict[str, torch.Tensor] = {}
+    state = {"mask": None, "tokens": 0}
+
+    def hook_for(name):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().float()
+            x = x[state["mask"]] if state["mask"] is not None else x.reshape(-1, x.shape[-1])
+            acc[name] = acc.get(name, 0) + x.T @ x
+        return hook
+
+    handles = [layer.get_base_layer().register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, n, batch_size):
+            batch = trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
+            ids = batch["input_ids"].to(device)
+            mask = batch.get("attention_mask", torch.ones_like(ids)).to(device).bool()
+            state["mask"] = mask
+            state["tokens"] += int(mask.sum())
+            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: c / max(1, state["tokens"]) for name, c in acc.items()}
+
+
+def _sqrt_psd(c: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(c.double())
+    return (vecs * vals.clamp_min(0).sqrt()).float()
+
+
+@register
+class InfLoRA(Strategy):
+    name = "inflora"
+    config_cls = InfLoRAConfig
+    defines_init = True
+    merge = "base"
+
+    def before_task(self, trainer, t, peft_model):
+        cfg = self.config
+        covs = input_covariance(trainer, t, peft_model, cfg.rho, cfg.batch_size)
+        self.report = {"k_before": {}}
+        with torch.no_grad():
+            for name, layer in lora_layers(peft_model, "default").items():
+                lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                M = self.state.get(name)
+                M = None if M is None else M.to(lora_a.device)
+                self.report["k_before"][name] = 0 if M is None else int(M.shape[1])
+                a = cfg.a_scale * orthonormal_rows_outside(M, covs.pop(name), layer.r["default"],
+                                                           where=f"InfLoRA {name}")
+                write_and_absorb(layer, "default", a.to(lora_a.device), torch.zeros_like(lora_b))
+                lora_a.requires_grad_(False)
+
+    def after_task(self, trainer, t):
+        cfg = self.config
+        n = len(trainer.tasks)
+        eps = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * (t / (n - 1) if n > 1 else 1.0)
+        covs = input_covariance(trainer, t, trainer.model, cfg.rho, cfg.batch_size)
+        self.report["extend"] = {}
+        for name, layer in lora_layers(trainer.model, "default").items():
+            M, info = extend(self.state.get(name), _sqrt_psd(covs.pop(name)), eps,
+                             layer.in_features - layer.r["default"])
+            self.state[name] = M.cpu()
+            self.report["extend"][name] = info

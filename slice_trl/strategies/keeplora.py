@@ -1,0 +1,95 @@
+"""KeepLoRA (Luo et al., 2026): each task's update lives in the residual input subspace, away
+from W0's principal input directions and earlier tasks' dominant gradient directions.
+
+Before task 1: M = extend(empty, W0^T, eps_w). Before task t: G_t by the gradient probe on a
+fraction rho of the task; A = top-r left singular vectors of (I - M M^T) G_t^T, transposed
+(orthonormal rows, A M = 0); B = 0; A frozen, only B trains. After task t: G_t recomputed at the
+trained weights on the same subset; M <- extend(M, (I - M M^T) G_t^T, eps_task). The trainer
+then merges into the base."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..initializers import lora_layers, write_and_absorb
+from ..subspace import extend, orthonormal_rows_outside, project_out
+from .base import Strategy, StrategyConfig, check_config_fields, register, task_gradient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KeepLoRAConfig(StrategyConfig):
+    """KeepLoRA settings (defaults: the paper's LLaVA recipe)."""
+
+    name: str = field(default="keeplora", metadata={"help": "'keeplora'."})
+    eps_w: float = field(default=0.6, metadata={"help": "Energy of W0^T kept in M before task 1."})
+    eps_task: float = field(default=0.99, metadata={"help": "Energy of each task's projected gradient added to M."})
+    rho: float = field(default=0.2, metadata={"help": "Fraction of the task's train examples (evenly spaced) "
+                                                     "for the gradient probe."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per probe mini-batch."})
+    micro_batch_size: int = field(default=4, metadata={"help": "Examples per probe forward/backward."})
+    cap: int | None = field(default=None, metadata={"help": "Max columns k of M per module; null = d_in - r "
+                                                           "(always leaves r free directions)."})
+
+    def __post_init__(self):
+        check_config_fields(self)
+        for name in ("batch_size", "micro_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"KeepLoRAConfig.{name}={getattr(self, name)!r} must be >= 1.")
+        if self.cap is not None and int(self.cap) < 0:
+            raise ValueError(f"KeepLoRAConfig.cap={self.cap!r} must be >= 0 or null.")
+
+
+@register
+class KeepLoRA(Strategy):
+    name = "keeplora"
+    config_cls = KeepLoRAConfig
+    defines_init = True
+    merge = "base"
+
+    def _cap(self, layer) -> int:
+        r, d_in = layer.r["default"], layer.in_features
+        return d_in - r if self.config.cap is None else int(self.config.cap)
+
+    @torch.no_grad()
+    def _extend(self, name, layer, R, eps):
+        M, info = extend(self.state.get(name), R, eps, self._cap(layer))
+        self.state[name] = M.cpu()
+        if info["capped"]:
+            logger.warning("KeepLoRA: module %s: subspace capped at k=%d", name, info["k"])
+        return info
+
+    def before_task(self, trainer, t, peft_model):
+        layers = lora_layers(peft_model, "default")
+        self.report = {"k_before": {}, "extend_w0": {}}
+        if t == 0 and not self.state:
+            for name, layer in layers.items():
+                w = layer.get_base_layer().weight
+                self.report["extend_w0"][name] = self._extend(name, layer, w.detach().float().T, self.config.eps_w)
+        cfg = self.config
+        grads = task_gradient(trainer, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
+        with torch.no_grad():
+            for name, layer in layers.items():
+                lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                M = self.state.get(name)
+                M = None if M is None else M.to(lora_a.device)
+                self.report["k_before"][name] = 0 if M is None else int(M.shape[1])
+                a = orthonormal_rows_outside(M, grads.pop(name).T, layer.r["default"], where=f"KeepLoRA {name}")
+                write_and_absorb(layer, "default", a.to(lora_a.device), torch.zeros_like(lora_b))
+                lora_a.requires_grad_(False)  # frozen: every B step stays inside span(A), orthogonal to M
+
+    def after_task(self, trainer, t):
+        cfg = self.config
+        peft_model = trainer.model
+        layers = lora_layers(peft_model, "default")
+        grads = task_gradient(trainer, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
+        self.report["extend_task"] = {}
+        for name, layer in layers.items():
+            g = grads.pop(name)
+            M = self.state.get(name)
+            self.report["extend_task"][name] = self._extend(
+                name, layer, project_out(None if M is None else M.to(g.device), g.T), cfg.eps_task)

@@ -1,0 +1,241 @@
+"""`python -m slice_trl.run`: --help, --dry-run of every shipped recipe, and a real end-to-end run
+of a tiny recipe (a saved tiny Llama as model_name_or_path, built-in tasks, CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from slice_trl import run as run_mod
+from slice_trl.config import EvalConfig, InitConfig, ReplayConfig
+from slice_trl.recipe import RunArguments, load_recipe
+from slice_trl.tasks import TaskSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
+PAPER_RECIPES = [p for p in RECIPES if p.stem != "quickstart"]
+SUPERNI = REPO_ROOT.parent / "shared" / "data" / "superni"
+TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger():
+    """main() calls logging.basicConfig: keep its handler (bound to this test's captured stderr)
+    from outliving the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import transformers
+
+    import slice_trl.models
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("--dry-run loaded a model or tokenizer")
+
+    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+
+
+def test_help_lists_every_section_with_help_text():
+    proc = subprocess.run([sys.executable, "-m", "slice_trl.run", "--help"], capture_output=True, text=True,
+                          timeout=180, cwd=str(REPO_ROOT), env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    lines = {line.split(":")[0].split(" (default")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    for prefix, cls in (("", RunArguments), ("init.", InitConfig), ("replay.", ReplayConfig),
+                        ("evaluation.", EvalConfig), ("tasks[].", TaskSpec)):
+        for f in fields(cls):
+            assert f"{prefix}{f.name}" in lines, f"{prefix}{f.name} missing from --help"
+    for key, text in [
+        ("init.c", "SLICE projection strength c in [0, 1]"),
+        ("init.method", "'slice' = gradient surgery"),
+        ("evaluation.max_new_tokens", "Greedy generation budget per example"),
+        ("tasks[].source", "Where the task comes from: one of ['superni', 'trace', 'generic', 'builtin', 'hub_splits']"),
+        ("learning_rate", "Learning rate of each stage (paper: 1e-4)"),
+        ("data_dir", "Directory that relative task paths resolve against"),
+        ("push_repo_id", "Publish every finished stage"),
+        ("lora_r", "LoRA R value"),  # trl.ModelConfig's own help
+        ("num_train_epochs", ""),  # TrainingArguments keys are listed too
+    ]:
+        assert key in lines and text in lines[key], (key, lines.get(key))
+    assert "(default 1.0)" in lines["init.c"]
+    assert "usage: python -m slice_trl.run RECIPE.yaml" in out and "--dry-run" in out and "--push-only" in out
+
+
+def test_no_arguments_prints_usage_and_fails(capsys):
+    assert run_mod.main([]) == 2
+    assert "usage: python -m slice_trl.run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipe_validates_with_dry_run(recipe, capsys, no_model_loading, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative data_dir must not pick up data lying around the repo
+    assert run_mod.main([str(recipe), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n_tasks = len(load_recipe(recipe, for_this_machine=False).raw["tasks"])
+    assert f"Recipe OK: {n_tasks} tasks, init=slice" in out
+    if recipe.stem == "quickstart":
+        assert n_tasks == 3 and "not on this machine" not in out
+        assert "model=smollm2-135m-instruct" in out
+        for i, name in enumerate(["first", "last", "second"], 1):
+            assert f"{i}. {name}: source=builtin" in out
+        assert load_recipe(recipe).training.use_cpu  # fully valid for this (CPU) machine too
+    else:
+        assert f"Task data not on this machine ({n_tasks}); a real run needs it (set --data_dir)" in out
+        assert out.count("does not exist") == n_tasks
+        assert not list(tmp_path.iterdir())  # validation writes nothing
+
+
+def test_paper_recipe_without_data_fails_on_a_real_run(capsys, no_model_loading, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert run_mod.main([str(REPO_ROOT / "recipes" / "ni_seq_g1.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "--data_dir PATH" in err
+
+
+@pytest.mark.skipif(not SUPERNI.is_dir(), reason="shared Super-NI data not on this machine")
+def test_ni_seq_opp2_finds_all_tasks_with_data_dir(capsys, no_model_loading):
+    recipe = REPO_ROOT / "recipes" / "ni_seq_opp2.yaml"
+    assert run_mod.main([str(recipe), "--dry-run", "--data_dir", str(SUPERNI)]) == 0
+    out = capsys.readouterr().out
+    assert "Recipe OK: 5 tasks" in out and "not on this machine" not in out
+    names = ["task088_identify_typo_verification", "task1510_evalution_relation_extraction",
+             "task181_outcome_extraction", "task243_count_elements_in_set_intersection",
+             "task363_sst2_polarity_classification"]
+    for i, name in enumerate(names, 1):
+        assert f"{i}. {name}: source=superni path={SUPERNI / (name + '.json')}" in out
+    loaded = load_recipe(recipe, ["--data_dir", str(SUPERNI)], for_this_machine=False)
+    assert [s.display_name for s in loaded.task_specs] == names
+    assert [s.task for s in loaded.task_specs] == names
+
+
+# ------------------------------------------------------------------ end to end
+def tiny_recipe(tmp_path: Path, output_dir: Path, extra: str = "") -> Path:
+    """A 2-task recipe on a tiny random Llama saved to disk (the CLI loads models by path)."""
+    from slice_trl.testing import tiny_llama, tiny_tokenizer
+
+    base = tmp_path / "tiny-llama"
+    if not base.exists():
+        tiny_llama(seed=3).save_pretrained(base)
+        tiny_tokenizer().save_pretrained(base)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""\
+model_name_or_path: {base}
+dtype: float32
+lora_r: 4
+lora_alpha: 8
+use_rslora: true
+lora_dropout: 0.0
+lora_target_modules: {TARGETS}
+tasks:
+  - {{name: first, source: builtin, max_train: 16, max_eval: 4}}
+  - {{name: last, source: builtin, max_train: 16, max_eval: 4}}
+init: {{method: slice, c: 1.0, cur_steps: 1, prev_steps: 1, batch_size: 4, micro_batch_size: 4}}
+evaluation: {{max_samples: 4, batch_size: 4, max_new_tokens: 4}}
+output_dir: {output_dir}
+num_train_epochs: 1
+per_device_train_batch_size: 4
+learning_rate: 1.0e-3
+warmup_ratio: 0.0
+max_length: 96
+logging_steps: 1
+seed: 0
+use_cpu: true
+disable_tqdm: true
+dataloader_num_workers: 0
+{extra}""")
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny model on a shared 2-core machine: extra torch threads only add contention (5x slower)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_end_to_end_run_of_a_tiny_recipe(tmp_path, capsys, one_thread):
+    out_dir = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe(tmp_path, out_dir), ["--learning_rate", "2e-3"])
+    assert recipe.training.learning_rate == pytest.approx(2e-3)
+    out = run_mod.run(recipe)
+
+    R = out.results.to_dict()["R"]
+    assert len(R) == 2 and R[0][1] is None and all(0.0 <= v <= 1.0 for v in (R[0][0], R[1][0], R[1][1]))
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["task_names"] == ["first", "last"] and results["R"] == R and results["completed"] == 2
+    assert {"AP", "FP", "forgetting"} <= set(results)
+    assert (out_dir / "results_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    run_info = json.loads((out_dir / "run.json").read_text())
+    assert run_info["base_model"] == str(tmp_path / "tiny-llama") and run_info["task_names"] == ["first", "last"]
+    assert run_info["init"]["method"] == "slice" and run_info["recipe"]["tasks"][0]["name"] == "first"
+    stages = sorted(p.name for p in (out_dir / "stages").iterdir())
+    assert stages == ["01-first", "02-last"]
+    for t, name in enumerate(stages):
+        stage = out_dir / "stages" / name
+        record = json.loads((stage / "record.json").read_text())
+        assert record["stage"] == t + 1 and record["init"]["method"] == "slice"
+        assert record["n_scored"][record["task"]] == 4
+        for sub in ("init_adapter", "adapter", "adapter_original_base"):
+            assert (stage / sub / "adapter_model.safetensors").is_file(), (name, sub)
+    assert out.records[1]["replay_examples"] == [4]  # prev_steps 1 x batch 4 from the earlier task
+    printed = capsys.readouterr().out
+    assert "results.json" in printed and "AP" in printed
+
+    # the same command again resumes: both stages are finished, nothing is retrained
+    mtimes = {p: p.stat().st_mtime_ns for p in (out_dir / "stages").rglob("*.safetensors")}
+    again = run_mod.run(load_recipe(tiny_recipe(tmp_path, out_dir), ["--learning_rate", "2e-3"]))
+    assert again.results.to_dict()["R"] == R
+    assert {p: p.stat().st_mtime_ns for p in (out_dir / "stages").rglob("*.safetensors")} == mtimes
+
+
+def test_push_only_needs_no_task_data_on_this_machine(tmp_path, capsys, no_model_loading, monkeypatch):
+    """Publishing from another machine (e.g. a login node without the data or the GPUs)."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text((REPO_ROOT / "recipes" / "ni_seq_g1.yaml").read_text())
+    args = [str(recipe), "--push-only", "--output_dir", str(tmp_path / "empty_run")]
+    assert run_mod.main(args) == 2  # no push_repo_id: says what to set
+    assert "--push-only needs push_repo_id" in capsys.readouterr().err
+    assert run_mod.main([*args, "--push_repo_id", "someone/some-run"]) == 0
+    assert "pushed stages []" in capsys.readouterr().out  # nothing finished: nothing to push, no data needed
+
+
+def test_recipe_env_is_set_before_the_hub_libraries_are_imported(tmp_path, monkeypatch):
+    """huggingface_hub/datasets read HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT... once, at import: the CLI
+    must apply a recipe's env: before importing them (importing slice_trl.run imports none of them)."""
+    code = ("import sys, slice_trl.run; "
+            "print(sorted(m for m in ('trl', 'transformers', 'huggingface_hub', 'datasets') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+    name = "SLICE_TRL_TEST_EARLY_ENV"
+    monkeypatch.delenv(name, raising=False)
+    recipe = tmp_path / "env.yaml"
+    recipe.write_text(f"model_name_or_path: m\nenv: {{{name}: /some/where}}\n"
+                      "tasks:\n  - {name: first, source: builtin}\n")
+    run_mod._apply_env_early(str(recipe))
+    assert os.environ[name] == "/some/where"
+    for broken in ("- a\n", "env: [a]\n", "tasks: [a, b\n"):  # left for load_recipe to report
+        recipe.write_text(broken)
+        run_mod._apply_env_early(str(recipe))
+    run_mod._apply_env_early(str(tmp_path / "missing.yaml"))
