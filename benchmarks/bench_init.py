@@ -26,7 +26,11 @@ projection only acts when the whole-model cosine is negative; on the base model 
 (METHOD.md), so the per-module mode is benchmarked too, where the projection acts in the
 modules whose own cosine is negative.
 
-Usage: python benchmarks/bench_init.py [--quick]   (writes benchmarks/results/init_benchmark.{json,md})
+Usage: python benchmarks/bench_init.py [--threads N] [--r R] [--configs ...] [--quick]
+       (writes benchmarks/results/init_benchmark.{json,md}; --render rewrites the .md from the .json)
+On a CPU shared with other jobs, pass --threads 1: OpenMP teams spin-wait at barriers, and with
+more threads than free cores every small BLAS/LAPACK call (the per-module SVDs above all) becomes
+10-50x slower, which measures the neighbours rather than the library.
 """
 
 from __future__ import annotations
@@ -50,26 +54,29 @@ CUR_TASK = "task181_outcome_extraction"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Gradient checkpointing (InitConfig.gradient_checkpointing) bounds the activations of the
-# passes; "memory-only" runs use 2 batches per side (the peak does not grow with the number of
-# batches: every micro-batch frees what it allocated) and are not used for the time ratio.
-# "mmap" runs set MALLOC_MMAP_THRESHOLD_ (a glibc tunable) so that large blocks are returned to
-# the OS when freed: they separate live memory from what glibc's heap keeps after frees.
+# passes. Only "fp32_global" runs the full S = 8 per side and gives the time ratio; the other
+# runs use 1 batch per side ("short": the peak does not grow with the number of batches, since
+# every micro-batch frees what it allocated, and the bf16-vs-fp32 comparison needs the same
+# batches in both runs, not many of them). "mmap" runs set MALLOC_MMAP_THRESHOLD_ (a glibc
+# tunable) so that large blocks go back to the OS when freed: they separate live memory from
+# what glibc's heap keeps after frees.
+_SHORT = {"steps": 1}
 CONFIGS = [
-    {"name": "fp32_global", "prev_grad_dtype": "float32", "projection": "global", "gradient_checkpointing": True},
     {"name": "fp32_per_module", "prev_grad_dtype": "float32", "projection": "per_module",
-     "gradient_checkpointing": True},
+     "gradient_checkpointing": True, **_SHORT},
     {"name": "bf16_per_module", "prev_grad_dtype": "bfloat16", "projection": "per_module",
-     "gradient_checkpointing": True},
-    {"name": "bf16_global", "prev_grad_dtype": "bfloat16", "projection": "global", "gradient_checkpointing": True},
+     "gradient_checkpointing": True, **_SHORT},
     {"name": "fp32_global_mmap", "prev_grad_dtype": "float32", "projection": "global", "gradient_checkpointing": True,
-     "steps": 2, "malloc_mmap_threshold": 131072},
+     "malloc_mmap_threshold": 131072, **_SHORT},
     {"name": "bf16_global_mmap", "prev_grad_dtype": "bfloat16", "projection": "global", "gradient_checkpointing": True,
-     "steps": 2, "malloc_mmap_threshold": 131072},
+     "malloc_mmap_threshold": 131072, **_SHORT},
     {"name": "fp32_global_no_ckpt", "prev_grad_dtype": "float32", "projection": "global",
-     "gradient_checkpointing": False, "steps": 2},
+     "gradient_checkpointing": False, **_SHORT},
+    {"name": "bf16_global", "prev_grad_dtype": "bfloat16", "projection": "global", "gradient_checkpointing": True},
+    {"name": "fp32_global", "prev_grad_dtype": "float32", "projection": "global", "gradient_checkpointing": True},
 ]
-DEFAULT_CONFIGS = ["fp32_global", "fp32_per_module", "bf16_per_module", "fp32_global_mmap", "bf16_global_mmap",
-                   "fp32_global_no_ckpt"]
+DEFAULT_CONFIGS = ["fp32_per_module", "bf16_per_module", "fp32_global_mmap", "bf16_global_mmap",
+                   "fp32_global_no_ckpt", "fp32_global"]
 PAIRS = [("fp32_global", "bf16_global"), ("fp32_per_module", "bf16_per_module")]
 
 OVERHEAD_TARGET = 0.15
@@ -275,6 +282,31 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
 # driver
 # ---------------------------------------------------------------------------------------------
 
+def svd_probe(r: int, threads: int | None) -> dict:
+    """Seconds of stage 3 + 4 (LoRA-GA slicing by randomised SVD, beta) for SmolLM2's 30 x 7 target
+    shapes at rank ``r``, on random gradients and weights: the part of the overhead that grows
+    with r (the passes do not depend on it)."""
+    import torch
+
+    from slice_trl.decompose import lora_ga_slices, module_seed, variance_matched_beta
+
+    if threads:
+        torch.set_num_threads(threads)
+    shapes = {"q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576), "o_proj": (576, 576),
+              "gate_proj": (1536, 576), "up_proj": (1536, 576), "down_proj": (576, 1536)}
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for layer in range(30):
+        for name, shape in shapes.items():
+            g = torch.randn(shape, generator=gen)
+            w = 0.02 * torch.randn(shape, generator=gen)
+            t0 = time.perf_counter()
+            phi_b, phi_a = lora_ga_slices(g, r, 4, 4, seed=module_seed(42, f"{layer}.{name}"))
+            variance_matched_beta(w, phi_b, phi_a)
+            total += time.perf_counter() - t0
+    return {"r": r, "modules": 210, "svd_rescale_s": total, "threads": threads, "load_average_1min": os.getloadavg()[0]}
+
+
 def subspace_cosine(x, y, rows: bool) -> float:
     """Mean cosine of the principal angles between the column spaces (rows=False) or row spaces
     (rows=True) of x and y."""
@@ -322,23 +354,23 @@ def markdown(res: dict) -> str:
         "Config names: fp32/bf16 = prev_grad_dtype; global/per_module = projection; gradient checkpointing on "
         "unless 'no_ckpt'; 'mmap' = MALLOC_MMAP_THRESHOLD_=131072 (see the notes).",
         "",
-        "| config | G_prev s | G_cur s | surgery s | SVD+rescale s | absorb s | overhead / passes | "
+        "| config | batches prev/cur | G_prev s | G_cur s | surgery s | SVD+rescale s | absorb s | overhead / passes | "
         "model RSS | peak - model | x targets (fp32) | target | surgery log |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
         if "error" in r:
             lines.append(f"| {r['config']['name']} | failed: {r['error'][:80]} |")
             continue
         t, m, cfg = r["timings_s"], r["memory"], r["config"]
-        ratio = ("n/a (memory-only run)" if cfg.get("memory_only") else
+        ratio = (f"n/a (short run: {r['overhead_fraction']:.1%})" if cfg.get("memory_only") else
                  f"{r['overhead_fraction']:.1%} ({'ok' if r['overhead_fraction'] <= OVERHEAD_TARGET else 'MISSED'})")
         tgt = MEM_TARGET[cfg["prev_grad_dtype"]]
         sg = r["surgery"] or {}
         log = (f"cos {sg.get('cosine', float('nan')):+.3f}, fired {sg.get('fired')}, "
                f"neg. modules {sg.get('frac_negative_modules', 0):.0%}")
         lines.append(
-            f"| {cfg['name']} | {t.get('grad_prev', 0):.1f} | {t['grad_cur']:.1f} | {t['surgery']:.2f} | "
+            f"| {cfg['name']} | {r['n_batches_prev']}/{r['n_batches_cur']} | {t.get('grad_prev', 0):.1f} | {t['grad_cur']:.1f} | {t['surgery']:.2f} | "
             f"{t['svd_rescale']:.2f} | {t['absorb']:.2f} | {ratio} | {gib(m['model_bytes'])} | "
             f"{gib(m['peak_above_model_bytes'])} | {m['peak_above_model_x_targets']:.2f} | <= {tgt} "
             f"({'ok' if m['peak_above_model_x_targets'] <= tgt else 'MISSED'}) | {log} |"
@@ -357,6 +389,13 @@ def markdown(res: dict) -> str:
             f"{c['modules_bitwise_identical']}/{c['modules']} modules bitwise identical "
             f"({'ok' if c['subspace_cosine'] >= 0.99 else 'MISSED'})"
         )
+    if res.get("svd_probe"):
+        lines += ["", "Stage 3 + 4 alone at other ranks (the passes do not depend on r):", ""]
+    for r_key, probe in sorted(res.get("svd_probe", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(f"- SVD + rescale probe at r = {probe['r']}: {probe['svd_rescale_s']:.1f} s for 210 modules "
+                     f"(random gradients of SmolLM2's shapes; torch threads {probe['threads'] or 'default'}).")
+    if res.get("analysis"):
+        lines += ["", "## Findings", ""] + [f"- {n}" for n in res["analysis"]]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in res.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -371,7 +410,25 @@ def main() -> None:
                     help="torch threads in each worker (default: torch's default, one per core)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
+    ap.add_argument("--svd-probe", type=int, default=None, metavar="R",
+                    help="time only the SVD + rescale stage at rank R on SmolLM2's 210 module shapes (random "
+                         "gradients; the passes do not depend on R) and add it to the existing .json")
     args = ap.parse_args()
+
+    if args.svd_probe:
+        path = args.out / "init_benchmark.json"
+        res = json.loads(path.read_text())
+        res.setdefault("svd_probe", {})[str(args.svd_probe)] = svd_probe(args.svd_probe, args.threads)
+        path.write_text(json.dumps(res, indent=2))
+        (args.out / "init_benchmark.md").write_text(markdown(res))
+        print(res["svd_probe"])
+        return
+
+    if args.render:
+        res = json.loads((args.out / "init_benchmark.json").read_text())
+        (args.out / "init_benchmark.md").write_text(markdown(res))
+        return
 
     if args.worker:
         spec = json.loads(args.worker)
@@ -429,7 +486,7 @@ def write_results(args, setting, runs, files, stem, final: bool) -> None:
         "safetensors maps the file lazily) and wrapping it with PEFT; the peak is VmHWM after resetting it there.",
         "prev_grad_device = cpu is the model's device on this machine, so it changes nothing here.",
         "overhead = wall time of the initialiser call minus the two gradient passes; only full runs (S = 8) count "
-        "for it. Memory-only runs use 2 batches per side.",
+        "for it. Short runs (steps = 1) use 1 batch per earlier task and 1 current batch.",
     ]
     res = {
         "benchmark": "SLICE initialisation, SmolLM2-135M-Instruct",

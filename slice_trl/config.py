@@ -17,7 +17,11 @@ GRAD_DTYPES = ("float32", "bfloat16")
 
 def _choice(cls_name: str, name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{cls_name}.{name}={value!r} is not valid; choose one of {list(choices)}.")
+        import difflib
+
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{cls_name}.{name}={value!r} is not valid.{hint} Choose one of {list(choices)}.")
 
 
 class _FromDict:

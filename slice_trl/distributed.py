@@ -47,16 +47,6 @@ def all_reduce_sum(tensors: MutableMapping[str, torch.Tensor]) -> None:
             dist.all_reduce(t)
 
 
-def max_over_ranks(value: int, device: torch.device | str | None = None) -> int:
-    """The largest ``value`` over all ranks (``value`` itself in a single process). ``device``:
-    where the one-element tensor lives (a CUDA device under NCCL)."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
 def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
     """In-place broadcast from ``src`` (used to make every rank hold the owner's A and B)."""
     if not is_distributed():

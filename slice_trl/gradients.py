@@ -103,7 +103,7 @@ def summed_token_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> to
     inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
     targets = _labels_of(batch)[:, 1:]  # targets[:, t] is predicted at position t
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    if keep.numel() < targets.size(1) and _accepts_logits_to_keep(model):
+    if 0 < keep.numel() < targets.size(1) and _accepts_logits_to_keep(model):
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (b, K, V)
         targets = targets[:, keep]
     else:
@@ -176,6 +176,26 @@ def _estimation_mode(model: nn.Module, gradient_checkpointing: bool):
             m.training = training
 
 
+@contextlib.contextmanager
+def _embedding_output_requires_grad(model: nn.Module, enable: bool):
+    """Under ZeRO-3, DeepSpeed releases a module's gathered weights in a backward hook that autograd
+    runs only when the module's input requires grad. With the embedding frozen, nothing before
+    the first target weight does, so those weights would stay gathered after the estimate (and
+    the next GatheredParameters fails: "still active in submodules"). For the duration, the input
+    embeddings' output requires grad (what PEFT's ``enable_input_require_grads`` does); the
+    gradients of the target weights are unchanged."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if enable and get is not None else None
+    if embeddings is None:
+        yield
+        return
+    handle = embeddings.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _split(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
     n = batch["input_ids"].size(0)
     return [{k: v[i:i + size] for k, v in batch.items() if torch.is_tensor(v)} for i in range(0, n, size)]
@@ -244,16 +264,22 @@ def estimate_mean_gradients(
     # must not skip a pass or run fewer passes than another (it would hang). Such passes run
     # with weight 0 instead.
     lockstep = world > 1 and distributed.zero3_enabled()
-    passes, filler = 0, None
+    passes = target = 0
+    if lockstep:  # every rank sees every batch: the busiest rank's pass count is known locally
+        batches = list(batches)
+        per_rank = [0] * world
+        for i, batch in enumerate(batches):
+            n = batch["input_ids"].size(0)
+            per_rank[i % world] += -(-n // (micro_batch_size or n))
+        target = max(per_rank)
     n_batches = 0
-    with _only_targets_require_grad(model, weights), _estimation_mode(model, gradient_checkpointing):
+    with _only_targets_require_grad(model, weights), _estimation_mode(model, gradient_checkpointing), \
+            _embedding_output_requires_grad(model, distributed.zero3_enabled()):
         handles = [w.register_post_accumulate_grad_hook(make_hook(name_of[id(w)])) for w in weights.values()]
         try:
             device = next(iter(weights.values())).device
             for i, batch in enumerate(tqdm(batches, desc=progress, disable=progress is None or rank != 0)):
                 n_batches += 1
-                if lockstep and filler is None:
-                    filler = batch
                 if i % world != rank:
                     continue
                 batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
@@ -268,10 +294,10 @@ def estimate_mean_gradients(
                     loss = summed_token_loss(model, micro) / max(n_tokens, 1)
                     loss.backward()
                     passes += 1
-            if lockstep and filler is not None:  # top up to the busiest rank's pass count
-                filler = _split({k: v.to(device) for k, v in filler.items() if torch.is_tensor(v)},
-                                micro_batch_size or filler["input_ids"].size(0))[0]
-                for _ in range(distributed.max_over_ranks(passes, device) - passes):
+            if passes < target:  # lockstep: top up to the busiest rank's pass count, weight 0
+                filler = {k: v.to(device) for k, v in batches[0].items() if torch.is_tensor(v)}
+                filler = _split(filler, micro_batch_size or filler["input_ids"].size(0))[0]
+                for _ in range(target - passes):
                     (summed_token_loss(model, filler) * 0.0).backward()
         finally:
             for h in handles:

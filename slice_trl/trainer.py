@@ -57,6 +57,22 @@ class _StrategyStepCallback(TrainerCallback):
         self.trainer.strategy.post_step(self.trainer, self.trainer.model)
 
 
+def merge_into_base(peft_model):
+    """``merge_and_unload()`` that also works on a DeepSpeed ZeRO-3-partitioned model: each LoRA
+    layer's weights are gathered (module by module, to bound memory) for its merge, and rank 0's
+    merged weight is re-partitioned to every rank (PEFT's merge does not gather by itself).
+    Without ZeRO-3 every rank merges its own full copy, identically. Returns the plain model."""
+    if not distributed.zero3_enabled():
+        return peft_model.merge_and_unload()
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            with distributed.gathered(list(module.parameters()), modifier_rank=0):
+                module.merge()
+    return peft_model.unload()
+
+
 @dataclass
 class ContinualTrainOutput:
     results: ResultsMatrix
@@ -241,7 +257,7 @@ class ContinualSFTTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             stages.save_trained(self.model, ADAPTER, path)
         distributed.barrier()
-        self.model = self.model_wrapped = self.model.merge_and_unload()
+        self.model = self.model_wrapped = merge_into_base(self.model)
 
     def _finish_stage_with_strategy(self, t: int, path: Path) -> None:
         """Save the trained adapter, run ``after_task``, save the strategy state, then merge into

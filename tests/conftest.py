@@ -38,3 +38,16 @@ def smollm2():
         return load_model_and_tokenizer("smollm2-135m-instruct")
     except FileNotFoundError as err:  # pragma: no cover - install step missing
         pytest.fail(str(err))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
+    shared, oversubscribed CPU its spin-waits make such tests 10-50x slower). Restored after.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,18 +1,25 @@
-"""A tiny 2-task ContinualSFTTrainer run, launched by tests/test_distributed.py as one process
-(``python tests/dist_worker.py``) or several (``accelerate launch ... tests/dist_worker.py``).
+"""Multi-process workers launched by tests/test_distributed.py (and runnable by hand).
 
-Every rank dumps what it holds to ``<dump_dir>/rank<k>.pt``:
+``dist_worker.py train OUTPUT_DIR DUMP_DIR PER_DEVICE_BATCH GRAD_ACCUM EPOCHS [METHOD]``
+    A tiny 2-task ContinualSFTTrainer run, as one process (``python tests/dist_worker.py ...``)
+    or several (``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml --multi_gpu
+    tests/dist_worker.py ...``). The global training batch is PER_DEVICE_BATCH x GRAD_ACCUM x
+    world size; the initialiser's gradient mini-batches (InitConfig.batch_size) do not depend on
+    the world size (they are sharded by rank inside `estimate_mean_gradients`). Every rank dumps
+    to ``<DUMP_DIR>/rank<k>.pt``: ``init[t]`` / ``trained[t]`` (the live adapter's A and B right
+    after the initialiser / after training, before the merge), ``final`` (the merged model's
+    state dict after the last stage), ``R``, ``world``, ``steps`` and ``init_report[t]`` (the
+    surgery summary of stage t).
 
-- ``init[t]``    the live adapter's A and B right after the initialiser (before training),
-- ``trained[t]`` the live adapter's A and B after training (before the merge),
-- ``final``      the merged model's state dict after the last stage,
-- ``R``          the results matrix, ``world`` the number of processes,
-- ``init_report[t]`` the surgery summary of stage t.
+``dist_worker.py zero3 DUMP_DIR PERSISTENCE_THRESHOLD`` (under ``torch.distributed.run``; needs
+    DeepSpeed) - the SLICE initialiser and the merge on a model partitioned by DeepSpeed ZeRO-3
+    for real (CPU, gloo), against the same steps on an unpartitioned copy. Dumps per rank the
+    gathered adapter/base after the init and after the merge, for both models.
 
-Usage: dist_worker.py OUTPUT_DIR DUMP_DIR PER_DEVICE_TRAIN_BATCH [METHOD]
-The global training batch is PER_DEVICE_TRAIN_BATCH x world size; the initialiser's
-gradient mini-batches (InitConfig.batch_size) do not depend on the world size (they are
-sharded by rank inside `estimate_mean_gradients`).
+``dist_worker.py bench_svd`` (under ``torch.distributed.run``) - the measurement behind the
+    factor-sharing decision in `slice_trl.initializers._RescaledInitializer._finish`: LoRA-GA
+    slices recomputed on every rank, vs computed on rank 0 and broadcast, vs sharded over the
+    ranks (module i on rank i % world) and broadcast from the owner.
 """
 
 from __future__ import annotations
@@ -92,5 +99,135 @@ def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int 
     distributed.barrier()
 
 
+def _tiny_batches(tok, answer: str, n_batches: int, seed: int) -> list[dict]:
+    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+
+    task = constant_task(answer, answer, n_train=16, n_eval=1, offset=0 if answer == "yes" else 100)
+    prepared = prepare_sft_dataset(task.train, tok, max_length=64)
+    return sample_batches(prepared, default_collator(tok), batch_size=4, n_batches=n_batches, seed=seed)
+
+
+def _full_state(model) -> dict[str, torch.Tensor]:
+    """Every parameter at full size (gathered under ZeRO-3), as fp32 CPU copies."""
+    params = dict(model.named_parameters())
+    with distributed.gathered(list(params.values()), modifier_rank=None):
+        return {n: p.detach().float().cpu().clone() for n, p in params.items()}
+
+
+def zero3(dump_dir: str, persistence_threshold: int) -> None:
+    import copy
+
+    import deepspeed
+    from peft import get_peft_model
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from slice_trl.config import InitConfig
+    from slice_trl.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.initializers import SliceInitializer
+    from slice_trl.trainer import merge_into_base
+
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = distributed.rank_and_world()
+    tok = tiny_tokenizer()
+    cur = _tiny_batches(tok, "yes", 3, seed=1)  # 3 mini-batches on 2 ranks: uneven shares
+    prev = _tiny_batches(tok, "no", 2, seed=2)
+    cfg = InitConfig(method="slice", cur_steps=3, prev_steps=2, batch_size=4, micro_batch_size=2)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True)
+    base = tiny_llama(seed=1)
+    dump = {"world": world}
+
+    # reference: the same multi-process path on an unpartitioned model
+    ref = get_peft_model(copy.deepcopy(base), copy.deepcopy(lora))
+    dump["ref_G"] = estimate_mean_gradients(ref, cur, target_weights(ref, adapter_name=ADAPTER), 2)[0]
+    dump["ref_report"] = SliceInitializer(cfg)(ref, ADAPTER, cur, prev).to_dict()
+    dump["ref_init"] = _full_state(ref)
+    dump["ref_merged"] = _full_state(merge_into_base(ref))
+
+    ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                 "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": persistence_threshold},
+                 "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
+    keep = HfDeepSpeedConfig(ds_config)  # noqa: F841 - makes is_deepspeed_zero3_enabled() true
+    assert distributed.zero3_enabled()
+    model = get_peft_model(copy.deepcopy(base), copy.deepcopy(lora))
+    deepspeed.initialize(model=model, config=ds_config,
+                         model_parameters=[p for p in model.parameters() if p.requires_grad])
+    q = model.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer().weight
+    dump["partitioned"] = hasattr(q, "ds_id") and q.numel() == 0
+    dump["G"] = estimate_mean_gradients(model, cur, target_weights(model, adapter_name=ADAPTER), 2)[0]
+    dump["report"] = SliceInitializer(cfg)(model, ADAPTER, cur, prev).to_dict()
+    dump["init"] = _full_state(model)
+    dump["merged"] = _full_state(merge_into_base(model))
+    os.makedirs(dump_dir, exist_ok=True)
+    torch.save(dump, os.path.join(dump_dir, f"rank{rank}.pt"))
+    distributed.barrier()
+
+
+def bench_svd(hidden: int = 512, intermediate: int = 1408, kv: int = 128, layers: int = 4, r: int = 16) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    from slice_trl.decompose import lora_ga_slices, module_seed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shapes = {"q": (hidden, hidden), "k": (kv, hidden), "v": (kv, hidden), "o": (hidden, hidden),
+              "gate": (intermediate, hidden), "up": (intermediate, hidden), "down": (hidden, intermediate)}
+    gen = torch.Generator().manual_seed(0)
+    grads = {f"{i}.{n}": torch.randn(*s, generator=gen) for i in range(layers) for n, s in shapes.items()}
+    names = list(grads)
+
+    def slices(name):
+        return lora_ga_slices(grads[name], r, 4, 4, seed=module_seed(42, name))
+
+    def owned_by(owner_of):
+        out = {}
+        for i, n in enumerate(names):
+            owner = owner_of(i)
+            b, a = slices(n) if rank == owner else (torch.empty(grads[n].shape[0], r), torch.empty(r, grads[n].shape[1]))
+            dist.broadcast(b, owner)
+            dist.broadcast(a, owner)
+            out[n] = (b, a)
+        return out
+
+    def recompute_everywhere():
+        return {n: slices(n) for n in names}
+
+    def recompute_then_broadcast_rank0():
+        out = recompute_everywhere()
+        for b, a in out.values():
+            dist.broadcast(b, 0)
+            dist.broadcast(a, 0)
+        return out
+
+    def rank0_then_broadcast():
+        return owned_by(lambda i: 0)
+
+    def sharded_then_broadcast():
+        return owned_by(lambda i: i % world)
+
+    ref = recompute_everywhere()
+    for fn in (recompute_everywhere, recompute_then_broadcast_rank0, rank0_then_broadcast, sharded_then_broadcast) * 2:
+        dist.barrier()
+        t0 = time.perf_counter()
+        out = fn()
+        dist.barrier()
+        dt = time.perf_counter() - t0
+        same = all(torch.equal(out[n][0], ref[n][0]) and torch.equal(out[n][1], ref[n][1]) for n in names)
+        if rank == 0:
+            print(f"{fn.__name__:32s} {dt:7.3f} s  equal={same}", flush=True)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), *sys.argv[6:7])
+    mode, rest = sys.argv[1], sys.argv[2:]
+    if mode == "train":
+        main(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]), *rest[5:6])
+    elif mode == "zero3":
+        zero3(rest[0], int(rest[1]))
+    elif mode == "bench_svd":
+        bench_svd()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}: train | zero3 | bench_svd")

@@ -31,7 +31,7 @@ def test_c_in_unit_interval_is_accepted_as_float(c):
     ],
 )
 def test_invalid_choice_names_the_field_and_the_choices(field, value):
-    with pytest.raises(ValueError, match=rf"InitConfig\.{field}={value!r} is not valid; choose one of"):
+    with pytest.raises(ValueError, match=rf"InitConfig\.{field}={value!r} is not valid\..* Choose one of"):
         InitConfig(**{field: value})
 
 
@@ -82,3 +82,8 @@ def test_which_data_a_method_needs(kwargs, uses_grads, uses_prev):
     cfg = InitConfig(**kwargs)
     assert cfg.uses_gradients is uses_grads
     assert cfg.uses_previous_tasks is uses_prev
+
+
+def test_invalid_choice_suggests_the_closest_name():
+    with pytest.raises(ValueError, match="Did you mean 'slice'"):
+        InitConfig(method="slise")

@@ -18,14 +18,7 @@ from slice_trl.decompose import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
-    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

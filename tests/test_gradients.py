@@ -20,14 +20,7 @@ from slice_trl.testing import tiny_llama
 VOCAB = 260
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
-    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(seed: int, b: int, t: int, pad: int = 0, masked_prefix: int = 3) -> dict[str, torch.Tensor]:

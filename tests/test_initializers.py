@@ -33,14 +33,7 @@ WORDS = ["apple", "stone", "river", "cloud", "maple", "tiger", "olive", "piano"]
 ADAPTER = "default"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
-    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,14 +16,7 @@ from slice_trl.surgery import pcgrad_coefficient, reconcile
 SHAPES = {"l0.q": (6, 4), "l0.v": (3, 4), "l1.up": (8, 5), "l1.down": (5, 8)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: per-op cost dominates and an OpenMP thread team only adds barriers (on a
-    shared, oversubscribed CPU its spin-waits make these tests 10-50x slower). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grads(seed: int) -> dict[str, torch.Tensor]:
