@@ -100,12 +100,13 @@ def write_and_absorb(layer, adapter_name: str, a0: torch.Tensor, b0: torch.Tenso
 def vanilla_reset(layer, adapter_name: str, seed: int, name: str) -> None:
     """PEFT's default init (A Kaiming-uniform with a = sqrt(5), as `nn.Linear`; B = 0), seeded per
     module, written through `write_and_absorb` so a non-zero old adapter is absorbed too."""
-    weight = layer.lora_A[adapter_name].weight
-    a0 = torch.empty(weight.shape, dtype=torch.float32)
+    weight, weight_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+    # ds_shape: the full shape of a ZeRO-3-partitioned parameter (its .shape is the local shard)
+    a0 = torch.empty(getattr(weight, "ds_shape", weight.shape), dtype=torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(module_seed(seed, name))
         nn.init.kaiming_uniform_(a0, a=math.sqrt(5))
-    b0 = torch.zeros(layer.lora_B[adapter_name].weight.shape)
+    b0 = torch.zeros(getattr(weight_b, "ds_shape", weight_b.shape))
     write_and_absorb(layer, adapter_name, a0.to(weight.device), b0.to(weight.device))
 
 
@@ -204,8 +205,9 @@ class _RescaledInitializer:
                 msg = f"module {name!r}: gradient is exactly zero; fell back to the vanilla init"
                 warnings.warn(msg, stacklevel=2)
                 report.fallbacks.append(name)
-                report.modules[name] = _module_entry(layer.lora_A[adapter_name].weight,
-                                                     layer.lora_B[adapter_name].weight, None, True)
+                lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+                with distributed.gathered([lora_a, lora_b], modifier_rank=None):  # norms of the full A, B
+                    report.modules[name] = _module_entry(lora_a, lora_b, None, True)
                 continue
             beta = float(head[1])
             b0, a0 = beta * phi_b, beta * phi_a

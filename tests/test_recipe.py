@@ -76,7 +76,7 @@ BAD = [
     ("unknown_source", "model_name_or_path: m\ntasks:\n  - {name: first, source: bultin}\n", [],
      ["source='bultin' is unknown", "Did you mean 'builtin'?"]),
     ("unknown_initialiser", BASE + "init: {method: slise}\n", [],
-     ["method='slise'", "'slice'", "'lora_ga'", "choose one of"]),
+     ["method='slise'", "'slice'", "'lora_ga'", "Choose one of"]),
     ("c_above_one_yaml", BASE + "init: {c: 1.5}\n", [], ["c=1.5", "[0, 1]"]),
     ("c_above_one_override", BASE, ["--init.c", "1.5"], ["c=1.5", "[0, 1]"]),
     ("c_negative_override", BASE, ["--init.c", "-0.5"], ["c=-0.5", "[0, 1]"]),
