@@ -166,13 +166,15 @@ class _RescaledInitializer:
         not compute that module's factors)."""
 
     def _finish(self, model, adapter_name: str, layers, report: InitReport) -> InitReport:
-        # Multi-process: decided here, measured (tests/test_distributed.py, module docstring). The
-        # factors of module i are computed by ONE rank, i % world, and broadcast from it: every
-        # rank then holds bit-identical A0, B0 by construction, and the SVD work is split across
-        # ranks. On 2 CPU processes (gloo, 28 modules of a 512/1408-wide model, r = 16) this took
-        # 1.4 s against 2.2-2.4 s for recomputing every module on every rank (with or without
-        # broadcasting rank 0's result afterwards); the broadcast itself (2.3 MB) took 0.06 s.
-        # The surgery before it (inner products) is cheap and runs on every rank on the
+        # Multi-process, decided here and measured (`python -m torch.distributed.run --nproc_per_node
+        # 2 tests/dist_worker.py bench_svd`): the factors of module i are computed by ONE rank,
+        # i % world, and broadcast from it. Every rank then holds bit-identical A0, B0 by
+        # construction (no reliance on the SVD being deterministic across devices), and the SVD
+        # work is split across ranks. On 2 CPU processes (gloo; 28 modules of a 512/1408-wide
+        # model, r = 16) this took 1.4 s, against 2.2-2.4 s for recomputing every module on
+        # every rank (with or without broadcasting rank 0's result afterwards) and 1.4-1.8 s for
+        # rank 0 computing everything; the broadcasts themselves (2.3 MB) took 0.06 s. The
+        # surgery before this (inner products) is cheap and runs on every rank, on the
         # all-reduced gradients, which are identical on every rank.
         rank, world = distributed.rank_and_world()
         t_svd = t_abs = 0.0

@@ -52,8 +52,9 @@ def constant_task(name: str, answer: str, n_train: int = 16, n_eval: int = 4, of
 
 
 def adapter_tensors(model) -> dict[str, torch.Tensor]:
-    """A and B of the live adapter, keyed by parameter name (fp32 copies)."""
-    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
+    """A and B of the live adapter, keyed by parameter name (fp32 CPU copies; gathered under
+    ZeRO-3)."""
+    return {n: t for n, t in _full_state(model).items()
             if f".{ADAPTER}." in n and ("lora_A" in n or "lora_B" in n)}
 
 
@@ -61,6 +62,8 @@ class DumpingTrainer(ContinualSFTTrainer):
     dump: dict
 
     def initialize_adapter(self, t, replay):
+        w = self.model.get_input_embeddings().weight  # ZeRO-3: partitioned once an engine exists
+        self.dump.setdefault("partitioned", {})[t] = hasattr(w, "ds_id") and w.numel() == 0
         report = super().initialize_adapter(t, replay)
         self.dump.setdefault("init", {})[t] = adapter_tensors(self.model)
         self.dump.setdefault("init_report", {})[t] = report.surgery
@@ -92,7 +95,7 @@ def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int 
     dump = trainer.dump
     dump["R"] = out.results.to_dict()["R"]
     dump["world"] = world
-    dump["final"] = {k: v.detach().float().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    dump["final"] = _full_state(trainer.model)
     dump["steps"] = trainer.state.global_step
     os.makedirs(dump_dir, exist_ok=True)
     torch.save(dump, os.path.join(dump_dir, f"rank{rank}.pt"))
@@ -110,7 +113,8 @@ def _tiny_batches(tok, answer: str, n_batches: int, seed: int) -> list[dict]:
 def _full_state(model) -> dict[str, torch.Tensor]:
     """Every parameter at full size (gathered under ZeRO-3), as fp32 CPU copies."""
     params = dict(model.named_parameters())
-    with distributed.gathered(list(params.values()), modifier_rank=None):
+    partitioned = [p for p in params.values() if hasattr(p, "ds_id") and p.numel() == 0]  # not the gathered ones
+    with distributed.gathered(partitioned, modifier_rank=None):
         return {n: p.detach().float().cpu().clone() for n, p in params.items()}
 
 
