@@ -51,3 +51,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_root_logger():
+    """slice_trl.run.main() calls logging.basicConfig: keep its handler (bound to one test's
+    captured stderr) from outliving the test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a model (or a tokenizer through transformers' Auto classes) fails the test: recipe
+    validation and --dry-run must not load one."""
+    import transformers
+
+    import slice_trl.models
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded while validating a recipe")
+
+    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)

@@ -29,20 +29,11 @@ from slice_trl.recipe import load_recipe
 from slice_trl.testing import tiny_llama, tiny_tokenizer
 from slice_trl.trainer import ContinualSFTTrainer
 
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
 PROBE_TEXT = "Words: fox cup tree moon\nSay the first word."
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger():
-    """main() calls logging.basicConfig: keep its handler (bound to this test's captured stderr)
-    from outliving the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _write_recipe(root: Path, base: Path, repo: str) -> Path:

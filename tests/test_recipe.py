@@ -13,34 +13,10 @@ from slice_trl import run as run_mod
 from slice_trl.config import InitConfig
 from slice_trl.recipe import RecipeError, load_recipe, parse_overrides
 
+pytestmark = pytest.mark.usefixtures("restore_root_logger", "no_model_loading")
+
 TASKS = "tasks:\n  - {name: first, source: builtin, max_train: 8, max_eval: 2}\n  - {name: last, source: builtin}\n"
 BASE = "model_name_or_path: some/model\n" + TASKS
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger():
-    """main() calls logging.basicConfig: keep its handler (bound to this test's captured stderr)
-    from outliving the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(autouse=True)
-def no_model_loading(monkeypatch):
-    """Loading a model (or a tokenizer through transformers' Auto classes) fails the test."""
-    import transformers
-
-    import slice_trl.models
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded while validating a recipe")
-
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
 
 
 def write(tmp_path, text: str, name: str = "recipe.yaml"):

@@ -18,36 +18,13 @@ from slice_trl.config import EvalConfig, InitConfig, ReplayConfig
 from slice_trl.recipe import RunArguments, load_recipe
 from slice_trl.tasks import TaskSpec
 
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 PAPER_RECIPES = [p for p in RECIPES if p.stem != "quickstart"]
 SUPERNI = REPO_ROOT.parent / "shared" / "data" / "superni"
 TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger():
-    """main() calls logging.basicConfig: keep its handler (bound to this test's captured stderr)
-    from outliving the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    import slice_trl.models
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("--dry-run loaded a model or tokenizer")
-
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
 
 
 def test_help_lists_every_section_with_help_text():
