@@ -27,6 +27,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from . import distributed
+
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
 _WEIGHTS = "adapter_model.safetensors"
@@ -105,4 +107,20 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
     result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name="default")
     if result.unexpected_keys:
         raise ValueError(f"{path / RAW} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
-    return peft_model.merge_and_unload() if merge else peft_model
+    return merge_into_base(peft_model) if merge else peft_model
+
+
+def merge_into_base(peft_model):
+    """``merge_and_unload()`` that also works on a DeepSpeed ZeRO-3-partitioned model: each LoRA
+    layer's weights are gathered (module by module, to bound memory) for its merge, and rank 0's
+    merged weight is re-partitioned to every rank (PEFT's merge does not gather by itself).
+    Without ZeRO-3 every rank merges its own full copy, identically. Returns the plain model."""
+    if not distributed.zero3_enabled():
+        return peft_model.merge_and_unload()
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            with distributed.gathered(list(module.parameters()), modifier_rank=0):
+                module.merge()
+    return peft_model.unload()

@@ -30,6 +30,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from . import distributed, stages
+from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
 from .evaluation import evaluate_general, evaluate_task
@@ -55,22 +56,6 @@ class _StrategyStepCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.strategy.post_step(self.trainer, self.trainer.model)
-
-
-def merge_into_base(peft_model):
-    """``merge_and_unload()`` that also works on a DeepSpeed ZeRO-3-partitioned model: each LoRA
-    layer's weights are gathered (module by module, to bound memory) for its merge, and rank 0's
-    merged weight is re-partitioned to every rank (PEFT's merge does not gather by itself).
-    Without ZeRO-3 every rank merges its own full copy, identically. Returns the plain model."""
-    if not distributed.zero3_enabled():
-        return peft_model.merge_and_unload()
-    from peft.tuners.lora import LoraLayer
-
-    for module in peft_model.modules():
-        if isinstance(module, LoraLayer):
-            with distributed.gathered(list(module.parameters()), modifier_rank=0):
-                module.merge()
-    return peft_model.unload()
 
 
 @dataclass
@@ -280,7 +265,7 @@ class ContinualSFTTrainer(SFTTrainer):
             save_state(strategy, path)
         distributed.barrier()
         if strategy.merge == "base":
-            self.model = self.model_wrapped = self.model.merge_and_unload()
+            self.model = self.model_wrapped = merge_into_base(self.model)
         else:
             self.model_wrapped = self.model
 
