@@ -60,3 +60,36 @@ def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     return model.float()
+
+
+TINY_RECIPE = """\
+model_name_or_path: {model}
+dtype: float32
+lora_r: 4
+lora_alpha: 8
+use_rslora: true
+lora_dropout: 0.0
+lora_target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
+tasks:
+  - {{name: first, source: builtin, max_train: 16, max_eval: 4}}
+  - {{name: last, source: builtin, max_train: 16, max_eval: 4}}
+init: {{method: slice, c: 1.0, cur_steps: 1, prev_steps: 1, batch_size: 4, micro_batch_size: 4}}
+evaluation: {{max_samples: 4, batch_size: 4, max_new_tokens: 4}}
+output_dir: {output_dir}
+num_train_epochs: 1
+per_device_train_batch_size: 4
+learning_rate: {learning_rate}
+warmup_ratio: 0.0
+max_length: 96
+logging_steps: 1
+seed: 0
+use_cpu: true
+disable_tqdm: true
+dataloader_num_workers: 0
+"""
+
+
+def tiny_recipe_yaml(model_path, output_dir, learning_rate: str = "1.0e-3", extra: str = "") -> str:
+    """A 2-task SLICE recipe (built-in tasks first -> last) for a tiny model saved at
+    ``model_path`` (model and tokenizer via save_pretrained); ``extra`` is appended YAML."""
+    return TINY_RECIPE.format(model=model_path, output_dir=output_dir, learning_rate=learning_rate) + extra

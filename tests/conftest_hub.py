@@ -33,7 +33,7 @@ except ImportError:  # tests/ imported as a package
 __all__ = ["TEST_HUB_TOKEN", "HUB_SERVER", "hub", "hub_repo_name", "start_test_hub"]
 
 # A recognisable fake token: tests grep files, repos and logs for it.
-TEST_HUB_TOKEN = "hf_sliceTrlTEST0token4c1b9e7f2a6d8"
+TEST_HUB_TOKEN = "hf_slice_trl_TEST_token_4c1b9e7f2a6d8"  # fake; underscores keep it from looking like a real token
 _REGISTRY_ATTR = "_slice_trl_test_hub_server"  # one server per process, however this module is imported
 
 

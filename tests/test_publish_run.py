@@ -26,46 +26,22 @@ import torch
 from slice_trl import hub as shub
 from slice_trl import run as run_mod
 from slice_trl.recipe import load_recipe
-from slice_trl.testing import tiny_llama, tiny_tokenizer
+from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
 from slice_trl.trainer import ContinualSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
 PROBE_TEXT = "Words: fox cup tree moon\nSay the first word."
 
 
 def _write_recipe(root: Path, base: Path, repo: str) -> Path:
     path = root / "publish.yaml"
-    path.write_text(f"""\
-model_name_or_path: {base}
-dtype: float32
-lora_r: 4
-lora_alpha: 8
-use_rslora: true
-lora_dropout: 0.0
-lora_target_modules: {TARGETS}
-tasks:
-  - {{name: first, source: builtin, max_train: 16, max_eval: 4}}
-  - {{name: last, source: builtin, max_train: 16, max_eval: 4}}
-init: {{method: slice, c: 1.0, cur_steps: 1, prev_steps: 1, batch_size: 4, micro_batch_size: 4}}
-evaluation: {{max_samples: 4, batch_size: 4, max_new_tokens: 4}}
-output_dir: {root / "run"}
+    path.write_text(tiny_recipe_yaml(base, root / "run", learning_rate="5.0e-3", extra=f"""\
 push_repo_id: {repo}
 hub_token: {TEST_HUB_TOKEN}
 env: {{HF_TOKEN: {TEST_HUB_TOKEN}}}
-num_train_epochs: 1
-per_device_train_batch_size: 4
-learning_rate: 5.0e-3
-warmup_ratio: 0.0
-max_length: 96
-logging_steps: 1
-seed: 0
-use_cpu: true
-disable_tqdm: true
-dataloader_num_workers: 0
-""")
+"""))
     return path
 
 

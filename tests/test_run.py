@@ -24,7 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 PAPER_RECIPES = [p for p in RECIPES if p.stem != "quickstart"]
 SUPERNI = REPO_ROOT.parent / "shared" / "data" / "superni"
-TARGETS = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
 
 
 def test_help_lists_every_section_with_help_text():
@@ -103,53 +102,18 @@ def test_ni_seq_opp2_finds_all_tasks_with_data_dir(capsys, no_model_loading):
 # ------------------------------------------------------------------ end to end
 def tiny_recipe(tmp_path: Path, output_dir: Path, extra: str = "") -> Path:
     """A 2-task recipe on a tiny random Llama saved to disk (the CLI loads models by path)."""
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
 
     base = tmp_path / "tiny-llama"
     if not base.exists():
         tiny_llama(seed=3).save_pretrained(base)
         tiny_tokenizer().save_pretrained(base)
     path = tmp_path / "tiny.yaml"
-    path.write_text(f"""\
-model_name_or_path: {base}
-dtype: float32
-lora_r: 4
-lora_alpha: 8
-use_rslora: true
-lora_dropout: 0.0
-lora_target_modules: {TARGETS}
-tasks:
-  - {{name: first, source: builtin, max_train: 16, max_eval: 4}}
-  - {{name: last, source: builtin, max_train: 16, max_eval: 4}}
-init: {{method: slice, c: 1.0, cur_steps: 1, prev_steps: 1, batch_size: 4, micro_batch_size: 4}}
-evaluation: {{max_samples: 4, batch_size: 4, max_new_tokens: 4}}
-output_dir: {output_dir}
-num_train_epochs: 1
-per_device_train_batch_size: 4
-learning_rate: 1.0e-3
-warmup_ratio: 0.0
-max_length: 96
-logging_steps: 1
-seed: 0
-use_cpu: true
-disable_tqdm: true
-dataloader_num_workers: 0
-{extra}""")
+    path.write_text(tiny_recipe_yaml(base, output_dir, extra=extra))
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny model on a shared 2-core machine: extra torch threads only add contention (5x slower)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def test_end_to_end_run_of_a_tiny_recipe(tmp_path, capsys, one_thread):
+def test_end_to_end_run_of_a_tiny_recipe(tmp_path, capsys, one_torch_thread):
     out_dir = tmp_path / "run"
     recipe = load_recipe(tiny_recipe(tmp_path, out_dir), ["--learning_rate", "2e-3"])
     assert recipe.training.learning_rate == pytest.approx(2e-3)
