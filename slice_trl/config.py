@@ -266,7 +266,7 @@ def _continual_sft_config():
         strategy: dict | str | None = field(
             default=None,
             metadata={"help": "Continual strategy (slice_trl.strategies), as a mapping or JSON string with 'name' "
-                      "(keeplora, olora, slao, inflora) and that strategy's fields, e.g. {name: olora, lambda1: 0.5}. "
+                      "(eblora, inflora, keeplora, olora, slao) and that strategy's fields, e.g. {name: olora, lambda1: 0.5}. "
                       "None = no strategy (initialiser + merge into the base only)."},
         )
         merge_after_task: bool = field(

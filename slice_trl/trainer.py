@@ -231,6 +231,8 @@ class ContinualSFTTrainer(SFTTrainer):
                 seed=stage_seed(self.args.seed, t, 3))
         self.train_dataset = train
         self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
+        if self.strategy is not None:
+            self.strategy.before_training(self, t)
         set_seed(stage_seed(self.args.seed, t))
         return super().train()
 
@@ -245,12 +247,13 @@ class ContinualSFTTrainer(SFTTrainer):
         self.model = self.model_wrapped = merge_into_base(self.model)
 
     def _finish_stage_with_strategy(self, t: int, path: Path) -> None:
-        """Save the trained adapter, run ``after_task``, save the strategy state, then merge into
+        """``before_save``, save the trained adapter, ``after_task``, save the strategy state, then merge into
         the base (``merge == "base"``) or keep the strategy's deployed adapter (``"adapter"``: the
         base is never changed; ``adapter_original_base`` then holds the deployed adapter)."""
         from .strategies.base import save_state
 
         strategy = self.strategy
+        strategy.before_save(self, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.RAW), selected_adapters=[ADAPTER], safe_serialization=True)

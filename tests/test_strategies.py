@@ -219,7 +219,7 @@ def test_unknown_strategy_suggests_close_name(tmp_path):
         StrategyConfig.from_dict({"name": "slaoo"})
 
 
-@pytest.mark.parametrize("name", ["keeplora", "slao", "inflora"])
+@pytest.mark.parametrize("name", ["keeplora", "slao", "inflora", "eblora"])
 def test_strategy_with_own_init_rejects_conflicting_initialiser(tmp_path, name):
     with pytest.raises(ValueError, match=f"strategy '{name}'.*init.method='slice'.*Set init.method to 'vanilla'"):
         make_config(tmp_path, strategy={"name": name}, init={"method": "slice"})
@@ -232,3 +232,97 @@ def test_keeplora_rank_larger_than_free_subspace_is_an_error(tmp_path):
     trainer = build(tmp_path, n_tasks=1, strategy={"name": "keeplora", "eps_w": 1.0, "cap": 64, "batch_size": 4})
     with pytest.raises(ValueError, match=r"free subspace has dimension d_in - k = 64 - 64 = 0 < r = 4"):
         trainer.train()
+
+
+# ------------------------------------------------------------------ EBLoRA
+def test_eblora_tangent_projection_and_retraction_closed_form():
+    from slice_trl.strategies.eblora import polar, retract_rows, tangent_cols, tangent_rows
+
+    torch.manual_seed(0)
+    F = torch.linalg.qr(torch.randn(20, 5))[0]                       # protected input subspace
+    a = polar(torch.randn(3, 20) - torch.randn(3, 20) @ F @ F.T)       # orthonormal rows off F
+    a = polar(a - (a @ F) @ F.T)
+    g = torch.randn(3, 20)
+    xi = tangent_rows(a, g, F)
+    assert _absmax(a @ xi.T + xi @ a.T) <= 1e-5   # tangent to the Stiefel manifold at V = a^T
+    assert _absmax(xi @ F) <= 1e-5                 # and to F^T V = 0
+    torch.testing.assert_close(tangent_rows(a, xi, F), xi, rtol=0, atol=1e-5)  # a projection
+    assert _absmax(tangent_rows(a, a, F)) <= 1e-5  # the normal direction a itself is removed
+    new = retract_rows(a, 0.3 * g, F)
+    assert _absmax(new @ new.T - torch.eye(3)) <= 1e-5 and _absmax(new @ F) <= 1e-5
+    torch.testing.assert_close(retract_rows(a, torch.zeros_like(a), F), a, rtol=0, atol=1e-5)
+    u = polar(torch.randn(12, 3))
+    gu = tangent_cols(u, torch.randn(12, 3))
+    assert _absmax(u.T @ gu + gu.T @ u) <= 1e-5
+
+
+class EBRecorder(ContinualSFTTrainer):
+    probe = torch.arange(3, 15).reshape(2, 6)
+
+    def _logits(self):
+        with torch.no_grad():
+            return self.model(input_ids=self.probe).logits.float()
+
+    def initialize_adapter(self, t, replay):
+        self.before = self._logits()
+        report = super().initialize_adapter(t, replay)
+        self.init_gap = max(getattr(self, "init_gap", 0.0), float((self._logits() - self.before).abs().max()))
+        if not hasattr(self, "checks"):
+            self.checks = []
+            strategy, original, original_bt = self.strategy, self.strategy.post_step, self.strategy.before_training
+
+            def checked_before_training(tr, t):  # U and sigma swapped in: still the same function
+                original_bt(tr, t)
+                self.init_gap = max(self.init_gap, float((self._logits() - self.before).abs().max()))
+                assert any(n.endswith("eb_sigma") for n, p in tr.model.named_parameters() if p.requires_grad)
+
+            strategy.before_training = checked_before_training
+
+            def checked_post_step(tr, model):  # the invariants after EVERY optimiser step
+                original(tr, model)
+                for name, layer in lora_layers(model, "default").items():
+                    a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+                    F = strategy.state.get(name, torch.zeros(a.shape[1], 0))
+                    self.checks.append((tr._stage, _absmax(a @ a.T - torch.eye(a.shape[0])),
+                                        _absmax(b.T @ b - torch.eye(b.shape[1])), _absmax(a @ F), F.shape[1]))
+
+            strategy.post_step = checked_post_step
+        return report
+
+    def finish_stage(self, t):
+        super().finish_stage(t)
+        if t == 0:
+            self.after_first = self._logits()
+
+
+def test_eblora_three_tasks_stiefel_invariants_every_step_and_equal_singular_values(tmp_path):
+    trainer = build(tmp_path, EBRecorder, strategy={"name": "eblora", "rho": 0.5, "batch_size": 4, "sigma_init": -0.01},
+                    learning_rate=1e-2)
+    out = trainer.train()
+    assert out.results.completed == 3
+    assert trainer.init_gap <= 1e-4                              # the init leaves the outputs unchanged
+    n_modules = len(json.loads((stage(tmp_path, 0) / "record.json").read_text())["strategy"]["report"]["sigma"])
+    assert [t for t, *_ in trainer.checks] == [t for t in range(3) for _ in range(2 * n_modules)]  # 2 steps per stage
+    assert max(c[1] for c in trainer.checks) <= 1e-5              # V^T V = I
+    assert max(c[2] for c in trainer.checks) <= 1e-5              # U^T U = I
+    assert max(c[3] for c in trainer.checks) <= 1e-5              # F^T V = 0
+    assert max(c[4] for c in trainer.checks if c[0] == 2) > 0     # F was non-empty for the later tasks
+    scale = lora().lora_alpha / lora().r ** 0.5  # rsLoRA
+    for t in range(3):
+        record = json.loads((stage(tmp_path, t) / "record.json").read_text())
+        sigmas = record["strategy"]["report"]["sigma"]
+        raw = raw_adapter(tmp_path, t)                             # plain PEFT: sigma folded into B
+        moved = 0
+        for name, sigma in sigmas.items():
+            sv = torch.linalg.svdvals(scale * raw[_key(name, "B")] @ raw[_key(name, "A")])
+            torch.testing.assert_close(sv[:4], torch.full((4,), abs(scale * sigma)), rtol=1e-4, atol=1e-7)
+            moved += sigma != -0.01
+        assert moved                                                # sigma trained
+    F = trainer.strategy.state
+    assert all(_absmax(m.T @ m - torch.eye(m.shape[1])) <= 1e-5 for m in F.values())
+    from peft import PeftModel  # the published stage 1 loads with plain PEFT on the original base
+
+    loaded = PeftModel.from_pretrained(tiny_llama(seed=1), str(stage(tmp_path, 0) / "adapter_original_base"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=EBRecorder.probe).logits.float(), trainer.after_first,
+                                   rtol=0, atol=1e-4)

@@ -5,7 +5,7 @@ from .base import REGISTRY, Strategy, StrategyConfig, build_strategy, config_fro
 
 
 def _load_all() -> None:
-    from . import inflora, keeplora, olora, slao  # noqa: F401  (each registers itself)
+    from . import eblora, inflora, keeplora, olora, slao  # noqa: F401  (each registers itself)
 
 
 __all__ = ["REGISTRY", "Strategy", "StrategyConfig", "build_strategy", "config_from_dict", "register"]

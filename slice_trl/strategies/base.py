@@ -4,10 +4,14 @@ A strategy acts at three points of every stage (STRATEGIES.md):
 
 - ``before_task(trainer, t, peft_model)``: after the initialiser has written the fresh adapter;
   may write or freeze adapter parts and may use the gradient probe (`task_gradient`).
+- ``before_training(trainer, t)``: after the initial adapter is saved, right before training
+  (the optimiser is created after it): may add strategy-only trainable parameters.
 - ``pre_step(trainer, model)`` / ``post_step(trainer, model)``: exactly once per OPTIMISER step
   (whatever the gradient accumulation), right before / after ``optimizer.step()``: hooked through
   `TrainerCallback.on_pre_optimizer_step` / ``on_optimizer_step`` of transformers' Trainer. The
   gradients seen by ``pre_step`` are already clipped (``max_grad_norm``).
+- ``before_save(trainer, t)``: after training, before the trained adapter is saved: folds any
+  strategy-only parameter into lora_A/lora_B so that every saved adapter is plain PEFT.
 - ``after_task(trainer, t)``: after the trained adapter is saved, before any merge. ``merge``
   (class attribute) says what the trainer does next: ``"base"`` merge into the base weights
   (`merge_and_unload`), ``"adapter"`` keep the base bitwise unchanged and deploy whatever adapter
@@ -35,7 +39,7 @@ class StrategyConfig(_FromDict):
     """Base of every per-strategy config; ``name`` selects the strategy."""
 
     name: str = field(default="", metadata={"help": "Continual strategy: one of the registered names "
-                                                   "(inflora, keeplora, olora, slao)."})
+                                                   "(eblora, inflora, keeplora, olora, slao)."})
 
     # Called as StrategyConfig.from_dict(section): dispatch to the named strategy's config class.
     @classmethod
@@ -88,11 +92,18 @@ class Strategy:
     def before_task(self, trainer, t: int, peft_model) -> None:
         pass
 
+    def before_training(self, trainer, t: int) -> None:
+        pass
+
     def pre_step(self, trainer, model) -> None:
         pass
 
     def post_step(self, trainer, model) -> None:
         pass
+
+    def before_save(self, trainer, t: int) -> None:
+        """After training, before the trained adapter is saved: fold any strategy-only parameter
+        into lora_A/lora_B, so the saved adapter loads with plain PEFT (EBLoRA's sigma)."""
 
     def after_task(self, trainer, t: int) -> None:
         pass
@@ -136,6 +147,44 @@ def check_config_fields(cfg) -> None:
             raise ValueError(f"{type(cfg).__name__}.{f.name}={v!r} must be a number in (0, 1].")
 
 
+@dataclass
+class ProbeConfig(StrategyConfig):
+    """Fields shared by the strategies that probe each task's gradient and protect an input-side
+    subspace (KeepLoRA, EBLoRA)."""
+
+    rho: float = field(default=0.2, metadata={"help": "Fraction of the task's train examples (evenly spaced) "
+                                                     "for the gradient probe."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per probe mini-batch."})
+    micro_batch_size: int = field(default=4, metadata={"help": "Examples per probe forward/backward."})
+    cap: int | None = field(default=None, metadata={"help": "Max columns k of the protected subspace per module; "
+                                                           "null = d_in - r (always leaves r free directions)."})
+
+    def __post_init__(self):
+        check_config_fields(self)
+        cls = type(self).__name__
+        for name in ("batch_size", "micro_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{cls}.{name}={getattr(self, name)!r} must be >= 1.")
+        if self.cap is not None and int(self.cap) < 0:
+            raise ValueError(f"{cls}.cap={self.cap!r} must be >= 0 or null.")
+
+    def cap_for(self, layer) -> int:
+        """The column cap of one LoRA layer's subspace: ``cap`` or d_in - r."""
+        return layer.in_features - layer.r["default"] if self.cap is None else int(self.cap)
+
+
+def probe_batches(trainer, t: int, rho: float, batch_size: int) -> list[dict]:
+    """Collated batches of a fraction ``rho`` of task t's prepared train split (evenly spaced
+    examples, the same subset every time it is asked for)."""
+    ds = trainer.prepared_train(trainer.tasks[t])
+    n = max(1, min(len(ds), round(rho * len(ds))))
+    idx = [int(i * len(ds) / n) for i in range(n)]
+    keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
+    rows = ds.select(idx).select_columns(keep)
+    return [trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
+            for i in range(0, n, batch_size)]
+
+
 def task_gradient(trainer, t: int, peft_model, rho: float, batch_size: int, micro_batch_size: int | None):
     """THE gradient probe (`estimate_mean_gradients`) on a fraction ``rho`` of task t's prepared
     train split (evenly spaced examples), at the model's current effective weights: on a
@@ -143,13 +192,7 @@ def task_gradient(trainer, t: int, peft_model, rho: float, batch_size: int, micr
     Returns {canonical module name: G (d_out, d_in), fp32}."""
     from ..gradients import check_finite, estimate_mean_gradients, target_weights
 
-    ds = trainer.prepared_train(trainer.tasks[t])
-    n = max(1, min(len(ds), round(rho * len(ds))))
-    idx = [int(i * len(ds) / n) for i in range(n)]
-    keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
-    rows = ds.select(idx).select_columns(keep)
-    batches = [trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
-               for i in range(0, n, batch_size)]
+    batches = probe_batches(trainer, t, rho, batch_size)
     weights = target_weights(peft_model, adapter_name="default")
     grads, _ = estimate_mean_gradients(peft_model, batches, weights, micro_batch_size)
     check_finite(grads, f"{trainer.tasks[t].name} (strategy probe)")

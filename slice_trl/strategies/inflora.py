@@ -17,7 +17,7 @@ import torch
 
 from ..initializers import lora_layers, write_and_absorb
 from ..subspace import extend, orthonormal_rows_outside
-from .base import Strategy, StrategyConfig, check_config_fields, register
+from .base import Strategy, StrategyConfig, check_config_fields, probe_batches, register
 
 
 @dataclass
@@ -43,11 +43,7 @@ class InfLoRAConfig(StrategyConfig):
 @torch.no_grad()
 def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dict[str, torch.Tensor]:
     """{module: mean over non-padding tokens of x x^T (d_in x d_in, fp32)} of each LoRA layer's input."""
-    ds = trainer.prepared_train(trainer.tasks[t])
-    n = max(1, min(len(ds), round(rho * len(ds))))
-    idx = [int(i * len(ds) / n) for i in range(n)]
-    keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
-    rows = ds.select(idx).select_columns(keep)
+    batches = probe_batches(trainer, t, rho, batch_size)
     layers = lora_layers(model, "default")
     acc: dict[str, torch.Tensor] = {}
     state = {"mask": None, "tokens": 0}
@@ -64,8 +60,7 @@ def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dic
     model.eval()
     try:
         device = next(model.parameters()).device
-        for i in range(0, n, batch_size):
-            batch = trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
+        for batch in batches:
             ids = batch["input_ids"].to(device)
             mask = batch.get("attention_mask", torch.ones_like(ids)).to(device).bool()
             state["mask"] = mask

@@ -16,32 +16,18 @@ import torch
 
 from ..initializers import lora_layers, write_and_absorb
 from ..subspace import extend, orthonormal_rows_outside, project_out
-from .base import Strategy, StrategyConfig, check_config_fields, register, task_gradient
+from .base import ProbeConfig, Strategy, register, task_gradient
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class KeepLoRAConfig(StrategyConfig):
+class KeepLoRAConfig(ProbeConfig):
     """KeepLoRA settings (defaults: the paper's LLaVA recipe)."""
 
     name: str = field(default="keeplora", metadata={"help": "'keeplora'."})
     eps_w: float = field(default=0.6, metadata={"help": "Energy of W0^T kept in M before task 1."})
     eps_task: float = field(default=0.99, metadata={"help": "Energy of each task's projected gradient added to M."})
-    rho: float = field(default=0.2, metadata={"help": "Fraction of the task's train examples (evenly spaced) "
-                                                     "for the gradient probe."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per probe mini-batch."})
-    micro_batch_size: int = field(default=4, metadata={"help": "Examples per probe forward/backward."})
-    cap: int | None = field(default=None, metadata={"help": "Max columns k of M per module; null = d_in - r "
-                                                           "(always leaves r free directions)."})
-
-    def __post_init__(self):
-        check_config_fields(self)
-        for name in ("batch_size", "micro_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"KeepLoRAConfig.{name}={getattr(self, name)!r} must be >= 1.")
-        if self.cap is not None and int(self.cap) < 0:
-            raise ValueError(f"KeepLoRAConfig.cap={self.cap!r} must be >= 0 or null.")
 
 
 @register
@@ -51,13 +37,9 @@ class KeepLoRA(Strategy):
     defines_init = True
     merge = "base"
 
-    def _cap(self, layer) -> int:
-        r, d_in = layer.r["default"], layer.in_features
-        return d_in - r if self.config.cap is None else int(self.config.cap)
-
     @torch.no_grad()
     def _extend(self, name, layer, R, eps):
-        M, info = extend(self.state.get(name), R, eps, self._cap(layer))
+        M, info = extend(self.state.get(name), R, eps, self.config.cap_for(layer))
         self.state[name] = M.cpu()
         if info["capped"]:
             logger.warning("KeepLoRA: module %s: subspace capped at k=%d", name, info["k"])
