@@ -64,7 +64,7 @@ METHODS = {
 }
 GROUPS = {
     "initialisers": ["vanilla", "lora_ga", "loram", "slice_c0.5", "slice_c0.75", "slice_c1.0"],
-    "strategies": ["keeplora", "eblora", "slao", "olora", "inflora", "slice_c1.0+olora"],
+    "strategies": ["keeplora", "eblora", "slao", "olora", "inflora"],
 }
 
 

@@ -14,6 +14,8 @@ equally").
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
@@ -201,6 +203,27 @@ def _split(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch
     return [{k: v[i:i + size] for k, v in batch.items() if torch.is_tensor(v)} for i in range(0, n, size)]
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        return None
+
+
+def release_freed_host_memory() -> None:
+    """Return the freed pages of glibc's heap to the OS (``malloc_trim(0)``).
+
+    Why: each forward/backward allocates and frees activations and gradient buffers of many
+    sizes; glibc keeps freed heap memory resident, so after a few passes the process's RSS peaks
+    ~0.2x the target weights above the live memory (G_prev + G_cur + one micro-batch's
+    activations; benchmarks/results/init_benchmark.md). Trimming after every pass keeps the RSS
+    at the live memory; it costs milliseconds per pass. A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def estimate_mean_gradients(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
@@ -293,7 +316,10 @@ def estimate_mean_gradients(
                         continue  # contributes exactly zero: skip the pass
                     loss = summed_token_loss(model, micro) / max(n_tokens, 1)
                     loss.backward()
+                    del loss
                     passes += 1
+                    if device.type == "cpu":
+                        release_freed_host_memory()
             if passes < target:  # lockstep: top up to the busiest rank's pass count, weight 0
                 filler = {k: v.to(device) for k, v in batches[0].items() if torch.is_tensor(v)}
                 filler = _split(filler, micro_batch_size or filler["input_ids"].size(0))[0]

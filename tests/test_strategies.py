@@ -125,7 +125,8 @@ class KeepRecorder(ContinualSFTTrainer):
 
 @pytest.mark.parametrize("name, scale", [("keeplora", 1.0), ("inflora", 3 ** -0.5)])
 def test_subspace_strategies_three_tasks_invariants_and_resume(tmp_path, name, scale):
-    """KeepLoRA and InfLoRA: A M = 0, A A^T = scale^2 I, A frozen, (W_t - W_{t-1}) M = 0, M grows."""
+    """KeepLoRA and InfLoRA: A M = 0, A A^T = scale^2 I, A frozen, (W_t - W_{t-1}) M = 0, M grows;
+    KeepLoRA resumed mid-run (stage 3 rerun from stage 2's state) ends with the same R, M and weights."""
     # unset init.method -> vanilla (checked first: building a config resets accelerate's state)
     assert make_config(tmp_path, strategy={"name": name}, init=None).init.method == "vanilla"
     strategy = {"name": name, "rho": 0.5, "batch_size": 4}
@@ -151,8 +152,10 @@ def test_subspace_strategies_three_tasks_invariants_and_resume(tmp_path, name, s
         return  # resume is strategy-independent: checked once, with KeepLoRA
     final_state = {k: v.clone() for k, v in trainer.strategy.state.items()}
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    (stage(tmp_path, 2) / "record.json").unlink()  # a crash late in stage 3: its files are half there
     resumed = build(tmp_path, strategy=strategy)
-    out2 = resumed.train()  # all stages finished: rebuilt from disk
+    out2 = resumed.train()  # stages 1-2 rebuilt from disk with the stage-2 state, stage 3 rerun
+    assert json.loads((stage(tmp_path, 2) / "record.json").read_text())["R"] == out.results.to_dict()["R"]
     assert out2.results.to_dict()["R"] == out.results.to_dict()["R"]
     for k, v in final_state.items():
         torch.testing.assert_close(resumed.strategy.state[k], v, rtol=0, atol=0)
@@ -201,8 +204,9 @@ def test_slao_three_tasks_adapter_space_merge(tmp_path):
     deployed = load_file(str(stage(tmp_path, 2) / "adapter_original_base" / "adapter_model.safetensors"))
     name = next(iter(layers))
     torch.testing.assert_close(deployed[_key(name, "B")], s3[f"{name}.B_mg"])
+    (stage(tmp_path, 2) / "record.json").unlink()  # a crash late in stage 3: resume reruns it from stage 2's state
     resumed = build(tmp_path, strategy={"name": "slao"})
-    resumed.train()
+    assert resumed.train().results.to_dict()["R"] == out.results.to_dict()["R"]
     for name, layer in lora_layers(resumed.model, "default").items():
         assert torch.equal(layer.lora_B["default"].weight, layers[name].lora_B["default"].weight)
         assert torch.equal(layer.get_base_layer().weight, ref_modules[name].weight)
