@@ -55,6 +55,7 @@ METHODS = {
     "slice_c0.5": ["--init.method", "slice", "--init.c", "0.5"],
     "slice_c0.75": ["--init.method", "slice", "--init.c", "0.75"],
     "slice_c1.0": ["--init.method", "slice", "--init.c", "1.0"],
+    "slice_c1.0_per_module": ["--init.method", "slice", "--init.c", "1.0", "--init.projection", "per_module"],
     "keeplora": ["--strategy.name", "keeplora"],
     "eblora": ["--strategy.name", "eblora"],
     "slao": ["--strategy.name", "slao"],
@@ -213,7 +214,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each).")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the tables and plots go (a rerun "
+                   "meant to check reproducibility can write elsewhere and be compared).")
     args = p.parse_args(argv)
+    globals()["RESULTS"] = Path(args.results_dir)
     methods = [m for name in args.methods for m in GROUPS.get(name, [name])]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

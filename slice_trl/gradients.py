@@ -203,25 +203,41 @@ def _split(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch
     return [{k: v[i:i + size] for k, v in batch.items() if torch.is_tensor(v)} for i in range(0, n, size)]
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_PROBE_MMAP_THRESHOLD = 128 * 1024
+_RESTORED_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling for its dynamic threshold (64-bit)
+
+
 @functools.lru_cache(maxsize=1)
-def _malloc_trim():
+def _mallopt():
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
         return None
 
 
-def release_freed_host_memory() -> None:
-    """Return the freed pages of glibc's heap to the OS (``malloc_trim(0)``).
+@contextlib.contextmanager
+def host_memory_returned_to_os(enabled: bool = True):
+    """During the gradient passes on CPU, let glibc serve every allocation >= 128 KiB with mmap,
+    so that freed activation and gradient buffers go back to the OS at once.
 
-    Why: each forward/backward allocates and frees activations and gradient buffers of many
-    sizes; glibc keeps freed heap memory resident, so after a few passes the process's RSS peaks
-    ~0.2x the target weights above the live memory (G_prev + G_cur + one micro-batch's
-    activations; benchmarks/results/init_benchmark.md). Trimming after every pass keeps the RSS
-    at the live memory; it costs milliseconds per pass. A no-op without glibc."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    Why: with glibc's default (a dynamic threshold that climbs to 32 MiB) the many short-lived
+    buffers of each forward/backward are carved from the heap, and fragmentation keeps them
+    resident: the probe's RSS peaked ~0.2x the target weights above its live memory (G_prev +
+    G_cur + one micro-batch's activations; benchmarks/results/init_benchmark.md). Trimming the
+    heap between passes (malloc_trim) does not help, since the growth happens within a pass.
+    Afterwards the threshold is set to 32 MiB, the value the dynamic rule settles at once large
+    blocks have been freed. A no-op without glibc or when ``enabled`` is false (accelerators:
+    their memory is not the host heap)."""
+    mallopt = _mallopt() if enabled else None
+    if mallopt is None:
+        yield
+        return
+    mallopt(M_MMAP_THRESHOLD, _PROBE_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, _RESTORED_MMAP_THRESHOLD)
 
 
 def estimate_mean_gradients(
@@ -296,8 +312,9 @@ def estimate_mean_gradients(
             per_rank[i % world] += -(-n // (micro_batch_size or n))
         target = max(per_rank)
     n_batches = 0
+    on_cpu = next(iter(weights.values())).device.type == "cpu"
     with _only_targets_require_grad(model, weights), _estimation_mode(model, gradient_checkpointing), \
-            _embedding_output_requires_grad(model, distributed.zero3_enabled()):
+            _embedding_output_requires_grad(model, distributed.zero3_enabled()), host_memory_returned_to_os(on_cpu):
         handles = [w.register_post_accumulate_grad_hook(make_hook(name_of[id(w)])) for w in weights.values()]
         try:
             device = next(iter(weights.values())).device
@@ -318,8 +335,6 @@ def estimate_mean_gradients(
                     loss.backward()
                     del loss
                     passes += 1
-                    if device.type == "cpu":
-                        release_freed_host_memory()
             if passes < target:  # lockstep: top up to the busiest rank's pass count, weight 0
                 filler = {k: v.to(device) for k, v in batches[0].items() if torch.is_tensor(v)}
                 filler = _split(filler, micro_batch_size or filler["input_ids"].size(0))[0]
