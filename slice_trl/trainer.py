@@ -52,10 +52,14 @@ class _StrategyStepCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        t0 = time.perf_counter()
         self.trainer.strategy.pre_step(self.trainer, self.trainer.model)
+        self.trainer.strategy_step_seconds += time.perf_counter() - t0
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        t0 = time.perf_counter()
         self.trainer.strategy.post_step(self.trainer, self.trainer.model)
+        self.trainer.strategy_step_seconds += time.perf_counter() - t0
 
 
 @dataclass
@@ -146,6 +150,7 @@ class ContinualSFTTrainer(SFTTrainer):
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
         self.strategy = None
+        self.strategy_step_seconds = 0.0
         if args.strategy is not None:
             from .strategies import build_strategy
 
@@ -231,6 +236,7 @@ class ContinualSFTTrainer(SFTTrainer):
                 seed=stage_seed(self.args.seed, t, 3))
         self.train_dataset = train
         self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
+        self.strategy_step_seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
         if self.strategy is not None:
             self.strategy.before_training(self, t)
         set_seed(stage_seed(self.args.seed, t))
@@ -381,6 +387,8 @@ class ContinualSFTTrainer(SFTTrainer):
             t0 = time.perf_counter()
             train_out = self.train_stage(t)
             timings["train"] = time.perf_counter() - t0
+            if self.strategy is not None:
+                timings["strategy_step_hooks"] = self.strategy_step_seconds
             t0 = time.perf_counter()
             self.finish_stage(t)
             timings["save_merge"] = time.perf_counter() - t0
