@@ -38,7 +38,7 @@ def lora():
 
 def common_args(out: str) -> dict:
     return dict(output_dir=out, num_train_epochs=1, per_device_train_batch_size=8, learning_rate=1e-3,
-                warmup_ratio=0.0, max_length=96, seed=0, use_cpu=True, disable_tqdm=True, logging_steps=1000,
+                warmup_steps=0, max_length=96, seed=0, use_cpu=True, disable_tqdm=True, logging_steps=1000,
                 report_to="none", save_strategy="no", bf16=False, activation_checkpointing=False)
 
 

@@ -232,6 +232,9 @@ def _sub_config(value, cls, field_name: str):
         raise ValueError(f"{field_name}: {err}") from None
 
 
+WARMUP_DEFAULT = 0.01  # the paper: warm up over 1% of each stage's steps
+
+
 def _continual_sft_config():
     from trl import SFTConfig
 
@@ -288,7 +291,16 @@ def _continual_sft_config():
         )
         learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of each stage (paper: 1e-4)."})
         lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule of each stage (paper: linear)."})
-        warmup_ratio: float = field(default=0.01, metadata={"help": "Warmup ratio of each stage (paper: 0.01)."})
+        warmup_steps: float = field(
+            default=WARMUP_DEFAULT,
+            metadata={"help": "Warmup of each stage: optimizer steps (an integer >= 1) or a ratio of the stage's "
+                      "steps in [0, 1) (transformers 5; paper: 0.01)."},
+        )
+        warmup_ratio: float | None = field(
+            default=None,
+            metadata={"help": "Older TRL/transformers spelling of a warmup ratio in [0, 1); copied into "
+                      "warmup_steps (transformers 5 has no warmup_ratio and would ignore it)."},
+        )
         max_length: int | None = field(default=256, metadata={"help": "Token budget per example (paper: 256)."})
         logging_steps: float = field(default=5, metadata={"help": "Log every N optimizer steps."})
         bf16: bool | None = field(
@@ -320,11 +332,24 @@ def _continual_sft_config():
                     f"strategy that composes with any initialiser (olora).")
             self.replay = _sub_config(self.replay, ReplayConfig, "replay")
             self.evaluation = _sub_config(self.evaluation, EvalConfig, "evaluation")
+            self._apply_warmup_ratio()
             if self.bf16 is None:  # SFTConfig would turn None into True, which fails on a CPU-only machine
                 import torch
 
                 self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
             super().__post_init__()
+
+        def _apply_warmup_ratio(self) -> None:
+            if self.warmup_ratio is None:
+                return
+            r = self.warmup_ratio
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+                raise ValueError(f"warmup_ratio={r!r} must be a ratio in [0, 1); for a number of steps use "
+                                 "warmup_steps.")
+            if self.warmup_steps != WARMUP_DEFAULT and self.warmup_steps != r:
+                raise ValueError(f"warmup_ratio={r} and warmup_steps={self.warmup_steps} are both set; set only "
+                                 "warmup_steps (steps >= 1, or a ratio in [0, 1)).")
+            self.warmup_steps = float(r)
 
         def to_dict(self):
             d = super().to_dict()

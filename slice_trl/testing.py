@@ -79,7 +79,7 @@ output_dir: {output_dir}
 num_train_epochs: 1
 per_device_train_batch_size: 4
 learning_rate: {learning_rate}
-warmup_ratio: 0.0
+warmup_steps: 0
 max_length: 96
 logging_steps: 1
 seed: 0

@@ -80,7 +80,7 @@ def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int 
     args = ContinualSFTConfig(
         output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=grad_accum,
-        learning_rate=3e-2, warmup_ratio=0.0, logging_steps=1, max_length=64, seed=0,
+        learning_rate=3e-2, warmup_steps=0, logging_steps=1, max_length=64, seed=0,
         init={"method": method, "cur_steps": 2, "prev_steps": 2, "batch_size": 4},
         evaluation={"max_samples": 4, "batch_size": 2, "max_new_tokens": 4}, use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True, report_to=[],

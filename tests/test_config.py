@@ -87,3 +87,19 @@ def test_which_data_a_method_needs(kwargs, uses_grads, uses_prev):
 def test_invalid_choice_suggests_the_closest_name():
     with pytest.raises(ValueError, match="Did you mean 'slice'"):
         InitConfig(method="slise")
+
+
+def test_warmup_is_the_papers_ratio_and_warmup_ratio_is_honoured(tmp_path):
+    """transformers 5 dropped ``warmup_ratio``: the paper's 1% must reach ``warmup_steps`` (a ratio in
+    [0, 1)), and an older recipe's ``warmup_ratio`` must not be silently ignored."""
+    from slice_trl.config import ContinualSFTConfig
+
+    default = ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert default.warmup_steps == 0.01 and default.get_warmup_steps(300) == 3  # ceil(0.01 * 300)
+    old_style = ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True, warmup_ratio=0.1)
+    assert old_style.warmup_steps == 0.1 and old_style.get_warmup_steps(50) == 5
+    assert ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True, warmup_steps=7).get_warmup_steps(50) == 7
+    with pytest.raises(ValueError, match=r"warmup_ratio=1.5 must be a ratio in \[0, 1\)"):
+        ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True, warmup_ratio=1.5)
+    with pytest.raises(ValueError, match="both set; set only warmup_steps"):
+        ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True, warmup_ratio=0.1, warmup_steps=5)

@@ -21,7 +21,7 @@ def test_two_task_sequence_learns_each_task(tmp_path):
 
     args = ContinualSFTConfig(
         output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=8, learning_rate=2e-4,
-        warmup_ratio=0.0, max_length=96, seed=0, use_cpu=True, disable_tqdm=True, logging_steps=3,
+        warmup_steps=0, max_length=96, seed=0, use_cpu=True, disable_tqdm=True, logging_steps=3,
         init={"method": "slice", "cur_steps": 1, "prev_steps": 1, "batch_size": 8, "micro_batch_size": 8},
         evaluation=eval_cfg.to_dict(),
     )

@@ -31,7 +31,7 @@ def make_config(tmp_path, **overrides):
                                   "micro_batch_size": 2})
     defaults = dict(
         output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=3e-2,
-        warmup_ratio=0.0, logging_steps=1, max_length=64, seed=0, init=init,
+        warmup_steps=0, logging_steps=1, max_length=64, seed=0, init=init,
         evaluation={"max_samples": 6, "batch_size": 3, "max_new_tokens": 6}, use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True,
     )
