@@ -173,9 +173,10 @@ def plots(seq: str, runs: dict[str, list[dict]], summary: dict[str, dict], task_
     fig = Figure(figsize=(6.5, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for method, row in summary.items():
+    markers = "osD^vPX*h<>p"
+    for i, (method, row) in enumerate(summary.items()):
         (ap, ap_sd), (fp, fp_sd) = row["AP"], row["FP"]
-        ax.errorbar(ap, fp, xerr=ap_sd, yerr=fp_sd, fmt="o", capsize=3, label=method)
+        ax.errorbar(ap, fp, xerr=ap_sd, yerr=fp_sd, fmt=markers[i % len(markers)], capsize=3, label=method)
     lo = min(min(r["AP"][0], r["FP"][0]) for r in summary.values()) - 5
     hi = max(max(r["AP"][0], r["FP"][0]) for r in summary.values()) + 5
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="FP = AP (no forgetting)")
