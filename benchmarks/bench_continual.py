@@ -146,13 +146,13 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def table(seq: str, summary: dict[str, dict]) -> str:
-    lines = [f"| method ({seq}) | AP | FP | forgetting | init / train time | step hooks / train time "
+    lines = [f"| method ({seq}) | seeds | AP | FP | forgetting | init / train time | step hooks / train time "
              "| s per step (x vanilla) | state MB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, row in summary.items():
         cells = [f"{row[k][0]:.1f} ± {row[k][1]:.1f}" for k in ("AP", "FP", "forgetting")]
         rel = f" ({row['step_vs_vanilla']:.2f}x)" if row["step_vs_vanilla"] else ""
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {100 * row['init_over_train']:.1f}% | "
+        lines.append(f"| {method} | {row['n_seeds']} | " + " | ".join(cells) + f" | {100 * row['init_over_train']:.1f}% | "
                      f"{100 * row['step_hooks_over_train']:.1f}% | {row['s_per_step']:.2f}{rel} | {row['state_mb']:.2f} |")
     return "\n".join(lines)
 
