@@ -314,5 +314,5 @@ class ResultsMatrix:
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # long task names: keep the axis labels in the frame
         return path
