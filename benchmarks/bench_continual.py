@@ -112,6 +112,9 @@ def collect(out: Path) -> dict:
         "R": res["R"], "AP": res["AP"], "FP": res["FP"], "forgetting": res["forgetting"],
         "init_s": init_s, "train_s": train_s, "eval_s": [r["timings"]["eval"] for r in records],
         "init_over_train": [i / t for i, t in zip(init_s, train_s)],
+        # saving the stage, merging and the strategy's after-task work (KeepLoRA's probe, InfLoRA's
+        # input covariance and subspace extension), over the stage's training time
+        "after_over_train": [r["timings"]["save_merge"] / t for r, t in zip(records, train_s)],
         "s_per_step": [1.0 / s for s in steps if s],
         # time inside the strategy's per-optimiser-step hooks over the training time (same process,
         # same load: robust to other work on the machine, unlike s_per_step across runs)
@@ -134,6 +137,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
         row = {k: mean_sd([100 * r[k] for r in rs]) for k in ("AP", "FP", "forgetting")}
         row["n_seeds"] = len(rs)
         row["init_over_train"] = statistics.fmean(x for r in rs for x in r["init_over_train"])
+        row["after_over_train"] = statistics.fmean(x for r in rs for x in r["after_over_train"])
         step = statistics.fmean(s for r in rs for s in r["s_per_step"])
         row["s_per_step"] = step
         row["step_vs_vanilla"] = step / vanilla_step if vanilla_step else None
@@ -145,18 +149,19 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def table(seq: str, summary: dict[str, dict]) -> str:
     lines = [f"| method ({seq}) | seeds | AP | FP | forgetting | init / train time | step hooks / train time "
-             "| s per step (x vanilla) | state MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| after task / train time | s per step (x vanilla) | state MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in summary.items():
         cells = [f"{row[k][0]:.1f} ± {row[k][1]:.1f}" for k in ("AP", "FP", "forgetting")]
         rel = f" ({row['step_vs_vanilla']:.2f}x)" if row["step_vs_vanilla"] else ""
         lines.append(f"| {method} | {row['n_seeds']} | " + " | ".join(cells) + f" | {100 * row['init_over_train']:.1f}% | "
-                     f"{100 * row['step_hooks_over_train']:.1f}% | {row['s_per_step']:.2f}{rel} | {row['state_mb']:.2f} |")
+                     f"{100 * row['step_hooks_over_train']:.1f}% | {100 * row['after_over_train']:.1f}% | {row['s_per_step']:.2f}{rel} | {row['state_mb']:.2f} |")
     return "\n".join(lines)
 
 
 def plots(seq: str, runs: dict[str, list[dict]], summary: dict[str, dict], task_names: list[str],
           results: Path) -> None:
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -171,10 +176,12 @@ def plots(seq: str, runs: dict[str, list[dict]], summary: dict[str, dict], task_
     fig = Figure(figsize=(6.5, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    markers = "osD^vPX*h<>p"
+    markers = "osD^vPX*h<>pd8H"
+    colours = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: one per method, never repeated
     for i, (method, row) in enumerate(summary.items()):
         (ap, ap_sd), (fp, fp_sd) = row["AP"], row["FP"]
-        ax.errorbar(ap, fp, xerr=ap_sd, yerr=fp_sd, fmt=markers[i % len(markers)], capsize=3, label=method)
+        ax.errorbar(ap, fp, xerr=ap_sd, yerr=fp_sd, fmt=markers[i % len(markers)], ms=7, capsize=3,
+                    color=colours[(2 * i) % 20 + (2 * i) // 20], label=method)
     lo = min(min(r["AP"][0], r["FP"][0]) for r in summary.values()) - 5
     hi = max(max(r["AP"][0], r["FP"][0]) for r in summary.values()) + 5
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="FP = AP (no forgetting)")
@@ -191,8 +198,10 @@ def report(seq: str, methods: list[str], seeds: list[int], runs_root: Path, wall
     old = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     per_method = dict(old.get("runs", {}))  # keep methods of earlier invocations (e.g. the strategies)
     for method in methods:
+        # a reused run keeps the wall time measured when it actually ran
+        old_wall = {r["seed"]: r.get("wall_s") for r in per_method.get(method, [])}
         per_method[method] = [{"seed": s, **collect(run_dir(runs_root, seq, method, s)),
-                               "wall_s": wall.get((method, s))} for s in seeds]
+                               "wall_s": wall.get((method, s)) or old_wall.get(s)} for s in seeds]
     order = [m for m in METHODS if m in per_method]
     per_method = {m: per_method[m] for m in order}
     summary = summarise(per_method)
@@ -208,7 +217,9 @@ def report(seq: str, methods: list[str], seeds: list[int], runs_root: Path, wall
         f"scores x100, mean ± sample std over seeds. Init / train time: initialisation time (gradients, "
         f"surgery, SVD, strategy set-up) over the stage's training time, mean over stages. Step hooks / "
         f"train time: time in a strategy's per-optimiser-step hooks over the training time (same runs). "
-        f"s per step: training seconds per optimiser step, one thread, runs sharing the machine (noisy "
+        f"After task / train time: saving the stage, merging and the strategy's after-task work (e.g. "
+        f"KeepLoRA's gradient probe, InfLoRA's input covariance) over the training time. s per step: "
+        f"training seconds per optimiser step, one thread, runs sharing the machine (noisy "
         f"across runs). State MB: the strategy state stored with the last stage.\n\n{text}\n")
     plots(seq, per_method, summary, task_names, results)
     return text
