@@ -75,13 +75,14 @@ class DumpingTrainer(ContinualSFTTrainer):
 
 
 def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
-         method: str = "slice") -> None:
+         method: str = "slice", strategy: str | None = None) -> None:
     torch.set_num_threads(1)  # equal threading in every run (2 shared cores), and no oversubscription
     args = ContinualSFTConfig(
         output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=grad_accum,
         learning_rate=3e-2, warmup_steps=0, logging_steps=1, max_length=64, seed=0,
         init={"method": method, "cur_steps": 2, "prev_steps": 2, "batch_size": 4},
+        strategy=None if strategy is None else {"name": strategy},
         evaluation={"max_samples": 4, "batch_size": 2, "max_new_tokens": 4}, use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True, report_to=[],
     )
@@ -228,7 +229,7 @@ def bench_svd(hidden: int = 512, intermediate: int = 1408, kv: int = 128, layers
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
     if mode == "train":
-        main(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]), *rest[5:6])
+        main(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]), *rest[5:7])  # [method [strategy]]
     elif mode == "zero3":
         zero3(rest[0], int(rest[1]))
     elif mode == "bench_svd":

@@ -60,10 +60,12 @@ def _run(cmd: list[str], timeout: int = 600) -> None:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
 
 
-def _train(tmp: Path, launcher: list[str], per_device: int, grad_accum: int, epochs: int = 3) -> dict:
+def _train(tmp: Path, launcher: list[str], per_device: int, grad_accum: int, epochs: int = 3,
+           strategy: str | None = None) -> dict:
     """Runs the worker's 2-task training; returns {"out": output dir, "ranks": [per-rank dumps]}."""
+    extra = [] if strategy is None else ["vanilla", strategy]  # a strategy brings its own init
     _run(launcher + [str(WORKER), "train", str(tmp / "out"), str(tmp / "dump"), str(per_device), str(grad_accum),
-                     str(epochs)])
+                     str(epochs), *extra])
     dumps = sorted((tmp / "dump").glob("rank*.pt"))
     return {"out": tmp / "out", "ranks": [torch.load(p) for p in dumps]}
 
@@ -121,6 +123,29 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     _assert_bitwise(r0["final"], ref["final"], "merged model: 2 processes vs 1")
     assert r0["R"] == r1["R"] == ref["R"]
     assert ref["R"][0][0] == 1.0 and ref["R"][1][1] == 1.0  # the tasks were learned: R is not trivially 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["keeplora", "eblora", "slao"])
+def test_strategy_two_processes_match_one_process(tmp_path, strategy):
+    """A strategy's probe (KeepLoRA), per-step Riemannian step and retraction plus its extra
+    parameter sigma (EBLoRA) and adapter-space merge (SLAO) see the same model on 2 processes as on
+    1 with the same global batch: adapters, merged model, saved strategy state and R bit for bit."""
+    one = _train(tmp_path / "one", [sys.executable], per_device=2, grad_accum=2, epochs=2, strategy=strategy)
+    two = _train(tmp_path / "two", _accelerate(CONFIGS / "cpu_2proc.yaml", "--multi_gpu"), per_device=2,
+                 grad_accum=1, epochs=2, strategy=strategy)
+    (ref,), (r0, r1) = one["ranks"], two["ranks"]
+    assert r0["world"] == 2 and ref["steps"] == r0["steps"] == 8  # 16 examples / global batch 4 x 2 epochs
+    for t, stage in enumerate(TASKS):
+        for kind in ("init", "trained"):
+            _assert_bitwise(r0[kind][t], r1[kind][t], f"{strategy} {kind} {stage}: rank 0 vs rank 1")
+            _assert_bitwise(r0[kind][t], ref[kind][t], f"{strategy} {kind} {stage}: 2 processes vs 1")
+        state = [load_file(str(run["out"] / "stages" / stage / "strategy_state.safetensors")) for run in (one, two)]
+        assert state[0], f"{strategy} saved no state at {stage}"
+        _assert_bitwise(state[1], state[0], f"{strategy} state {stage}: 2 processes vs 1")
+    _assert_bitwise(r0["final"], r1["final"], f"{strategy} final model: rank 0 vs rank 1")
+    _assert_bitwise(r0["final"], ref["final"], f"{strategy} final model: 2 processes vs 1")
+    assert r0["R"] == r1["R"] == ref["R"]
 
 
 @pytest.mark.slow
