@@ -163,6 +163,50 @@ def test_subspace_strategies_three_tasks_invariants_and_resume(tmp_path, name, s
         torch.testing.assert_close(v, weights[k], rtol=0, atol=1e-6)
 
 
+def test_inflora_input_covariance_is_shared_by_modules_with_one_input_and_equals_direct_sums(monkeypatch):
+    """q/k/v and gate/up read one input tensor: ONE covariance object each group, equal to the
+    per-module sum of x x^T over non-padding tokens computed directly; o and down get their own."""
+    from peft import get_peft_model
+
+    from slice_trl.strategies import inflora
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(seed=0), lora())
+    ids = torch.randint(3, 100, (2, 3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 5:] = 0  # padding must not count
+    batches = [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask)]
+    monkeypatch.setattr(inflora, "probe_batches", lambda *a: batches)
+    covs = inflora.input_covariance(None, 0, model, 1.0, 3)
+
+    direct, handles = {}, []
+    for name, layer in lora_layers(model, "default").items():
+        def hook(_m, inputs, _o, name=name):
+            x = inputs[0].detach().float()[state["mask"]]  # (non-padding tokens, d_in)
+            direct[name] = direct.get(name, 0) + x.T @ x
+        handles.append(layer.get_base_layer().register_forward_hook(hook))
+    state = {}
+    with torch.no_grad():
+        for b in batches:
+            state["mask"] = b["attention_mask"].bool()
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+    for h in handles:
+        h.remove()
+    tokens = int(mask.sum())
+    assert covs.keys() == direct.keys()
+    for name, c in covs.items():
+        torch.testing.assert_close(c, direct[name] / tokens, rtol=0, atol=0)
+    layers = {name.rsplit(".", 2)[0] for name in covs}
+    assert len(layers) >= 2
+    for layer in layers:
+        def obj(module):
+            return covs[f"{layer}.{module}"]
+        assert obj("self_attn.q_proj") is obj("self_attn.k_proj") is obj("self_attn.v_proj")
+        assert obj("mlp.gate_proj") is obj("mlp.up_proj")
+        assert len({id(obj(m)) for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                         "mlp.down_proj")}) == 4
+
+
 # ------------------------------------------------------------------ SLAO
 class SlaoRecorder(ContinualSFTTrainer):
     def initialize_adapter(self, t, replay):

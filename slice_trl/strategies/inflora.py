@@ -11,6 +11,7 @@ capped at d_in - r instead)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -42,17 +43,38 @@ class InfLoRAConfig(StrategyConfig):
 
 @torch.no_grad()
 def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dict[str, torch.Tensor]:
-    """{module: mean over non-padding tokens of x x^T (d_in x d_in, fp32)} of each LoRA layer's input."""
+    """{module: mean over non-padding tokens of x x^T (d_in x d_in, fp32)} of each LoRA layer's input.
+
+    Modules called on the same input tensor (a Llama's q/k/v and gate/up projections) get ONE
+    matrix, computed once per batch and returned as the same tensor object under each name, so
+    that callers can also decompose it once (``_Memo``). Sharing is decided by object identity
+    in every forward pass (a weak reference, so a freed input whose address is reused never
+    matches); modules whose input is a fresh tensor each time simply get their own matrix."""
     batches = probe_batches(trainer, t, rho, batch_size)
     layers = lora_layers(model, "default")
     acc: dict[str, torch.Tensor] = {}
-    state = {"mask": None, "tokens": 0}
+    alias: dict[str, str] = {}  # module -> the module whose input it shares (decided in the first batch)
+    # seen (per forward): id(x) -> (weakref(x), the first module called on x); no tensors are held
+    state = {"mask": None, "tokens": 0, "seen": {}, "batch": 0}
 
     def hook_for(name):
         def hook(_module, inputs, _output):
-            x = inputs[0].detach().float()
-            x = x[state["mask"]] if state["mask"] is not None else x.reshape(-1, x.shape[-1])
-            acc[name] = acc.get(name, 0) + x.T @ x
+            x = inputs[0]
+            hit = state["seen"].get(id(x))
+            same = hit is not None and hit[0]() is x
+            if name in alias:
+                if not (same and hit[1] == alias[name]):
+                    raise RuntimeError(f"InfLoRA input covariance: {name} shared its input with {alias[name]} in "
+                                       f"the first batch but not in batch {state['batch']}.")
+                return
+            if same and state["batch"] == 0:
+                alias[name] = hit[1]
+                return
+            if not same:
+                state["seen"][id(x)] = (weakref.ref(x), name)
+            xf = x.detach().float()
+            xf = xf[state["mask"]] if state["mask"] is not None else xf.reshape(-1, xf.shape[-1])
+            acc[name] = acc.get(name, 0) + xf.T @ xf
         return hook
 
     handles = [layer.get_base_layer().register_forward_hook(hook_for(name)) for name, layer in layers.items()]
@@ -60,17 +82,37 @@ def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dic
     model.eval()
     try:
         device = next(model.parameters()).device
-        for batch in batches:
+        for b, batch in enumerate(batches):
             ids = batch["input_ids"].to(device)
             mask = batch.get("attention_mask", torch.ones_like(ids)).to(device).bool()
-            state["mask"] = mask
+            state.update(mask=mask, seen={}, batch=b)
             state["tokens"] += int(mask.sum())
             model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
     finally:
         for h in handles:
             h.remove()
+        state["seen"] = {}
         model.train(was_training)
-    return {name: c / max(1, state["tokens"]) for name, c in acc.items()}
+    covs = {name: c / max(1, state["tokens"]) for name, c in acc.items()}
+    return {name: covs[alias.get(name, name)] for name in layers if alias.get(name, name) in covs}
+
+
+class _Memo:
+    """Results keyed by the covariance object they came from and the module's basis M: modules
+    that share an input (and so far the same M) get the result computed once, bitwise the same."""
+
+    def __init__(self):
+        self._store: dict[tuple, tuple[torch.Tensor | None, object]] = {}
+
+    def get(self, cov: torch.Tensor, M: torch.Tensor | None, *extra, compute):
+        key = (id(cov), *extra)
+        hit = self._store.get(key)
+        if hit is not None and (hit[0] is None) == (M is None) and (
+                M is None or (hit[0].shape == M.shape and torch.equal(hit[0], M))):
+            return hit[1], True
+        value = compute()
+        self._store[key] = (M, value)
+        return value, False
 
 
 def _sqrt_psd(c: torch.Tensor) -> torch.Tensor:
@@ -89,14 +131,16 @@ class InfLoRA(Strategy):
         cfg = self.config
         covs = input_covariance(trainer, t, peft_model, cfg.rho, cfg.batch_size)
         self.report = {"k_before": {}}
+        memo = _Memo()
         with torch.no_grad():
             for name, layer in lora_layers(peft_model, "default").items():
                 lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
                 M = self.state.get(name)
                 M = None if M is None else M.to(lora_a.device)
                 self.report["k_before"][name] = 0 if M is None else int(M.shape[1])
-                a = cfg.a_scale * orthonormal_rows_outside(M, covs.pop(name), layer.r["default"],
-                                                           where=f"InfLoRA {name}")
+                r = layer.r["default"]
+                a, _ = memo.get(covs[name], M, r, compute=lambda: cfg.a_scale * orthonormal_rows_outside(
+                    M, covs[name], r, where=f"InfLoRA {name}"))
                 write_and_absorb(layer, "default", a.to(lora_a.device), torch.zeros_like(lora_b))
                 lora_a.requires_grad_(False)
 
@@ -106,8 +150,11 @@ class InfLoRA(Strategy):
         eps = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * (t / (n - 1) if n > 1 else 1.0)
         covs = input_covariance(trainer, t, trainer.model, cfg.rho, cfg.batch_size)
         self.report["extend"] = {}
+        roots, extended = _Memo(), _Memo()
         for name, layer in lora_layers(trainer.model, "default").items():
-            M, info = extend(self.state.get(name), _sqrt_psd(covs.pop(name)), eps,
-                             layer.in_features - layer.r["default"])
-            self.state[name] = M.cpu()
-            self.report["extend"][name] = info
+            M, cov, cap = self.state.get(name), covs[name], layer.in_features - layer.r["default"]
+            root, _ = roots.get(cov, None, compute=lambda: _sqrt_psd(cov))
+            (M_new, info), shared = extended.get(cov, M, cap, compute=lambda: extend(M, root, eps, cap))
+            # a state entry of its own: safetensors refuses tensors that share memory
+            self.state[name] = M_new.cpu().clone() if shared else M_new.cpu()
+            self.report["extend"][name] = dict(info)
