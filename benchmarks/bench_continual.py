@@ -154,8 +154,9 @@ def table(seq: str, summary: dict[str, dict]) -> str:
     for method, row in summary.items():
         cells = [f"{row[k][0]:.1f} ± {row[k][1]:.1f}" for k in ("AP", "FP", "forgetting")]
         rel = f" ({row['step_vs_vanilla']:.2f}x)" if row["step_vs_vanilla"] else ""
-        lines.append(f"| {method} | {row['n_seeds']} | " + " | ".join(cells) + f" | {100 * row['init_over_train']:.1f}% | "
-                     f"{100 * row['step_hooks_over_train']:.1f}% | {100 * row['after_over_train']:.1f}% | {row['s_per_step']:.2f}{rel} | {row['state_mb']:.2f} |")
+        shares = [f"{100 * row[k]:.1f}%" for k in ("init_over_train", "step_hooks_over_train", "after_over_train")]
+        lines.append(f"| {method} | {row['n_seeds']} | " + " | ".join(cells + shares)
+                     + f" | {row['s_per_step']:.2f}{rel} | {row['state_mb']:.2f} |")
     return "\n".join(lines)
 
 

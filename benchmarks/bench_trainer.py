@@ -8,7 +8,8 @@
    one example at a time. Target: >= 3x.
 
 Runs alternate (plain, continual, continual, plain, ...) and the best of each is kept (the
-median is reported too), to damp noise from other load on the machine: run it on a quiet machine. Writes benchmarks/results/trainer_benchmark.{json,md}.
+median is reported too), to damp noise from other load on the machine: run it on a quiet machine.
+Writes benchmarks/results/trainer_benchmark.{json,md}.
 
     python benchmarks/bench_trainer.py [--repeats 2] [--n-train 64]
 """

@@ -51,15 +51,16 @@ class _StrategyStepCallback(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def _timed(self, hook) -> None:
         t0 = time.perf_counter()
-        self.trainer.strategy.pre_step(self.trainer, self.trainer.model)
+        hook(self.trainer, self.trainer.model)
         self.trainer.strategy_step_seconds += time.perf_counter() - t0
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._timed(self.trainer.strategy.pre_step)
+
     def on_optimizer_step(self, args, state, control, **kwargs):
-        t0 = time.perf_counter()
-        self.trainer.strategy.post_step(self.trainer, self.trainer.model)
-        self.trainer.strategy_step_seconds += time.perf_counter() - t0
+        self._timed(self.trainer.strategy.post_step)
 
 
 @dataclass

@@ -91,7 +91,6 @@ def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dic
     finally:
         for h in handles:
             h.remove()
-        state["seen"] = {}
         model.train(was_training)
     covs = {name: c / max(1, state["tokens"]) for name, c in acc.items()}
     return {name: covs[alias.get(name, name)] for name in layers if alias.get(name, name) in covs}
