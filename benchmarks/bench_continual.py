@@ -17,11 +17,14 @@ is reused, so an interrupted benchmark resumes. Writes, under benchmarks/results
   time per optimiser step, size of the strategy state after the last task) and the summary;
 - ``continual_<seq>.md``: the table printed at the end (mean and sample std over seeds);
 - ``continual_<seq>_R_<method>.png``: R averaged over seeds, one per method;
-- ``continual_<seq>_fp_vs_ap.png``: the stability-plasticity plot (FP against AP, FP = AP line).
+- ``continual_<seq>_fp_vs_ap.png``: the stability-plasticity plot (FP against AP, FP = AP line);
+- with ``--reference DIR``: ``continual_<seq>_rerun_check.md``, each run against the same run in DIR.
 
     python benchmarks/bench_continual.py                       # issue 7's six methods, both sequences
     python benchmarks/bench_continual.py --methods strategies  # KeepLoRA, EBLoRA, SLAO, O-LoRA, InfLoRA
     python benchmarks/bench_continual.py --sequences builtin --methods vanilla slice_c1.0 --seeds 0 1
+    python benchmarks/bench_continual.py --sequences builtin --methods vanilla --runs-dir runs/rerun \\
+        --results-dir runs/rerun/results --reference benchmarks/results   # reproducibility check
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "superni"
 
 SEQUENCES = {
-    "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "args": []},
-    "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "args": ["--data_dir", str(DATA)]},
+    "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "args": [], "stages": 3},
+    "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "args": ["--data_dir", str(DATA)], "stages": 5},
 }
 
 # method name -> recipe overrides. The recipes' initialiser is SLICE, so every strategy that
@@ -226,6 +229,30 @@ def report(seq: str, methods: list[str], seeds: list[int], runs_root: Path, wall
     return text
 
 
+def compare(seq: str, results: Path, reference: Path) -> str:
+    """How far this invocation's runs are from the same (method, seed) runs in ``reference``: the
+    largest |R difference| and the AP/FP/forgetting differences (x100), against the spread over seeds
+    that the reference table states. Written to ``continual_<seq>_rerun_check.md``."""
+    new = json.loads((results / f"continual_{seq}.json").read_text())
+    ref = json.loads((reference / f"continual_{seq}.json").read_text())
+    lines = [f"# {seq}: rerun against `{reference}`\n",
+             "| method | seed | max abs R difference (x100) | AP diff | FP diff | forgetting diff "
+             "| reference sd of FP over seeds |", "|---|---|---|---|---|---|---|"]
+    for method, runs in new["runs"].items():
+        ref_runs = {r["seed"]: r for r in ref["runs"].get(method, [])}
+        for run in runs:
+            old = ref_runs.get(run["seed"])
+            if old is None:
+                continue
+            dR = max(abs(a - b) for ra, rb in zip(run["R"], old["R"]) for a, b in zip(ra, rb) if a is not None)
+            diffs = [f"{100 * (run[k] - old[k]):+.2f}" for k in ("AP", "FP", "forgetting")]
+            lines.append(f"| {method} | {run['seed']} | {100 * dR:.2f} | " + " | ".join(diffs)
+                         + f" | {ref['summary'][method]['FP'][1]:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (results / f"continual_{seq}_rerun_check.md").write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sequences", nargs="+", default=list(SEQUENCES), choices=list(SEQUENCES))
@@ -236,13 +263,19 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--results-dir", default=str(RESULTS), help="where the tables and plots go (a rerun "
                    "meant to check reproducibility can write elsewhere and be compared).")
+    p.add_argument("--reference", default=None, help="a results directory from an earlier invocation (e.g. "
+                   "benchmarks/results): compare every (method, seed) run to it and write "
+                   "continual_<seq>_rerun_check.md; use with a fresh --runs-dir and --results-dir.")
     args = p.parse_args(argv)
     methods = [m for name in args.methods for m in GROUPS.get(name, [name])]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(METHODS)} or groups {list(GROUPS)}")
     runs_root = Path(args.runs_dir)
-    jobs = [(seq, m, s) for seq in args.sequences for s in args.seeds for m in methods]
+    # longest sequence first: the runs still going when the queue empties are short ones, so no
+    # worker idles long at the end
+    order = sorted(args.sequences, key=lambda seq: -SEQUENCES[seq]["stages"])
+    jobs = [(seq, m, s) for seq in order for s in args.seeds for m in methods]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         done = list(pool.map(lambda job: launch(*job, runs_root), jobs))
@@ -255,6 +288,8 @@ def main(argv=None) -> int:
         ok = [m for m in methods if (seq, m) not in failed]  # a method is reported with all its seeds or not at all
         if ok:
             print(report(seq, ok, args.seeds, runs_root, wall, Path(args.results_dir)), "\n")
+            if args.reference:
+                print(compare(seq, Path(args.results_dir), Path(args.reference)))
     if failed:
         print(f"FAILED (not in the tables): {sorted(failed)}; see each run's log.txt")
     return 1 if failed else 0
