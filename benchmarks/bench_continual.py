@@ -45,8 +45,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "superni"
 
 SEQUENCES = {
-    "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "args": [], "stages": 3},
-    "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "args": ["--data_dir", str(DATA)], "stages": 5},
+    "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "args": []},
+    "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "args": ["--data_dir", str(DATA)]},
 }
 
 # method name -> recipe overrides. The recipes' initialiser is SLICE, so every strategy that
@@ -70,6 +70,13 @@ GROUPS = {
     "initialisers": ["vanilla", "lora_ga", "loram", "slice_c0.5", "slice_c0.75", "slice_c1.0"],
     "strategies": ["keeplora", "eblora", "slao", "olora", "inflora"],
 }
+
+
+def n_stages(seq: str) -> int:
+    """Tasks in the sequence's recipe (one stage each)."""
+    import yaml
+
+    return len(yaml.safe_load((ROOT / SEQUENCES[seq]["recipe"]).read_text())["tasks"])
 
 
 def run_dir(runs: Path, seq: str, method: str, seed: int) -> Path:
@@ -274,7 +281,7 @@ def main(argv=None) -> int:
     runs_root = Path(args.runs_dir)
     # longest sequence first: the runs still going when the queue empties are short ones, so no
     # worker idles long at the end
-    order = sorted(args.sequences, key=lambda seq: -SEQUENCES[seq]["stages"])
+    order = sorted(args.sequences, key=n_stages, reverse=True)
     jobs = [(seq, m, s) for seq in order for s in args.seeds for m in methods]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
