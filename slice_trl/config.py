@@ -170,11 +170,23 @@ class EvalConfig(_FromDict):
     max_input_tokens: int = field(default=512, metadata={"help": "Prompts longer than this are cut from the left."})
     lm_eval_tasks: list[str] = field(
         default_factory=list,
-        metadata={"help": "lm-evaluation-harness tasks for GP/IP after the last stage (needs the 'eval' extra). "
-                  "Empty = skip."},
+        metadata={"help": "lm-evaluation-harness tasks for GP (0-shot) and IP (few-shot), scored for the base model "
+                  "(once, cached in output_dir/base/general.json) and after the last stage (needs the 'eval' extra). "
+                  "The paper: [hellaswag, commonsense_qa, bbh_fewshot_object_counting, slice_alpaca]. Empty = skip."},
     )
     lm_eval_include_path: str | None = field(
-        default=None, metadata={"help": "Directory of local lm-eval task YAMLs (offline use)."}
+        default=None, metadata={"help": "Directory of your own lm-eval task YAMLs (they override tasks of the same name)."}
+    )
+    lm_eval_local_data: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Run a benchmark from a local JSON-lines file instead of the Hub, e.g. "
+                  "{hellaswag: /data/hellaswag_val.jsonl}; benchmarks with a shipped format template: hellaswag, "
+                  "commonsense_qa, bbh_fewshot_object_counting, slice_alpaca (README, 'General ability')."},
+    )
+    general_every_stage: bool = field(
+        default=False,
+        metadata={"help": "Also score GP/IP after every stage (each stage record carries them and the change from "
+                  "the base model), not only after the last one."},
     )
     lm_eval_num_fewshot: int = field(default=5, metadata={"help": "Shots for IP (few-shot) evaluation."})
     lm_eval_limit: int | None = field(default=None, metadata={"help": "Examples per lm-eval task (None = all)."})
@@ -198,16 +210,21 @@ class EvalConfig(_FromDict):
             raise ValueError(f"{n}.lm_eval_num_fewshot must be >= 0.")
         if isinstance(self.lm_eval_tasks, str):  # a single task name from the command line
             self.lm_eval_tasks = [self.lm_eval_tasks]
-        for name in ("lm_eval_fewshot_overrides", "lm_eval_metrics"):
+        for name in ("lm_eval_fewshot_overrides", "lm_eval_metrics", "lm_eval_local_data"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{n}.{name} must be a mapping of lm-eval task name -> value, "
                                  f"got {getattr(self, name)!r}.")
         for task, shots in self.lm_eval_fewshot_overrides.items():
             if not isinstance(shots, int) or shots < 0:
                 raise ValueError(f"{n}.lm_eval_fewshot_overrides[{task!r}]={shots!r} must be an integer >= 0.")
-        unknown = sorted(set(self.lm_eval_fewshot_overrides) - set(self.lm_eval_tasks))
-        if unknown:
-            raise ValueError(f"{n}.lm_eval_fewshot_overrides names tasks not in lm_eval_tasks: {unknown}.")
+        for name in ("lm_eval_fewshot_overrides", "lm_eval_local_data"):
+            unknown = sorted(set(getattr(self, name)) - set(self.lm_eval_tasks))
+            if unknown:
+                raise ValueError(f"{n}.{name} names tasks not in lm_eval_tasks: {unknown}. Add them to "
+                                 f"{n}.lm_eval_tasks or remove them from {n}.{name}.")
+        for task, path in self.lm_eval_local_data.items():
+            if not isinstance(path, str) or not path:
+                raise ValueError(f"{n}.lm_eval_local_data[{task!r}]={path!r} must be the path of a JSON-lines file.")
 
 
 def _sub_config(value, cls, field_name: str):
@@ -264,7 +281,7 @@ def _continual_sft_config():
         evaluation: dict | str | None = field(
             default=None,
             metadata={"help": "Evaluation settings (EvalConfig fields: max_samples, batch_size, max_new_tokens, "
-                      "max_input_tokens, lm_eval_*), as a mapping or JSON string."},
+                      "max_input_tokens, lm_eval_*, general_every_stage), as a mapping or JSON string."},
         )
         strategy: dict | str | None = field(
             default=None,

@@ -47,6 +47,7 @@ __all__ = [
     "generate_tokens",
     "evaluate_task",
     "evaluate_general",
+    "evaluate_general_lm",
 ]
 
 
@@ -445,18 +446,19 @@ def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, a
 # by acc_norm, CommonsenseQA by acc and BBH by exact_match.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "em", "f1", "rougeL", "rouge1", "bleu", "mcc")
 
-_LOCAL_TASK_HINT = (
-    "To run offline, point EvalConfig.lm_eval_include_path at a directory holding a local task YAML with the "
-    "same prompts and the data in a local file, e.g.\n"
-    "  task: {name}\n"
-    "  dataset_path: json\n"
-    "  dataset_kwargs:\n"
-    "    data_files:\n"
-    "      test: /abs/path/{name}.jsonl\n"
-    "  test_split: test\n"
-    "(copy doc_to_text / doc_to_choice / doc_to_target / metric_list from lm_eval/tasks/...), "
-    "or fill the datasets cache on a machine with network access first."
-)
+def _local_hint(name: str) -> str:
+    """The fix for a task whose data cannot be loaded, on one line."""
+    from .general import LOCAL_TEMPLATES
+
+    if name in LOCAL_TEMPLATES:
+        local = (f"give a local copy with evaluation.lm_eval_local_data: {{{name}: /path/{name}.jsonl}} "
+                 "(README, 'General ability (GP/IP)')")
+    else:
+        local = ("point evaluation.lm_eval_include_path at a folder with a task YAML of the same name that reads a "
+                 "local file (dataset_path: json, dataset_kwargs: {data_files: {test: /abs/file.jsonl}}, "
+                 "test_split: test)")
+    return (f"Fix: {local}, fill the datasets cache on a machine with network access, or remove {name!r} from "
+            "evaluation.lm_eval_tasks.")
 
 
 class LMEvalDataError(RuntimeError):
@@ -478,7 +480,8 @@ def _require_lm_eval():
 
 def _task_manager(TaskManager, include_path, names: Sequence[str]):
     """A TaskManager that knows ``names``. Indexing lm-eval's built-in task folder takes tens of
-    seconds, so when every name is defined under ``include_path`` only that folder is indexed."""
+    seconds, so when every name is defined under ``include_path`` (a folder or a list of
+    folders) only those folders are indexed."""
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(name in local.all_tasks for name in names):
@@ -499,14 +502,14 @@ def _load_task(task_manager, name: str):
     except KeyError as err:
         raise ValueError(
             f"lm-eval task {name!r} is not a built-in task and is not defined under "
-            f"lm_eval_include_path={task_manager.include_path!r} ({err}). " + _LOCAL_TASK_HINT.format(name=name)
+            f"evaluation.lm_eval_include_path ({err}). " + _local_hint(name)
         ) from None
     except Exception as err:  # noqa: BLE001 - data errors are classified, the rest re-raised
         text = f"{type(err).__name__}: {err}"
         if isinstance(err, (ConnectionError, TimeoutError, FileNotFoundError)) or any(
                 m in text for m in _DATA_ERROR_MARKERS):
             raise LMEvalDataError(
-                f"lm-eval task {name!r}: its data could not be loaded ({text}). " + _LOCAL_TASK_HINT.format(name=name)
+                f"lm-eval task {name!r}: its data could not be loaded ({text.splitlines()[0][:300]}). " + _local_hint(name)
             ) from err
         raise
     if name in loaded.get("groups", {}):
@@ -580,20 +583,34 @@ def evaluate_general(model, tokenizer, cfg: EvalConfig, accelerator=None) -> dic
     `LMEvalDataError` when a task's data cannot be loaded, both naming the task and how to use a
     local task YAML.
     """
-    simple_evaluate, HFLM, TaskManager = _require_lm_eval()
+    _, HFLM, _ = _require_lm_eval()
+    if not cfg.lm_eval_tasks:
+        raise ValueError("EvalConfig.lm_eval_tasks is empty: name at least one lm-eval task (e.g. 'hellaswag').")
+    model = _generating_model(model, accelerator)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=str(_model_device(model)))
+        return evaluate_general_lm(lm, cfg)
+    finally:
+        for module, mode in modes.items():  # HFLM calls model.eval()
+            module.training = mode
+
+
+def evaluate_general_lm(lm, cfg: EvalConfig) -> dict:
+    """`evaluate_general` on any lm-eval model object (an ``lm_eval.api.model.LM``): each of
+    ``cfg.lm_eval_tasks`` zero-shot and few-shot, found in our own task folder, the local-data
+    tasks and ``cfg.lm_eval_include_path`` (`slice_trl.general.task_folders`) or lm-eval's own."""
+    from .general import task_folders
+
+    simple_evaluate, _, TaskManager = _require_lm_eval()
     names = list(cfg.lm_eval_tasks)
     if not names:
         raise ValueError("EvalConfig.lm_eval_tasks is empty: name at least one lm-eval task (e.g. 'hellaswag').")
-    model = _generating_model(model, accelerator)
-    task_manager = _task_manager(TaskManager, cfg.lm_eval_include_path, names)
     overrides = dict(cfg.lm_eval_fewshot_overrides or {})
     metrics = dict(cfg.lm_eval_metrics or {})
-
-    modes = {m: m.training for m in model.modules()}
-    try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                  device=str(_model_device(model)))
-        report = {"zero_shot": {}, "few_shot": {}}
+    report = {"zero_shot": {}, "few_shot": {}}
+    with task_folders(cfg) as folders:
+        task_manager = _task_manager(TaskManager, folders, names)
         for name in names:
             for key, shots in (("zero_shot", 0), ("few_shot", int(overrides.get(name, cfg.lm_eval_num_fewshot)))):
                 # Task objects are built afresh for every run: simple_evaluate writes num_fewshot
@@ -604,9 +621,6 @@ def evaluate_general(model, tokenizer, cfg: EvalConfig, accelerator=None) -> dic
                 if out is None:  # non-zero lm.rank; cannot happen with an in-memory model
                     raise RuntimeError(f"lm-eval returned no results for {name!r} on this process.")
                 report[key][name] = _score_of(name, out, metrics.get(name))
-    finally:
-        for module, mode in modes.items():  # HFLM calls model.eval()
-            module.training = mode
     gp = sum(v["score"] for v in report["zero_shot"].values()) / len(names)
     ip = sum(v["score"] for v in report["few_shot"].values()) / len(names)
     return {"GP": gp, "IP": ip, **report, "tasks": names, "limit": cfg.lm_eval_limit}

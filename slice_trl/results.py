@@ -273,10 +273,15 @@ class ResultsMatrix:
         Console(file=buffer, width=max(60, width), color_system=None).print(table)
         return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
 
-    def heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
+    def heatmap(self, path: str | os.PathLike, title: str | None = None,
+                general: Mapping[int, Mapping] | None = None) -> Path:
         """Save R as an annotated heatmap (scores x 100, unmeasured cells blank) to ``path``
         (PNG by default; the suffix picks the format). Uses matplotlib's Agg backend, so no
-        display is needed. Returns the path."""
+        display is needed. Returns the path.
+
+        ``general``: {row i: GP/IP after stage i+1, a `slice_trl.general.summarize` dict}; when
+        given, a second panel shows GP and IP per stage as the change from the base model (x100,
+        as the paper's figures do), blank where they were not measured."""
         import matplotlib
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -290,9 +295,15 @@ class ResultsMatrix:
         size = max(4.0, 0.9 * T + 2.5)
         # A Figure on an Agg canvas, without pyplot: no display, no global backend switch, and
         # nothing left open in pyplot's figure registry.
-        fig = Figure(figsize=(size + 1.0, size))
+        general = {i: g for i, g in (general or {}).items() if g and g.get("change")}
+        fig = Figure(figsize=(size + 1.0 + (2.6 if general else 0.0), size))
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
+        if general:
+            grid = fig.add_gridspec(1, 2, width_ratios=[max(T, 2), 2.2])
+            ax = fig.add_subplot(grid[0, 0])
+            _general_panel(fig, fig.add_subplot(grid[0, 1]), general, T)
+        else:
+            ax = fig.add_subplot(1, 1, 1)
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # unmeasured cells blank
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=100.0)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score x100")
@@ -316,3 +327,27 @@ class ResultsMatrix:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")  # long task names: keep the axis labels in the frame
         return path
+
+
+def _general_panel(fig, ax, general: Mapping[int, Mapping], T: int) -> None:
+    """GP/IP change from the base model (x100) per stage: rows = stages, columns GP, IP; a
+    diverging colour map centred on 0 (red = lost general ability)."""
+    import matplotlib
+    import numpy as np
+
+    data = np.full((T, 2), np.nan)
+    for i, g in general.items():
+        data[i] = [100.0 * g["change"]["GP"], 100.0 * g["change"]["IP"]]
+    bound = max(1.0, float(np.nanmax(np.abs(data))))
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-bound, vmax=bound, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.1, pad=0.08, label="change from base x100")
+    ax.set_xticks(range(2), labels=["GP", "IP"])
+    ax.set_yticks(range(T), labels=[str(i + 1) for i in range(T)])
+    for i in range(T):
+        for j in range(2):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=9,
+                        color="white" if abs(data[i, j]) > 0.6 * bound else "black")
+    base = next(iter(general.values()))["base"]
+    ax.set_title(f"GP / IP vs base\n(base GP {100 * base['GP']:.1f}, IP {100 * base['IP']:.1f})", fontsize=9)

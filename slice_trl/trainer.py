@@ -145,6 +145,7 @@ class ContinualSFTTrainer(SFTTrainer):
         self.run_info = dict(run_info or {})
         self.publisher = publisher
         self._stage = -1
+        self._base_general = None  # the base model's GP/IP scores, see evaluate_general_ability
         # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
         # first task's format; all tasks share that format (validated above).
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
@@ -285,6 +286,35 @@ class ContinualSFTTrainer(SFTTrainer):
                                          accelerator=self.accelerator)
                 for task in self.tasks[:t + 1]}
 
+    def evaluate_general_ability(self, stage: int) -> dict | None:
+        """GP/IP (`slice_trl.general.summarize`) of the model as it stands after ``stage`` (0 =
+        the base model, before stage 1), with the change from the base model; None when
+        ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
+        cached in ``output_dir/base/general.json`` (reused on resume while the settings match)."""
+        from . import general
+
+        cfg = self.args.evaluation
+        if not cfg.lm_eval_tasks:
+            return None
+        path = self.output_path / "base" / "general.json"
+        if stage > 0:
+            base = self._base_general if self._base_general is not None else json.loads(path.read_text())["scores"]
+            scores = evaluate_general(self.model, self.processing_class, cfg)
+            return general.summarize(scores, base, stage)
+        cached = None
+        if self.accelerator.is_main_process and path.is_file():
+            cached = json.loads(path.read_text())
+            cached = cached if general.same_settings(cached, cfg) else None
+        cached = distributed.broadcast_object(cached)
+        if cached is None:
+            logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
+            cached = {"settings": general.settings(cfg),
+                      "scores": evaluate_general(self.model, self.processing_class, cfg)}
+            if self.accelerator.is_main_process:
+                write_json_atomic(path, cached)
+        self._base_general = cached["scores"]
+        return general.summarize(self._base_general, self._base_general, 0)
+
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
         info = {
@@ -353,7 +383,7 @@ class ContinualSFTTrainer(SFTTrainer):
             "timings": timings,
         }
 
-    def _write_results(self, results: ResultsMatrix, general: dict | None = None) -> None:
+    def _write_results(self, results: ResultsMatrix, general: dict | None = None, records: Sequence[dict] = ()) -> None:
         if not self.accelerator.is_main_process:
             return
         payload = {**results.to_dict(), "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
@@ -361,7 +391,8 @@ class ContinualSFTTrainer(SFTTrainer):
         if general is not None:
             payload["general"] = general
         write_json_atomic(self.output_path / "results.json", payload)
-        results.heatmap(self.output_path / "results_heatmap.png", title=f"R ({self.args.init.method})")
+        results.heatmap(self.output_path / "results_heatmap.png", title=f"R ({self.args.init.method})",
+                        general={r["stage"] - 1: r["general"] for r in records if r.get("general")})
 
     def train(self, *args, **kwargs) -> ContinualTrainOutput:  # noqa: D401 - runs the whole sequence
         """Run (or resume) the whole task sequence. Returns R, the stage records and GP/IP."""
@@ -371,6 +402,7 @@ class ContinualSFTTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             self._write_run_info()
         results = ResultsMatrix([t.name for t in self.tasks])
+        self.evaluate_general_ability(0)  # the base model: before _resume merges finished stages into it
         start, records = self._resume(results)
         for t in range(start, len(self.tasks)):
             self._stage = t
@@ -398,18 +430,22 @@ class ContinualSFTTrainer(SFTTrainer):
             timings["eval"] = time.perf_counter() - t0
             results.set_row(t, {name: s.score for name, s in scores.items()})
             record = self._stage_record(t, report, train_out, scores, results, timings, replay_sizes)
+            if self.args.evaluation.general_every_stage or t == len(self.tasks) - 1:
+                t0 = time.perf_counter()
+                record["general"] = self.evaluate_general_ability(t + 1)
+                timings["general"] = time.perf_counter() - t0
             records.append(record)
             if self.accelerator.is_main_process:
                 # results.json first: record.json marks the stage finished, so it is written last
-                self._write_results(results)
+                self._write_results(results, records[-1].get("general"), records)
                 write_json_atomic(path / stages.RECORD, record)
             distributed.barrier()
             self.after_stage(t, record)
         self._stage = -1
-        general = None
-        if self.args.evaluation.lm_eval_tasks:
-            general = evaluate_general(self.model, self.processing_class, self.args.evaluation)
-        self._write_results(results, general)
+        general = records[-1].get("general") if records else None
+        if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
+            general = self.evaluate_general_ability(len(self.tasks))
+        self._write_results(results, general, records)
         if self.accelerator.is_main_process:
             logger.info("\n%s", results.table())
         return ContinualTrainOutput(results, records, general)
