@@ -89,6 +89,19 @@ def build_tasks(recipe: Recipe, tokenizer):
     return tasks
 
 
+def check_general(recipe: Recipe) -> None:
+    """Build every GP/IP benchmark (`evaluation.lm_eval_tasks`) and load its data now, before any
+    model loads: a benchmark that cannot be resolved on this machine (offline, no local copy) is
+    one `RecipeError` line naming it and the fix, not a failure after every stage has trained."""
+    from .general import resolve_tasks
+    from .recipe import RecipeError
+
+    try:
+        resolve_tasks(recipe.training.evaluation)
+    except (ValueError, ImportError) as err:
+        raise RecipeError(f"evaluation.lm_eval_tasks: {err}") from None
+
+
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
@@ -126,6 +139,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         if recipe.missing_data:
             print(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
             print("\n".join(f"  {m}" for m in recipe.missing_data))
+        check_general(recipe)
         return None
     publish = _publisher(recipe)
     if push_only:
@@ -140,6 +154,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     from .models import load_model_and_tokenizer, resolve_model_path
     from .trainer import ContinualSFTTrainer
 
+    check_general(recipe)
     m = recipe.model
     trust = recipe.training.trust_remote_code
     try:
