@@ -24,6 +24,7 @@ The harness calls themselves are in `slice_trl.evaluation.evaluate_general`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -103,8 +104,8 @@ def alpaca_process_results(doc: dict, results: Sequence[str]) -> dict:
 
 
 def _animal_questions(n: int, seed: int) -> list[dict]:
-    """Multiple-choice docs "Which of these is an animal: a, b, c, d?" over the built-in suite's
-    words: one animal and three objects, in a seeded order."""
+    """Multiple-choice docs "Which of these is an animal: a, b, c?" over the built-in suite's
+    words: one animal and two objects, in a seeded order."""
     from .tasks.builtin import WORDS
 
     animals = ["bird", "cat", "dog", "fish", "fox", "horse", "lion", "mouse", "pig", "wolf"]
@@ -112,7 +113,7 @@ def _animal_questions(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n):
-        choices = [rng.choice(animals)] + rng.sample(things, 3)
+        choices = [rng.choice(animals)] + rng.sample(things, 2)
         rng.shuffle(choices)
         label = next(k for k, w in enumerate(choices) if w in animals)
         docs.append({"question": f"Which of these is an animal: {', '.join(choices)}?", "choices": choices,
@@ -120,26 +121,38 @@ def _animal_questions(n: int, seed: int) -> list[dict]:
     return docs
 
 
+class _QuietCustomDatasetNote(logging.Filter):
+    """lm-eval warns, for every task built from ``custom_dataset``, that "Custom kwargs can be
+    passed to `--metadata`": a note for its command line, printed 8 times per quickstart run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNote())
+
+
 def smoke_choice_dataset(**_):
-    """The quickstart's generated multiple-choice smoke task: 16 test and 8 few-shot docs."""
+    """The quickstart's generated multiple-choice smoke task: 8 test and 2 few-shot docs."""
     from datasets import Dataset, DatasetDict
 
-    docs = _animal_questions(24, seed=7)
-    return DatasetDict({"test": Dataset.from_list(docs[:16]), "train": Dataset.from_list(docs[16:])})
+    docs = _animal_questions(10, seed=7)
+    return DatasetDict({"test": Dataset.from_list(docs[:8]), "train": Dataset.from_list(docs[8:])})
 
 
 def smoke_alpaca_dataset(**_):
-    """The quickstart's generated Alpaca-style smoke task: 8 test and 4 few-shot instructions
-    with one-word answers ("Write the plural of 'cat'." -> "cats")."""
+    """The quickstart's generated Alpaca-style smoke task: 4 test and 2 few-shot instructions
+    with one-word answers ("Write the plural of the word 'cat'." -> "cats")."""
     from datasets import Dataset, DatasetDict
 
     from .tasks.builtin import WORDS
 
-    plural = {"bus": "buses", "fox": "foxes", "mouse": "mice", "fish": "fish", "sheep": "sheep"}
-    words = random.Random(11).sample(list(WORDS), 12)
+    plural = {"bus": "buses", "fox": "foxes", "mouse": "mice", "fish": "fish", "wolf": "wolves"}
+    countable = [w for w in WORDS if w not in ("bread", "milk", "rain")]
+    words = random.Random(11).sample(countable, 6)
     docs = [{"instruction": f"Write the plural of the word '{w}'.", "input": "", "output": plural.get(w, w + "s")}
             for w in words]
-    return DatasetDict({"test": Dataset.from_list(docs[:8]), "train": Dataset.from_list(docs[8:])})
+    return DatasetDict({"test": Dataset.from_list(docs[:4]), "train": Dataset.from_list(docs[4:])})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +257,17 @@ def summarize(final: dict, base: dict | None, stage: int) -> dict:
     out["benchmarks"] = _benchmarks(final, base)
     out.update({k: final[k] for k in ("zero_shot", "few_shot", "tasks", "limit")})
     return out
+
+
+def summary_line(g: dict) -> str:
+    """"GP 43.8 (base 45.0, -1.2)  IP ... (x100, after stage 3; tasks ...)" for the console."""
+    parts = []
+    for key in ("GP", "IP"):
+        text = f"{key} {100 * g[key]:.1f}"
+        if g.get("change"):
+            text += f" (base {100 * g['base'][key]:.1f}, {100 * g['change'][key]:+.1f})"
+        parts.append(text)
+    return "  ".join(parts) + f"  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"
 
 
 def same_settings(cached: dict, cfg) -> bool:

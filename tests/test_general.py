@@ -392,3 +392,15 @@ def test_local_data_for_a_benchmark_without_template(tmp_path):
     data = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
     with pytest.raises(ValueError, match=r"lm_eval_local_data\['arc_easy'\]: no local template"):
         write_local_tasks({"arc_easy": str(data)}, tmp_path)
+
+
+def test_paper_recipe_offline_without_local_benchmarks_stops_naming_one(tmp_path, capsys, no_model_loading):
+    """This machine has no network: the Hub copy of HellaSwag cannot be reached."""
+    from slice_trl import run as run_mod
+
+    assert run_mod.main([str(REPO_ROOT / "recipes" / "trace.yaml"), "--dry-run",
+                         "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: evaluation.lm_eval_tasks: lm-eval task 'hellaswag': its data "
+                                               "could not be loaded")
+    assert "Fix: give a local copy with evaluation.lm_eval_local_data: {hellaswag: /path/hellaswag.jsonl}" in err[0]
