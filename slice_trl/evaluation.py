@@ -16,6 +16,7 @@ the tail of the prompt to every padded row's prediction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -596,6 +597,20 @@ def evaluate_general(model, tokenizer, cfg: EvalConfig, accelerator=None) -> dic
             module.training = mode
 
 
+@contextlib.contextmanager
+def _quiet_lm_eval():
+    """lm-eval logs ~20 INFO lines per task run (seeds, task selection, contexts); keep its
+    warnings and errors only, unless the user asked for INFO on the ``lm_eval`` logger."""
+    lm_logger = logging.getLogger("lm_eval")
+    level = lm_logger.level
+    if level == logging.NOTSET:
+        lm_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lm_logger.setLevel(level)
+
+
 def evaluate_general_lm(lm, cfg: EvalConfig) -> dict:
     """`evaluate_general` on any lm-eval model object (an ``lm_eval.api.model.LM``): each of
     ``cfg.lm_eval_tasks`` zero-shot and few-shot, found in our own task folder, the local-data
@@ -609,7 +624,7 @@ def evaluate_general_lm(lm, cfg: EvalConfig) -> dict:
     overrides = dict(cfg.lm_eval_fewshot_overrides or {})
     metrics = dict(cfg.lm_eval_metrics or {})
     report = {"zero_shot": {}, "few_shot": {}}
-    with task_folders(cfg) as folders:
+    with task_folders(cfg) as folders, _quiet_lm_eval():
         task_manager = _task_manager(TaskManager, folders, names)
         for name in names:
             for key, shots in (("zero_shot", 0), ("few_shot", int(overrides.get(name, cfg.lm_eval_num_fewshot)))):

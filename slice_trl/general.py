@@ -121,15 +121,19 @@ def _animal_questions(n: int, seed: int) -> list[dict]:
     return docs
 
 
-class _QuietCustomDatasetNote(logging.Filter):
-    """lm-eval warns, for every task built from ``custom_dataset``, that "Custom kwargs can be
-    passed to `--metadata`": a note for its command line, printed 8 times per quickstart run."""
+class _QuietLMEvalNotes(logging.Filter):
+    """Two lm-eval warnings that are notes for its own command line, printed for every task run:
+    "Custom kwargs can be passed to `--metadata`" (tasks built from ``custom_dataset``) and
+    "Overwriting default num_fewshot" (GP and IP ask for their shots on purpose)."""
+
+    NOTES = ("Custom kwargs can be passed", "Overwriting default num_fewshot")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
+        return not any(note in record.getMessage() for note in self.NOTES)
 
 
-logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNote())
+for _name in ("lm_eval.api.task", "lm_eval.evaluator"):
+    logging.getLogger(_name).addFilter(_QuietLMEvalNotes())
 
 
 def smoke_choice_dataset(**_):
@@ -205,12 +209,12 @@ def resolve_tasks(cfg) -> None:
 
     Raises ``ValueError`` whose message is ONE line naming the benchmark, why it cannot be
     used and the fix (a local file, the datasets cache, or dropping it)."""
-    from .evaluation import LMEvalDataError, _load_task, _require_lm_eval, _task_manager
+    from .evaluation import LMEvalDataError, _load_task, _quiet_lm_eval, _require_lm_eval, _task_manager
 
     if not cfg.lm_eval_tasks:
         return
     _, _, TaskManager = _require_lm_eval()
-    with task_folders(cfg) as folders:
+    with task_folders(cfg) as folders, _quiet_lm_eval():
         manager = _task_manager(TaskManager, folders, cfg.lm_eval_tasks)
         for name in cfg.lm_eval_tasks:
             try:

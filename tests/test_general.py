@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
+from test_evaluation import DOCS, write_task, zero_shot_by_hand
 
 from slice_trl.config import EvalConfig
 from slice_trl.evaluation import evaluate_general_lm
@@ -159,38 +159,14 @@ def test_paper_recipes_run_the_papers_benchmarks_and_shots():
 # The trainer: base model once (cached, reused on resume), per-stage GP/IP, change from base
 # ---------------------------------------------------------------------------------------------
 
-MC_DOCS = [{"q": "The sky is", "choices": ["blue", "green", "loud"], "label": 0},
-           {"q": "Grass is", "choices": ["red", "green", "fast"], "label": 1},
-           {"q": "Snow is", "choices": ["white", "black", "sour"], "label": 0},
-           {"q": "Fire is", "choices": ["cold", "quiet", "hot"], "label": 2}]
+MC_DOCS = DOCS[:4]
 
 
 def local_mc_task(folder: Path, name: str = "slice_test_mc") -> str:
     """A local multiple-choice lm-eval task (our own YAML over a JSON-lines file)."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = write_jsonl(folder / "mc.jsonl", MC_DOCS)
-    (folder / f"{name}.yaml").write_text(
-        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\nfewshot_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    write_task(folder, name, write_jsonl(folder / "mc.jsonl", MC_DOCS))
     return name
-
-
-def acc_norm_by_hand(model, tok, docs) -> float:
-    """argmax over choices of sum log p(" " + choice | q) / len(choice) (lm-eval's acc_norm)."""
-    hits = 0
-    model.eval()
-    with torch.no_grad():
-        for doc in docs:
-            ctx = tok(doc["q"], add_special_tokens=False)["input_ids"]
-            scores = []
-            for choice in doc["choices"]:
-                cont = tok(" " + choice, add_special_tokens=False)["input_ids"]
-                logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].float(), -1)
-                scores.append(sum(logp[len(ctx) + k - 1, t].item() for k, t in enumerate(cont)) / len(choice))
-            hits += max(range(len(scores)), key=scores.__getitem__) == doc["label"]
-    return hits / len(docs)
 
 
 def two_task_trainer(out_dir: Path, tasks_dir: Path, every_stage: bool):
@@ -238,7 +214,7 @@ def test_base_once_per_stage_when_asked_change_from_base_and_reused_on_resume(tm
     base = cached["scores"]
     # the base entry is the untrained base model's score (acc_norm computed directly)
     assert base["zero_shot"]["slice_test_mc"]["score"] == pytest.approx(
-        acc_norm_by_hand(tiny_llama(seed=1), tiny_tokenizer(), MC_DOCS))
+        zero_shot_by_hand(tiny_llama(seed=1).eval(), tiny_tokenizer(), MC_DOCS)[1])  # acc_norm
     records = [json.loads(p.read_text()) for p in sorted((out_dir / "stages").glob("*/record.json"))]
     assert [r["general"]["stage"] for r in records] == [1, 2]
     for record in records:
