@@ -290,7 +290,8 @@ class ContinualSFTTrainer(SFTTrainer):
         """GP/IP (`slice_trl.general.summarize`) of the model as it stands after ``stage`` (0 =
         the base model, before stage 1), with the change from the base model; None when
         ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
-        cached in ``output_dir/base/general.json`` (reused on resume while the settings match)."""
+        cached in ``output_dir/base/general.json`` (reused on resume while the base model and the
+        GP/IP settings are the same)."""
         from . import general
 
         cfg = self.args.evaluation
@@ -301,14 +302,15 @@ class ContinualSFTTrainer(SFTTrainer):
             base = self._base_general if self._base_general is not None else json.loads(path.read_text())["scores"]
             scores = evaluate_general(self.model, self.processing_class, cfg)
             return general.summarize(scores, base, stage)
+        model_id = self.run_info.get("base_model") or getattr(self.model, "name_or_path", None)
         cached = None
         if self.accelerator.is_main_process and path.is_file():
             cached = json.loads(path.read_text())
-            cached = cached if general.same_settings(cached, cfg) else None
+            cached = cached if general.same_settings(cached, cfg) and cached.get("base_model") == model_id else None
         cached = distributed.broadcast_object(cached)
         if cached is None:
             logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
-            cached = {"settings": general.settings(cfg),
+            cached = {"base_model": model_id, "settings": general.settings(cfg),
                       "scores": evaluate_general(self.model, self.processing_class, cfg)}
             if self.accelerator.is_main_process:
                 write_json_atomic(path, cached)

@@ -241,6 +241,11 @@ def test_base_once_per_stage_when_asked_change_from_base_and_reused_on_resume(tm
     assert len(counted_general) == 4
     assert (out_dir / "base" / "general.json").stat().st_mtime_ns == mtime
     assert resumed.general["base"]["GP"] == base["GP"]
+    # a cache measured on another base model is not reused
+    cache = out_dir / "base" / "general.json"
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "base_model": "someone/another-model"}))
+    two_task_trainer(out_dir, tasks_dir, every_stage=True).train()
+    assert len(counted_general) == 5 and json.loads(cache.read_text())["base_model"] != "someone/another-model"
 
 
 def test_without_every_stage_only_the_last_stage_carries_gp_ip(tmp_path, counted_general, one_torch_thread):
@@ -253,7 +258,7 @@ def test_without_every_stage_only_the_last_stage_carries_gp_ip(tmp_path, counted
     assert out.general["change"]["GP"] == out.general["GP"] - out.general["base"]["GP"]
 
 
-def test_changed_settings_rescore_the_base_model(tmp_path, counted_general):
+def test_cached_base_scores_match_only_the_same_settings():
     """A cached base result measured with other GP/IP settings is not reused."""
     from slice_trl import general
 
