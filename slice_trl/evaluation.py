@@ -584,6 +584,8 @@ def evaluate_general(model, tokenizer, cfg: EvalConfig, accelerator=None) -> dic
     `LMEvalDataError` when a task's data cannot be loaded, both naming the task and how to use a
     local task YAML.
     """
+    from . import general  # noqa: F401  (its import filters lm-eval's notes on in-memory models)
+
     _, HFLM, _ = _require_lm_eval()
     if not cfg.lm_eval_tasks:
         raise ValueError("EvalConfig.lm_eval_tasks is empty: name at least one lm-eval task (e.g. 'hellaswag').")

@@ -122,17 +122,19 @@ def _animal_questions(n: int, seed: int) -> list[dict]:
 
 
 class _QuietLMEvalNotes(logging.Filter):
-    """Two lm-eval warnings that are notes for its own command line, printed for every task run:
-    "Custom kwargs can be passed to `--metadata`" (tasks built from ``custom_dataset``) and
-    "Overwriting default num_fewshot" (GP and IP ask for their shots on purpose)."""
+    """lm-eval warnings that are notes for its own command line, printed for every run and
+    expected here: "Custom kwargs can be passed to `--metadata`" (tasks built from
+    ``custom_dataset``), "Overwriting default num_fewshot" (GP and IP ask for their shots on
+    purpose), and the two notes on an in-memory model (ours is, on every process)."""
 
-    NOTES = ("Custom kwargs can be passed", "Overwriting default num_fewshot")
+    NOTES = ("Custom kwargs can be passed", "Overwriting default num_fewshot",
+             "`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(note in record.getMessage() for note in self.NOTES)
 
 
-for _name in ("lm_eval.api.task", "lm_eval.evaluator"):
+for _name in ("lm_eval.api.task", "lm_eval.evaluator", "lm_eval.models.huggingface"):
     logging.getLogger(_name).addFilter(_QuietLMEvalNotes())
 
 

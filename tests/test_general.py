@@ -385,3 +385,28 @@ def test_paper_recipe_offline_without_local_benchmarks_stops_naming_one(tmp_path
     assert len(err) == 1 and err[0].startswith("error: evaluation.lm_eval_tasks: lm-eval task 'hellaswag': its data "
                                                "could not be loaded")
     assert "Fix: give a local copy with evaluation.lm_eval_local_data: {hellaswag: /path/hellaswag.jsonl}" in err[0]
+
+
+def test_cli_run_prints_and_stores_the_smoke_check(tmp_path, capsys, one_torch_thread):
+    """The quickstart's smoke tasks through `slice_trl.run` on a tiny model: sizes, where the
+    numbers are written, and the console line."""
+    from test_run import tiny_recipe
+
+    from slice_trl import run as run_mod
+    from slice_trl.recipe import load_recipe
+
+    out_dir = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe(tmp_path, out_dir), [
+        "--evaluation.lm_eval_tasks", "[slice_smoke_choice, slice_smoke_alpaca]", "--evaluation.lm_eval_num_fewshot", "1"])
+    out = run_mod.run(recipe)
+    g = json.loads((out_dir / "results.json").read_text())["general"]
+    assert g == out.general and g["stage"] == 2
+    assert {k: v["n"] for k, v in g["zero_shot"].items()} == {"slice_smoke_choice": 8, "slice_smoke_alpaca": 4}
+    assert {k: v["num_fewshot"] for k, v in g["few_shot"].items()} == {"slice_smoke_choice": 1, "slice_smoke_alpaca": 1}
+    assert g["benchmarks"]["slice_smoke_alpaca"]["GP"]["metric"] == "rougeL"
+    base = json.loads((out_dir / "base" / "general.json").read_text())["scores"]
+    assert g["change"] == {"GP": g["GP"] - base["GP"], "IP": g["IP"] - base["IP"]}
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("GP "))
+    assert line.startswith(f"GP {100 * g['GP']:.1f} (base {100 * base['GP']:.1f}, {100 * g['change']['GP']:+.1f})  "
+                           f"IP {100 * g['IP']:.1f} (base {100 * base['IP']:.1f}")
+    assert line.endswith("(x100, after stage 2; slice_smoke_choice, slice_smoke_alpaca)")
