@@ -9,6 +9,9 @@ For each task t (0-indexed in code, "stage t+1" on disk):
 5. `evaluate_seen_tasks`   batched greedy generation on every seen task -> row t of R
 6. the stage record is written atomically before stage t+1 starts
 
+`evaluate_general_ability` scores GP/IP (lm-eval): the base model once before stage 1, and
+after the last stage (after every stage with ``evaluation.general_every_stage``).
+
 Each numbered method is meant to be overridden to change one thing. ``train()`` runs the whole
 sequence (resuming from ``output_dir`` if stages are already finished there) and returns a
 `ContinualTrainOutput`.
