@@ -344,6 +344,7 @@ def _general_panel(fig, ax, general: Mapping[int, Mapping], T: int) -> None:
     fig.colorbar(im, ax=ax, fraction=0.1, pad=0.08, label="change from base x100")
     ax.set_xticks(range(2), labels=["GP", "IP"])
     ax.set_yticks(range(T), labels=[str(i + 1) for i in range(T)])
+    ax.set_ylabel("after stage")
     for i in range(T):
         for j in range(2):
             if not np.isnan(data[i, j]):
