@@ -230,18 +230,18 @@ def resolve_tasks(cfg) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _benchmarks(final: dict, base: dict | None) -> dict:
-    """{task: {"GP": {shots, metric, base, final, change}, "IP": {...}}}."""
+    """{task: {"metric", "shots": {"GP", "IP"}, "GP", "IP" (final scores), "base": {"GP", "IP"},
+    "change": {"GP", "IP"}}} (the model card's table reads these keys)."""
     out = {}
     for name in final["tasks"]:
-        out[name] = {}
-        for setting, key in (("GP", "zero_shot"), ("IP", "few_shot")):
-            entry = final[key][name]
-            before = base[key][name]["score"] if base and name in base.get(key, {}) else None
-            out[name][setting] = {
-                "shots": entry.get("num_fewshot"), "metric": entry["metric"].split(",", 1)[0],
-                "base": before, "final": entry["score"],
-                "change": None if before is None else entry["score"] - before,
-            }
+        zero, few = final["zero_shot"][name], final["few_shot"][name]
+        entry = {"metric": zero["metric"].split(",", 1)[0],
+                 "shots": {"GP": zero.get("num_fewshot"), "IP": few.get("num_fewshot")},
+                 "GP": zero["score"], "IP": few["score"], "base": None, "change": None}
+        if base is not None and name in base.get("zero_shot", {}) and name in base.get("few_shot", {}):
+            entry["base"] = {"GP": base["zero_shot"][name]["score"], "IP": base["few_shot"][name]["score"]}
+            entry["change"] = {k: entry[k] - entry["base"][k] for k in ("GP", "IP")}
+        out[name] = entry
     return out
 
 
@@ -250,7 +250,8 @@ def summarize(final: dict, base: dict | None, stage: int) -> dict:
 
         {"GP", "IP", "stage",
          "base": {"GP", "IP", "zero_shot", "few_shot"}, "change": {"GP", "IP"} (final - base),
-         "benchmarks": {task: {"GP": {shots, metric, base, final, change}, "IP": {...}}},
+         "benchmarks": {task: {"metric", "shots": {"GP", "IP"}, "GP", "IP",
+                               "base": {"GP", "IP"}, "change": {"GP", "IP"}}},
          "zero_shot", "few_shot", "tasks", "limit"}
 
     ``base``/``change`` are None when no base-model scores are given. Scores are fractions 0-1."""
