@@ -19,6 +19,14 @@ Test helpers:
   ``server.find_in_requests(secret)`` tells where a string appeared outside that header.
 - ``HubServer(token=..., require_token=True)`` only accepts that token (401 otherwise).
 - ``server.list_files / read_file / commit_ids / head`` inspect the stored repos directly.
+- ``server.strict = True`` (or ``HubServer(strict=True)``) answers only what the Hub's documented
+  endpoints must answer, like a minimal self-hosted Hub: no optional metadata (``model_info``
+  ignores ``blobs=true``/``files_metadata``: siblings carry only ``rfilename``; no ``cardData``,
+  ``tags``, ``usedStorage``; tree and paths-info ignore ``expand``: no ``lastCommit``) and no Xet
+  (there is none in either mode: clients need ``HF_HUB_DISABLE_XET=1``). What it keeps is what
+  the clients cannot work without: ``sha`` and ``siblings`` of repo info, tree entries (``oid``,
+  ``size``, ``lfs``), pre-upload modes with the ``oid`` of files already there (what
+  ``create_commit`` compares to leave unchanged files out), and the resolve headers.
 
 Usage::
 
@@ -164,11 +172,13 @@ class HubServer:
         token: str | None = None,
         require_token: bool = False,
         lfs_threshold: int = 10 * 1024 * 1024,
+        strict: bool = False,
     ):
         self.user, self.orgs = user, tuple(orgs)
         self.token = token  # if set, only this bearer token is valid
         self.require_token = require_token  # if True, every request but validate-yaml needs a valid token
         self.lfs_threshold = lfs_threshold
+        self.strict = strict  # answer only what the documented endpoints must answer (see the module doc)
         self.requests: list[RequestRecord] = []
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lfs: dict[str, bytes] = {}  # sha256 -> content
@@ -723,7 +733,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         repo = self._repo(repo_type, repo_id)
         oid = hub._resolve(repo, revision)
         commit = repo.commits[oid]
-        blobs = self._query.get("blobs", ["false"])[0].lower() in ("1", "true")
+        blobs = self._query.get("blobs", ["false"])[0].lower() in ("1", "true") and not hub.strict
         siblings = []
         for path, blob in sorted(commit.files.items()):
             sib = {"rfilename": path}
@@ -732,7 +742,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     sib["lfs"] = {"sha256": blob.sha256, "size": blob.size, "pointerSize": blob.pointer_size}
             siblings.append(sib)
-        card = hub._card_data(commit.files)
+        card = None if hub.strict else hub._card_data(commit.files)
         info = {
             "_id": hashlib.sha1(f"{repo_type}/{repo_id}".encode()).hexdigest()[:24],
             "id": repo_id,
@@ -766,7 +776,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             raise HubError(404, f"Entry not found: {path!r} is not a folder at {revision}", "EntryNotFound",
                            {"X-Repo-Commit": oid})
         recursive = self._query.get("recursive", ["false"])[0].lower() in ("1", "true")
-        expand = self._query.get("expand", ["false"])[0].lower() in ("1", "true")
+        expand = self._query.get("expand", ["false"])[0].lower() in ("1", "true") and not hub.strict
         entries = hub._entries(files, path, recursive)
         if expand:
             for entry in entries:
@@ -789,6 +799,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             expand = form.get("expand", ["false"])[0].lower() in ("1", "true")
         if isinstance(paths, str):
             paths = [paths]
+        expand = expand and not hub.strict
         out = []
         for p in paths:
             p = p.strip("/")
