@@ -157,6 +157,7 @@ class _Fault:
     path_contains: str | None
     method: str | None
     message: str
+    body_contains: bytes | None = None
 
 
 class HubServer:
@@ -228,11 +229,13 @@ class HubServer:
         path_contains: str | None = None,
         method: str | None = None,
         message: str = "Injected failure (test hub)",
+        body_contains: str | None = None,
     ) -> None:
-        """Answer the next ``n`` requests matching ``path_contains``/``method`` with ``status``
-        (``status=None``: close the connection without answering)."""
+        """Answer the next ``n`` requests matching ``path_contains``/``method``/``body_contains``
+        with ``status`` (``status=None``: close the connection without answering)."""
         with self._lock:
-            self._faults.append(_Fault(n, status, path_contains, method.upper() if method else None, message))
+            self._faults.append(_Fault(n, status, path_contains, method.upper() if method else None, message,
+                                       body_contains.encode() if body_contains else None))
 
     def set_down(self, down: bool = True, status: int | None = 503) -> None:
         """While down, every request gets ``status`` (``None``: the connection is dropped)."""
@@ -244,7 +247,7 @@ class HubServer:
             self._faults.clear()
             self._down = (False, 503)
 
-    def _injected_fault(self, method: str, path: str) -> _Fault | None:
+    def _injected_fault(self, method: str, path: str, body: bytes = b"") -> _Fault | None:
         with self._lock:
             down, status = self._down
             if down:
@@ -255,6 +258,8 @@ class HubServer:
                 if fault.method and fault.method != method:
                     continue
                 if fault.path_contains and fault.path_contains not in path:
+                    continue
+                if fault.body_contains and fault.body_contains not in body:
                     continue
                 fault.remaining -= 1
                 return fault
@@ -508,7 +513,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.requests.append(rec)
         self._rec = rec
-        fault = hub._injected_fault(self.command, self.path)
+        fault = hub._injected_fault(self.command, self.path, body)
         if fault is not None:
             rec.injected = True
             if fault.status is None:
