@@ -49,7 +49,6 @@ def _write_recipe(root: Path, base: Path, repo: str, dataset_repo: str) -> Path:
 push_repo_id: {repo}
 push_dataset_repo_id: {dataset_repo}
 hub_token: {TEST_HUB_TOKEN}
-env: {{HF_TOKEN: {TEST_HUB_TOKEN}}}
 """))
     return path
 
@@ -252,11 +251,10 @@ def test_token_and_local_paths_never_published(published_run, hub):
     assert [f for f in published if str(run["root"]).encode() in hub.read_file(repo, f)] == []
     assert json.loads(hub.read_file(repo, "run.json"))["base_model"] == "<local path>/tiny-llama"
     secret = TEST_HUB_TOKEN.encode()
-    assert secret in run["recipe"].read_bytes()  # the recipe did carry it (hub_token and env)
+    assert secret in run["recipe"].read_bytes()  # the recipe did carry it (hub_token)
     assert [name for name, data in _snapshot(out_dir).items() if secret in data] == []
     run_json = json.loads((out_dir / "run.json").read_text())
     assert run_json["recipe"]["hub_token"] == "<redacted>"  # the recipe is kept, its credential is not
-    assert "env" not in run_json["recipe"]
     assert TEST_HUB_TOKEN not in run["log"]
     assert run["token_in_requests"] == []  # only ever sent in the Authorization header
     assert [f for f in hub.list_files(repo) if secret in hub.read_file(repo, f)] == []
