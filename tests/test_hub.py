@@ -417,6 +417,9 @@ def test_ls_and_pull_from_the_command_line(hub, hub_repo_name, run, tmp_path):
     missing = cli("pull", repo, "--stage", "3")
     assert missing.returncode == 2 and "stage(s) [3] are not published" in missing.stderr
     assert "Traceback" not in missing.stderr
+    nowhere = cli("ls", f"{hub.user}/no-such-run")
+    assert nowhere.returncode == 2 and f"{hub.user}/no-such-run not found on {hub.url}" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
 
 
 def test_push_task_splits_dataset_repo(hub_modes, hub_repo_name, tmp_path):

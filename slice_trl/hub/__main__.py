@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
     from .load import format_listing, list_run, pull
 
     try:
@@ -48,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # Hub errors (repo not found, network): one line, no traceback
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        from huggingface_hub import constants
+
+        what = f"revision {args.revision!r} of " if isinstance(err, RevisionNotFoundError) else ""
+        print(f"error: {what}{args.repo} not found on {constants.ENDPOINT} (a private repo needs a token: "
+              "HF_TOKEN or `hf auth login`)", file=sys.stderr)
+        return 2
+    except Exception as err:  # other Hub errors (network, server): one line, no traceback
         from .secrets import describe, known_secrets
 
         print(f"error: {describe(err, known_secrets(None))}", file=sys.stderr)

@@ -91,8 +91,11 @@ def load_stage(
 def list_run(repo_id: str, revision: str | None = None, token: str | None = None) -> dict:
     """What a published run holds: ``{"repo_id", "sha", "stages": {k: folder}, "run": run.json,
     "results": results.json}`` (the two files are {} when absent)."""
+    from .push import quiet_hub
+
     info, folders = _published(repo_id, revision, token)
-    local = _download(repo_id, info.sha, [], token)
+    with quiet_hub():
+        local = _download(repo_id, info.sha, [], token)
     return {
         "repo_id": repo_id, "sha": info.sha, "stages": folders,
         "run": read_json(local / "run.json") if (local / "run.json").is_file() else {},

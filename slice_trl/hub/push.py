@@ -93,13 +93,21 @@ class _NoEmptyCommitWarning(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_skip():
+def quiet_hub():
+    """While publishing after each stage: no per-file progress bars (adapters are small, and a
+    training log should hold one line per push) and no empty-commit warning."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     hub_logger, quiet = logging.getLogger("huggingface_hub.hf_api"), _NoEmptyCommitWarning()
+    bars_were_off = are_progress_bars_disabled()
     hub_logger.addFilter(quiet)
+    disable_progress_bars()
     try:
         yield
     finally:
         hub_logger.removeFilter(quiet)
+        if not bars_were_off:
+            enable_progress_bars()
 
 
 def _api(token):
@@ -208,7 +216,7 @@ def _commit(api, output_dir: Path, repo_id: str, revision: str, stage: StageDir 
             operations += _operations(run_files(output_dir, run, secrets, str(card)))
         message = _message(output_dir, run, stage, update)
         try:
-            with _quiet_skip():
+            with quiet_hub():
                 commit = api.create_commit(repo_id, operations=operations, commit_message=message, revision=revision,
                                            parent_commit=info.sha)
         except HfHubHTTPError as err:
