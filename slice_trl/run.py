@@ -4,7 +4,8 @@
     accelerate launch [--config_file accelerate_configs/...] -m slice_trl.run RECIPE.yaml ...
 
 Flags: ``--dry-run`` (validate the recipe and report the task data, load no model),
-``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet),
+``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet, and
+task splits whose push failed; exits 1 when something is still not on the Hub),
 ``--help`` (every recipe key with its help text).
 
 Order of work: the whole recipe is validated, then the tokenizer is loaded and the tasks are

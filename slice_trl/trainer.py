@@ -121,7 +121,8 @@ class ContinualSFTTrainer(SFTTrainer):
         replay_provider: default `ReplaySampleProvider(args.replay)`.
         run_info: extra facts written to run.json (e.g. the recipe, the base model id).
         publisher: optional callable(output_dir) run on the main process after each finished
-            stage (e.g. `slice_trl.hub.push_pending`); it must not raise.
+            stage, and once more after GP/IP are written (e.g. `slice_trl.hub.push_pending`);
+            it must not raise.
     """
 
     def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
