@@ -93,7 +93,7 @@ def build_tasks(recipe: Recipe, tokenizer):
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
-    from .hub.secrets import known_secrets, redact
+    from .hub.redaction import known_secrets, redact
 
     return redact(recipe.raw, known_secrets(recipe.training.hub_token))
 
@@ -165,7 +165,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
             hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
                                  token=recipe.training.hub_token)
         except Exception as err:  # publishing never costs the run; the splits are kept for a retry
-            from .hub.secrets import describe, known_secrets
+            from .hub.redaction import describe, known_secrets
 
             reason = describe(err, known_secrets(recipe.training.hub_token))
             kept = hub.save_pending_splits(tasks, recipe.training.output_dir, reason)

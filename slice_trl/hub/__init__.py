@@ -13,7 +13,7 @@ Stage k's adapter applies to the base model with stages 1..k-1 merged in: `load_
 The local run layout is `slice_trl.stages`'; the modules here hold:
 
 - `layout`: finished local stages and the Hub's stage folders; `convert`: the adapter for the
-  original base; `files`: the public copies of the run's files; `secrets`: redaction;
+  original base; `files`: the public copies of the run's files; `redaction`: no tokens, no local paths;
 - `card`: the model card; `push`: commits (`push_pending`, `push_stage`, `PushReport`);
   `splits`: the task splits dataset; `load`: `load_stage`, `list_run`, `pull`;
 - ``python -m slice_trl.hub ls REPO`` / ``pull REPO --stage K [--merge OUT]``.

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
               "HF_TOKEN or `hf auth login`)", file=sys.stderr)
         return 2
     except Exception as err:  # other Hub errors (network, server): one line, no traceback
-        from .secrets import describe, known_secrets
+        from .redaction import describe, known_secrets
 
         print(f"error: {describe(err, known_secrets(None))}", file=sys.stderr)
         return 1

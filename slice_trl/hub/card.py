@@ -19,7 +19,7 @@ from typing import Any
 from .. import stages as layout
 from .files import BaseModel, base_model, public_run, sorted_modules
 from .layout import finished_stages, read_json
-from .secrets import known_secrets, public, scrub
+from .redaction import known_secrets, public, scrub
 
 MODEL_CARD_TEMPLATE = "continual_run.md"
 DATASET_CARD_TEMPLATE = "task_splits.md"

@@ -16,7 +16,7 @@ from typing import Any
 from .. import stages as layout
 from .convert import published_adapter_dir
 from .layout import BASE_DIR, StageDir, json_bytes, read_json
-from .secrets import LOCAL, public
+from .redaction import LOCAL, public
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

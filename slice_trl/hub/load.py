@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import stages as layout
 from .layout import read_json, stage_folders
-from .secrets import is_local_placeholder
+from .redaction import is_local_placeholder
 
 
 def _published(repo_id: str, revision: str | None, token):

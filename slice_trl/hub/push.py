@@ -22,7 +22,7 @@ from pathlib import Path
 from .card import render_model_card
 from .files import base_model, public_run, run_files, stage_files
 from .layout import PUSHED_MARKER, StageDir, finished_stages, read_json, stage_folders
-from .secrets import describe, known_secrets
+from .redaction import describe, known_secrets
 from .splits import pending_splits, push_pending_splits
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .card import DATASET_CARD_TEMPLATE, DATASET_TAGS, template_text
 from .layout import json_bytes, read_json
-from .secrets import known_secrets, public, scrub
+from .redaction import known_secrets, public, scrub
 
 logger = logging.getLogger(__name__)
 
