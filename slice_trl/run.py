@@ -4,7 +4,8 @@
     accelerate launch [--config_file accelerate_configs/...] -m slice_trl.run RECIPE.yaml ...
 
 Flags: ``--dry-run`` (validate the recipe and report the task data, load no model),
-``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet),
+``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet, and
+task splits whose push failed; exits 1 when something is still not on the Hub),
 ``--help`` (every recipe key with its help text).
 
 Order of work: the whole recipe is validated, then the tokenizer is loaded and the tasks are
@@ -92,9 +93,9 @@ def build_tasks(recipe: Recipe, tokenizer):
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
-    from .hub import _known_secrets, _redact
+    from .hub.redaction import known_secrets, redact
 
-    return _redact(recipe.raw, _known_secrets(recipe.training.hub_token))
+    return redact(recipe.raw, known_secrets(recipe.training.hub_token))
 
 
 def _publisher(recipe: Recipe):
@@ -107,15 +108,16 @@ def _publisher(recipe: Recipe):
         report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
                                   token=recipe.training.hub_token, dataset_repo_id=recipe.run.push_dataset_repo_id)
         if not report.ok:
-            logger.warning("Hub push incomplete (stages %s pending); they will be pushed by the next run or by "
-                           "`python -m slice_trl.run RECIPE --push-only`.", report.failed)
+            logger.warning("Hub push incomplete:\n%s\nIt will be retried by the next push or by "
+                           "`python -m slice_trl.run RECIPE --push-only`.", report)
         return report
 
     return publish
 
 
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
-    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
+    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for a dry run, the
+    `slice_trl.hub.PushReport` for push-only)."""
     from .recipe import RecipeError
 
     if dry_run:
@@ -132,8 +134,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         if publish is None:
             raise RecipeError("--push-only needs push_repo_id (the Hub model repo) in the recipe or as --push_repo_id.")
         report = publish(recipe.training.output_dir)
-        print(f"pushed stages {report.pushed}; up to date {report.up_to_date}; failed {report.failed}")
-        return None
+        print(report)
+        return report
 
     from transformers import AutoTokenizer
 
@@ -162,8 +164,13 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         try:
             hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
                                  token=recipe.training.hub_token)
-        except Exception as err:  # publishing never costs the run
-            logger.warning("Could not push the task splits (%s); continuing.", type(err).__name__)
+        except Exception as err:  # publishing never costs the run; the splits are kept for a retry
+            from .hub.redaction import describe, known_secrets
+
+            reason = describe(err, known_secrets(recipe.training.hub_token))
+            kept = hub.save_pending_splits(tasks, recipe.training.output_dir, reason)
+            logger.warning("Could not push the task splits to %s: %s. They are kept in %s; the push after each "
+                           "stage (or `--push-only`) retries them.", recipe.run.push_dataset_repo_id, reason, kept)
 
     model, _ = load_model_and_tokenizer(m.model_name_or_path, dtype=m.dtype or "float32", trust_remote_code=trust,
                                         revision=m.model_revision, attn_implementation=m.attn_implementation)
@@ -216,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # --dry-run and --push-only need neither the task data nor the training hardware on this machine
         recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"})
-        run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
+        out = run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if "--push-only" in flags and not out.ok:
+        return 1  # something is still not on the Hub: scripts must see it
     return 0
 
 

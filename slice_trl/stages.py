@@ -31,7 +31,11 @@ from . import distributed
 
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
-_WEIGHTS = "adapter_model.safetensors"
+STAGES = "stages"
+# PEFT's file names inside each adapter folder
+ADAPTER_CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_WEIGHTS = WEIGHTS
+_DIRNAME_RE = re.compile(r"^(\d+)-(.+)$")
 
 
 def stage_dirname(stage: int, task_name: str) -> str:
@@ -39,8 +43,14 @@ def stage_dirname(stage: int, task_name: str) -> str:
     return f"{stage + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task_name)}"
 
 
+def parse_stage_dirname(name: str) -> tuple[int, str] | None:
+    """(1-indexed stage, task) of a folder named by `stage_dirname`; None for any other name."""
+    match = _DIRNAME_RE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
 def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
-    return Path(output_dir) / "stages" / stage_dirname(stage, task_name)
+    return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
 
 
 def is_finished(path: Path) -> bool:

@@ -121,7 +121,8 @@ class ContinualSFTTrainer(SFTTrainer):
         replay_provider: default `ReplaySampleProvider(args.replay)`.
         run_info: extra facts written to run.json (e.g. the recipe, the base model id).
         publisher: optional callable(output_dir) run on the main process after each finished
-            stage (e.g. `slice_trl.hub.push_pending`); it must not raise.
+            stage, and once more after GP/IP are written (e.g. `slice_trl.hub.push_pending`);
+            it must not raise.
     """
 
     def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
@@ -410,11 +411,16 @@ class ContinualSFTTrainer(SFTTrainer):
         if self.args.evaluation.lm_eval_tasks:
             general = evaluate_general(self.model, self.processing_class, self.args.evaluation)
         self._write_results(results, general)
+        if general is not None:
+            self._publish()  # the final commit: results.json and the card gain GP/IP
         if self.accelerator.is_main_process:
             logger.info("\n%s", results.table())
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:
         """Called once stage t is on disk: publishes it if a publisher was given."""
+        self._publish()
+
+    def _publish(self) -> None:
         if self.publisher is not None and self.accelerator.is_main_process:
             self.publisher(self.output_path)
