@@ -231,6 +231,10 @@ def _apply_env_early(path: str | None) -> None:
         return
     env = raw.get("env") if isinstance(raw, dict) else None
     if isinstance(env, dict):
+        from .integrity import protected_env_keys
+
+        if protected_env_keys(env):
+            return  # load_recipe reports them; nothing of such an env is applied
         for k, v in env.items():
             os.environ[str(k)] = "" if v is None else str(v)
 
