@@ -137,7 +137,7 @@ def _is_main_process() -> bool:
 
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
-    from . import preflight
+    from . import console, preflight
     from .recipe import RecipeError
 
     if dry_run:
@@ -190,8 +190,9 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
               f"{move_aside(recipe.training.output_dir)}")
     for task in tasks:
         fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
-        logger.info("task %s: %d train / %d eval, metric %s %s", task.name, len(task.train), len(task.eval),
-                    task.metric, fit or "")
+        why = f" ({task.info['metric_reason']})" if task.info.get("metric_reason") else ""
+        logger.info("task %s: %d train / %d eval, metric %s%s %s", task.name, len(task.train), len(task.eval),
+                    task.metric, why, fit or "")
     if recipe.run.push_dataset_repo_id:
         from . import hub
 
@@ -208,6 +209,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         run_info={"base_model": m.model_name_or_path, "base_model_revision": m.model_revision,
                   "recipe": _public_recipe(recipe)}, publisher=publish,
     )
+    console.quiet_trainer(trainer)
     out = trainer.train()
     if trainer.accelerator.is_main_process:
         print(out.results.table())
@@ -249,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print(help_text())
         return 0 if flags & {"--help", "-h"} else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
     if "--overwrite" in flags:  # start over: the old content of output_dir is moved aside first
         overrides = [*overrides, "--resume", "false"]
     _apply_env_early(path)
+    from .console import configure  # imports the Hub libraries: after the recipe's env is applied
+
+    configure(verbose="--verbose" in flags)
     from .recipe import RecipeError, load_recipe
 
     try:

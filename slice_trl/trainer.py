@@ -29,7 +29,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
-from . import distributed, integrity, stages
+from . import console, distributed, integrity, stages
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
@@ -296,9 +296,13 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def evaluate_seen_tasks(self, t: int) -> dict:
         """Score every task seen so far; returns {task name: TaskScore}."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(self.tasks[:t + 1], desc="eval", leave=False,
+                   disable=not (self.accelerator.is_main_process and console.bars_enabled()))
         return {task.name: evaluate_task(self.model, self.processing_class, task, self.args.evaluation,
                                          accelerator=self.accelerator)
-                for task in self.tasks[:t + 1]}
+                for task in bar}
 
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
@@ -421,6 +425,7 @@ class ContinualSFTTrainer(SFTTrainer):
                 # results.json first: record.json marks the stage finished, so it is written last
                 self._write_results(results)
                 write_json_atomic(path / stages.RECORD, record)
+                logger.info(console.stage_line(record, len(self.tasks)))
             distributed.barrier()
             self.after_stage(t, record)
         self._stage = -1
@@ -428,8 +433,6 @@ class ContinualSFTTrainer(SFTTrainer):
         if self.args.evaluation.lm_eval_tasks:
             general = evaluate_general(self.model, self.processing_class, self.args.evaluation)
         self._write_results(results, general)
-        if self.accelerator.is_main_process:
-            logger.info("\n%s", results.table())
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:
