@@ -358,7 +358,8 @@ def test_rerun_with_other_settings_stops_same_settings_resume(tmp_path, tiny_bas
 
     again = _cli(recipe, "--init.method", "vanilla", "--verbose", "--logging_steps", "2")  # a key that cannot matter
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resumed stage 2 (last)" in again.stderr and "Loading weights" in again.stderr  # --verbose: library output
+    assert "INFO slice_trl.trainer: Resumed stage 2 (last)" in again.stderr  # --verbose: logs as they come,
+    assert "FutureWarning" in again.stderr  # library warnings included
     stage_files = {k: v for k, v in before.items() if k.startswith("stages")}
     assert {k: v for k, v in _snapshot(out).items() if k.startswith("stages")} == stage_files  # nothing retrained
     assert json.loads((out / "run.json").read_text())["fingerprint"] == run_json["fingerprint"]
