@@ -455,3 +455,29 @@ def test_trainer_keeps_its_own_check_for_python_api_users(tmp_path):
         ContinualSFTTrainer(model=tiny_llama(seed=2), args=first.args, tasks=tasks, processing_class=tok,
                             peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     build(learning_rate=3e-4, resume=False)  # starting over is allowed (train() moves the old run aside)
+
+
+def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys, no_model_loading):
+    """The shipped quickstart recipe: with a vanilla run's run.json in output_dir, the SLICE command
+    is refused (naming init.method) and the vanilla command would resume; no model is loaded."""
+    from slice_trl import preflight
+    from slice_trl.recipe import load_recipe
+
+    quickstart = REPO_ROOT / "recipes" / "quickstart.yaml"
+    out = tmp_path / "quickstart"
+    vanilla = load_recipe(quickstart, ["--init.method", "vanilla", "--output_dir", str(out)])
+    m = vanilla.model
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": integrity.run_fingerprint(
+        vanilla.training, vanilla.lora_config(), integrity.model_identity(m.model_name_or_path, m.model_revision),
+        task_names=[s.display_name for s in vanilla.task_specs])}))
+    assert preflight.check_previous_run(vanilla) == "resume"
+    capsys.readouterr()
+    assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "init.method: 'vanilla' -> 'slice'" in err and "--overwrite" in err
+    assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out), "--init.method", "vanilla"]) == 0
+    assert "output_dir: resumes the run there" in capsys.readouterr().out
+    assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out), "--overwrite"]) == 0
+    assert "moves the previous run there aside" in capsys.readouterr().out
+    assert [p.name for p in out.iterdir()] == ["run.json"]  # a dry run moves nothing
