@@ -172,8 +172,8 @@ class ContinualSFTTrainer(SFTTrainer):
         name = self.run_info.get("base_model") or getattr(model, "name_or_path", None)
         revision = self.run_info.get("base_model_revision") or getattr(model.config, "_commit_hash", None)
         base = integrity.model_identity(name, revision) if name else {"id": None, "revision": revision}
-        if not name:  # an in-memory model: identify it by its weights
-            base["state_sha256"] = integrity.state_sha256(model)
+        if not name and not distributed.zero3_enabled():  # an in-memory model: identify it by its weights
+            base["state_sha256"] = integrity.state_sha256(model)  # (ZeRO-3 shards differ between ranks)
         return integrity.run_fingerprint(args, self.lora_config, base, self.tasks)
 
     @property
