@@ -186,8 +186,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     if state == "replace" and _is_main_process():
         from .integrity import move_aside
 
-        print(f"resume=false (--overwrite): moved the previous content of {recipe.training.output_dir} to "
-              f"{move_aside(recipe.training.output_dir)}")
+        logger.warning("resume=false (--overwrite): moved the previous content of %s to %s",
+                       recipe.training.output_dir, move_aside(recipe.training.output_dir))
     for task in tasks:
         fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
         why = f" ({task.info['metric_reason']})" if task.info.get("metric_reason") else ""
