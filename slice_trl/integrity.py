@@ -200,16 +200,16 @@ def flatten(fp: dict) -> dict:
     return out
 
 
-def differences(old: dict, new: dict, sections=None) -> list[str]:
+def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
     """``key: old -> new`` for every key that differs (``sections``: compare only these
-    top-level parts of the fingerprint)."""
+    top-level parts of the fingerprint; ``skip``: flattened keys left out)."""
     if sections is not None:
         old = {k: v for k, v in old.items() if k in sections}
         new = {k: v for k, v in new.items() if k in sections}
     a, b = flatten(old), flatten(new)
     missing = object()
     out = []
-    for key in list(a) + [k for k in b if k not in a]:
+    for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:
         va, vb = a.get(key, missing), b.get(key, missing)
         if va != vb:
             out.append(f"{key}: {'(unset)' if va is missing else repr(va)} -> {'(unset)' if vb is missing else repr(vb)}")
@@ -233,11 +233,11 @@ def _ways_out(output_dir, overwrite_hint: str) -> str:
 
 
 def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint: str = "--overwrite",
-                     sections=None) -> str:
+                     sections=None, skip=()) -> str:
     """Decide what a run in ``output_dir`` does, writing nothing. Returns "new" (nothing there),
     "resume" (an equal fingerprint) or "replace" (``resume`` is False and there is something to
     move aside). Raises `RunMismatchError` (one line, every differing key ``old -> new``) when a
-    resume would mix two runs; ``sections`` limits the comparison (see `differences`)."""
+    resume would mix two runs; ``sections`` and ``skip`` limit the comparison (see `differences`)."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise RunMismatchError(f"output_dir={str(out)!r} is a file, not a directory. Choose another output_dir.")
@@ -254,7 +254,7 @@ def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint
             return "new"  # an unrelated, stage-free folder: the run writes beside its files
         raise RunMismatchError(f"output_dir {str(out)!r} {what}: resuming could mix two runs. "
                                + _ways_out(out, overwrite_hint))
-    diff = differences(old, fingerprint, sections)
+    diff = differences(old, fingerprint, sections, skip)
     if diff:
         shown = "; ".join(diff[:12]) + (f"; ... and {len(diff) - 12} more" if len(diff) > 12 else "")
         raise RunMismatchError(f"output_dir {str(out)!r} holds a run with other settings ({shown}); resuming "

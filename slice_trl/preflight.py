@@ -158,7 +158,8 @@ def check_previous_run(recipe: Recipe, tasks=None) -> str:
     """Compare this run's fingerprint with the run already in output_dir (writing nothing).
     Returns "new", "resume" or "replace" (see `integrity.check_output_dir`); a mismatch or a
     damaged finished stage is a `RecipeError`. Without ``tasks`` (a dry run: no tokenizer, so no
-    prepared data) the task data is not compared."""
+    prepared data, and possibly another machine than the run's) the task data and the
+    hardware-dependent keys (use_cpu, bf16) are not compared."""
     from . import integrity, stages
 
     m = recipe.model
@@ -167,8 +168,9 @@ def check_previous_run(recipe: Recipe, tasks=None) -> str:
                                    integrity.model_identity(m.model_name_or_path, m.model_revision), tasks, names)
     out = recipe.training.output_dir
     sections = None if tasks is not None else ("base_model", "lora", "training", "task_names")
+    skip = () if tasks is not None else ("use_cpu", "bf16")
     try:
-        state = integrity.check_output_dir(out, fp, recipe.training.resume, sections=sections)
+        state = integrity.check_output_dir(out, fp, recipe.training.resume, sections=sections, skip=skip)
         if state == "resume":
             stages.check_finished(out, names)
     except ValueError as err:  # RunMismatchError, DamagedStageError

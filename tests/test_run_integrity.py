@@ -102,6 +102,7 @@ def test_flatten_and_differences_by_hand():
     assert integrity.differences(old, new) == ["init.c: 1.0 -> 0.5", "tasks[0].sha256: 'x' -> 'y'",
                                                "new_flag: (unset) -> True"]
     assert integrity.differences(old, new, sections=("lora",)) == []
+    assert integrity.differences(old, new, skip=("init.c", "new_flag")) == ["tasks[0].sha256: 'x' -> 'y'"]
 
 
 def test_task_fingerprint_follows_the_content(tiny_tokenizer):
@@ -481,3 +482,19 @@ def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys
     assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out), "--overwrite"]) == 0
     assert "moves the previous run there aside" in capsys.readouterr().out
     assert [p.name for p in out.iterdir()] == ["run.json"]  # a dry run moves nothing
+
+
+def test_stage_line_says_whether_the_projection_fired():
+    from slice_trl.console import stage_line
+
+    def record(surgery, method="slice"):
+        return {"stage": 2, "task": "last", "scores": {"first": 0.25, "last": 1.0},
+                "init": {"method": method, "surgery": surgery}}
+
+    fired = {"cosine": -0.5, "gamma": 0.25, "fired": True}
+    assert stage_line(record(fired), 3) == ("stage 2/3 last [slice, projection fired (cos -0.500, gamma 0.250)]  "
+                                            "scores x100: first 25.0  last 100.0")
+    assert "projection did not fire (cos +0.300, gamma 0.000)" in stage_line(
+        record({"cosine": 0.3, "gamma": 0.0, "fired": False}), 3)
+    assert "projection not applied (no earlier task)" in stage_line(record({"cosine": None, "fired": False}), 3)
+    assert stage_line(record(None, "vanilla"), 3).startswith("stage 2/3 last [vanilla]  scores")
