@@ -77,6 +77,50 @@ def finished_prefix(output_dir: str | Path, task_names: list[str]) -> int:
     return done
 
 
+class DamagedStageError(ValueError):
+    """A finished stage folder (record.json present) whose files cannot be re-applied."""
+
+
+def _damage(path: Path) -> str | None:
+    """Why a finished stage folder cannot be resumed from, or None: record.json must parse, both
+    adapters' weights must exist, and every safetensors file must be complete (its header is
+    read; a truncated file fails there)."""
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / RECORD).read_text())
+    except ValueError as err:
+        return f"{RECORD} is not valid JSON ({err})"
+    for sub in (INIT, RAW):
+        if not (path / sub / _WEIGHTS).is_file():
+            return f"{sub}/{_WEIGHTS} is missing"
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError alike
+            return f"{file.relative_to(path)} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return None
+
+
+def check_finished(output_dir: str | Path, task_names: list[str]) -> int:
+    """Number of leading finished stages, after checking that each can be re-applied; raises
+    `DamagedStageError` naming the first damaged stage folder and the fix. Only stage folders
+    are looked at (other folders of output_dir are not stages). Reads only."""
+    done = 0
+    for t, name in enumerate(task_names):
+        path = stage_dir(output_dir, t, name)
+        if not is_finished(path):
+            break
+        why = _damage(path)
+        if why is not None:
+            raise DamagedStageError(
+                f"Finished stage folder {str(path)!r} is damaged: {why}. Delete that folder to retrain stage {t + 1} "
+                "(and the stages after it) on the next run, or start over with a new output_dir.")
+        done += 1
+    return done
+
+
 def save_initial(peft_model, adapter_name: str, path: Path) -> None:
     peft_model.save_pretrained(str(path / INIT), selected_adapters=[adapter_name], safe_serialization=True)
 

@@ -29,7 +29,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
-from . import distributed, stages
+from . import console, distributed, integrity, stages
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
@@ -146,6 +146,10 @@ class ContinualSFTTrainer(SFTTrainer):
         self.run_info = dict(run_info or {})
         self.publisher = publisher
         self._stage = -1
+        # before anything is built or written: a resume must not mix two runs (integrity.py)
+        self.fingerprint = self._fingerprint(model, args)
+        integrity.check_output_dir(args.output_dir, self.fingerprint, args.resume,
+                                   overwrite_hint="resume=False")
         # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
         # first task's format; all tasks share that format (validated above).
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
@@ -162,6 +166,17 @@ class ContinualSFTTrainer(SFTTrainer):
         self.model = self.model_wrapped = self.model.unload()
 
     # ------------------------------------------------------------------ helpers
+    def _fingerprint(self, model, args) -> dict:
+        """Everything that determines the results (`integrity.run_fingerprint`). The base model
+        is named by run_info's "base_model"/"base_model_revision" when given (the CLI), else by
+        the model's own name_or_path and commit hash."""
+        name = self.run_info.get("base_model") or getattr(model, "name_or_path", None)
+        revision = self.run_info.get("base_model_revision") or getattr(model.config, "_commit_hash", None)
+        base = integrity.model_identity(name, revision) if name else {"id": None, "revision": revision}
+        if not name and not distributed.zero3_enabled():  # an in-memory model: identify it by its weights
+            base["state_sha256"] = integrity.state_sha256(model)  # (ZeRO-3 shards differ between ranks)
+        return integrity.run_fingerprint(args, self.lora_config, base, self.tasks)
+
     @property
     def output_path(self) -> Path:
         return Path(self.args.output_dir)
@@ -282,9 +297,13 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def evaluate_seen_tasks(self, t: int) -> dict:
         """Score every task seen so far; returns {task name: TaskScore}."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(self.tasks[:t + 1], desc="eval", leave=False,
+                   disable=not (self.accelerator.is_main_process and console.bars_enabled()))
         return {task.name: evaluate_task(self.model, self.processing_class, task, self.args.evaluation,
                                          accelerator=self.accelerator)
-                for task in self.tasks[:t + 1]}
+                for task in bar}
 
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
@@ -297,22 +316,20 @@ class ContinualSFTTrainer(SFTTrainer):
             "tasks": {t.name: {"metric": t.metric, "n_train": len(t.train), "n_eval": len(t.eval), **t.info}
                       for t in self.tasks},
             **{k: v for k, v in self.run_info.items() if k != "base_model"},
+            integrity.FINGERPRINT: self.fingerprint,
         }
         if self.args.strategy is not None:
             info["strategy"] = self.args.strategy.to_dict()
-        path = self.output_path / "run.json"
-        if path.exists() and self.args.resume:
-            old = json.loads(path.read_text())
-            if old.get("task_names") != info["task_names"]:
-                raise ValueError(f"{self.output_path} holds a run over tasks {old.get('task_names')}, not "
-                                 f"{info['task_names']}. Use a new output_dir (or set resume=False to overwrite).")
-        write_json_atomic(path, info)
+        write_json_atomic(self.output_path / integrity.RUN_JSON, info)
 
     def _resume(self, results: ResultsMatrix) -> tuple[int, list[dict]]:
         if not self.args.resume:
             return 0, []
         names = [t.name for t in self.tasks]
-        done = stages.finished_prefix(self.output_path, names) if self.accelerator.is_main_process else 0
+        done = 0
+        if self.accelerator.is_main_process:
+            stages.check_finished(self.output_path, names)  # a damaged stage: one message naming its folder
+            done = stages.finished_prefix(self.output_path, names)
         done = distributed.broadcast_object(done)
         records = []
         for t in range(done):
@@ -368,9 +385,14 @@ class ContinualSFTTrainer(SFTTrainer):
         """Run (or resume) the whole task sequence. Returns R, the stage records and GP/IP."""
         if args or kwargs:
             raise TypeError("ContinualSFTTrainer.train() takes no arguments: resuming is automatic from output_dir.")
-        self.output_path.mkdir(parents=True, exist_ok=True)
         if self.accelerator.is_main_process:
+            if not self.args.resume:  # start over: nothing of the old run may be resumed later
+                moved = integrity.move_aside(self.output_path)
+                if moved is not None:
+                    logger.warning("resume=False: moved the previous content of %s to %s", self.output_path, moved)
+            self.output_path.mkdir(parents=True, exist_ok=True)
             self._write_run_info()
+        distributed.barrier()
         results = ResultsMatrix([t.name for t in self.tasks])
         start, records = self._resume(results)
         for t in range(start, len(self.tasks)):
@@ -404,6 +426,7 @@ class ContinualSFTTrainer(SFTTrainer):
                 # results.json first: record.json marks the stage finished, so it is written last
                 self._write_results(results)
                 write_json_atomic(path / stages.RECORD, record)
+                logger.info(console.stage_line(record, len(self.tasks)))
             distributed.barrier()
             self.after_stage(t, record)
         self._stage = -1
@@ -413,8 +436,6 @@ class ContinualSFTTrainer(SFTTrainer):
         self._write_results(results, general)
         if general is not None:
             self._publish()  # the final commit: results.json and the card gain GP/IP
-        if self.accelerator.is_main_process:
-            logger.info("\n%s", results.table())
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:

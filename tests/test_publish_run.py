@@ -251,7 +251,7 @@ def test_token_and_local_paths_never_published(published_run, hub):
     assert [f for f in published if str(run["root"]).encode() in hub.read_file(repo, f)] == []
     assert json.loads(hub.read_file(repo, "run.json"))["base_model"] == "<local path>/tiny-llama"
     secret = TEST_HUB_TOKEN.encode()
-    assert secret in run["recipe"].read_bytes()  # the recipe did carry it (hub_token)
+    assert secret in run["recipe"].read_bytes()  # the recipe did carry it (hub_token; env: may not set HF_TOKEN)
     assert [name for name, data in _snapshot(out_dir).items() if secret in data] == []
     run_json = json.loads((out_dir / "run.json").read_text())
     assert run_json["recipe"]["hub_token"] == "<redacted>"  # the recipe is kept, its credential is not
