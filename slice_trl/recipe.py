@@ -265,6 +265,13 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     if not isinstance(env, dict):
         raise RecipeError(f"{where}: 'env' must be a mapping of environment variables (NAME: value), "
                           f"got {type(env).__name__}.")
+    from .integrity import protected_env_keys
+
+    protected = protected_env_keys(env)
+    if protected:
+        raise RecipeError(f"{where}: env sets {protected}, which a recipe may not set (they decide where your Hub "
+                          "token is read from or sent); remove them from env: and set them in your own shell "
+                          "if you mean to.")
 
     known = flat_fields()
     allowed = set(known) | set(SECTIONS) | {"tasks"}

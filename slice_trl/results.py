@@ -262,7 +262,9 @@ class ResultsMatrix:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="R: score (x100) on task j after training through task i", caption=footer)
+        # title and footer are lines of their own: as rich's title/caption they would wrap to the
+        # table's width (unreadable in a log file)
+        table = Table()
         table.add_column(headers[0], justify="left")
         for h in headers[1:]:
             table.add_column(h, justify="right")
@@ -271,7 +273,8 @@ class ResultsMatrix:
         buffer = io.StringIO()
         width = max(len(r[0]) for r in rows) + 8 * (len(headers) - 1) + 8
         Console(file=buffer, width=max(60, width), color_system=None).print(table)
-        return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+        lines = [line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()]
+        return "\n".join(["R: score (x100) on task j after training through task i", *lines, footer])
 
     def heatmap(self, path: str | os.PathLike, title: str | None = None,
                 general: Mapping[int, Mapping] | None = None) -> Path:

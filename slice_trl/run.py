@@ -3,9 +3,17 @@
     python -m slice_trl.run RECIPE.yaml [--key value ...] [--section.key value ...]
     accelerate launch [--config_file accelerate_configs/...] -m slice_trl.run RECIPE.yaml ...
 
-Flags: ``--dry-run`` (validate the recipe and report the task data, load no model),
-``--push-only`` (publish the finished stages of ``output_dir`` that are not on the Hub yet),
+Flags: ``--dry-run`` (validate the recipe, read the task data and compare with the run already
+in ``output_dir``, load no model; exits non-zero on any problem), ``--push-only`` (publish the
+finished stages of ``output_dir`` that are not on the Hub yet, and task splits whose push failed;
+exits 1 when something is still not on the Hub), ``--overwrite`` (start over: move the whole
+previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``; the same as
+``--resume false``), ``--verbose`` (library logs and progress bars as they come),
 ``--help`` (every recipe key with its help text).
+
+A rerun in the same ``output_dir`` resumes only when everything that determines the results
+(model, LoRA, training and sub-configs, task data) is unchanged (`slice_trl.integrity`);
+otherwise it stops before the model loads, naming each differing key.
 
 Order of work: the whole recipe is validated, then the tokenizer is loaded and the tasks are
 built (data errors surface here), and only then the model is loaded.
@@ -34,11 +42,12 @@ def __getattr__(name):
 
 logger = logging.getLogger("slice_trl")
 
-USAGE = "usage: python -m slice_trl.run RECIPE.yaml [--dry-run] [--push-only] [--key value ...] [--section.key value ...]"
+USAGE = ("usage: python -m slice_trl.run RECIPE.yaml [--dry-run] [--push-only] [--overwrite] [--verbose] "
+         "[--key value ...] [--section.key value ...]")
 
 
 def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
-    flags = {"--dry-run", "--push-only", "--help", "-h"}
+    flags = {"--dry-run", "--push-only", "--help", "-h", "--overwrite", "--verbose"}
     return [a for a in argv if a not in flags], {a for a in argv if a in flags}
 
 
@@ -65,16 +74,20 @@ def _is_network_error(err: BaseException) -> bool:
     return False
 
 
-def build_tasks(recipe: Recipe, tokenizer):
-    """Load every task of the recipe; data problems become one `RecipeError` naming the task."""
+def build_tasks(recipe: Recipe, tokenizer, local_only: bool = False):
+    """Load every task of the recipe; data problems become one `RecipeError` naming the task.
+    Without a tokenizer the examples are not length-fitted (a dry run reads and checks the data
+    only); ``local_only`` skips tasks read from the Hub."""
     from .recipe import RecipeError
     from .tasks import build_task
 
     tasks = []
     for i, spec in enumerate(recipe.task_specs):
         label = f"tasks[{i}] ({spec.display_name})"
+        if local_only and spec.dataset_id:
+            continue
         try:
-            tasks.append(build_task(spec, tokenizer, recipe.training.max_length))
+            tasks.append(build_task(spec, tokenizer, recipe.training.max_length if tokenizer is not None else None))
         except (ValueError, FileNotFoundError, ConnectionError, OSError) as err:
             raise RecipeError(f"{label}: {err}") from None
         except Exception as err:  # an HTTP client's own transport errors (dropped connection, timeout)
@@ -89,25 +102,12 @@ def build_tasks(recipe: Recipe, tokenizer):
     return tasks
 
 
-def check_general(recipe: Recipe) -> None:
-    """Build every GP/IP benchmark (`evaluation.lm_eval_tasks`) and load its data now, before any
-    model loads: a benchmark that cannot be resolved on this machine (offline, no local copy) is
-    one `RecipeError` line naming it and the fix, not a failure after every stage has trained."""
-    from .general import resolve_tasks
-    from .recipe import RecipeError
-
-    try:
-        resolve_tasks(recipe.training.evaluation)
-    except (ValueError, ImportError) as err:
-        raise RecipeError(f"evaluation.lm_eval_tasks: {err}") from None
-
-
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
-    from .hub import _known_secrets, _redact
+    from .hub.redaction import known_secrets, redact
 
-    return _redact(recipe.raw, _known_secrets(recipe.training.hub_token))
+    return redact(recipe.raw, known_secrets(recipe.training.hub_token))
 
 
 def _publisher(recipe: Recipe):
@@ -120,18 +120,32 @@ def _publisher(recipe: Recipe):
         report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
                                   token=recipe.training.hub_token, dataset_repo_id=recipe.run.push_dataset_repo_id)
         if not report.ok:
-            logger.warning("Hub push incomplete (stages %s pending); they will be pushed by the next run or by "
-                           "`python -m slice_trl.run RECIPE --push-only`.", report.failed)
+            logger.warning("Hub push incomplete:\n%s\nIt will be retried by the next push or by "
+                           "`python -m slice_trl.run RECIPE --push-only`.", report)
         return report
 
     return publish
 
 
+_OUTPUT_STATES = {"new": "new run", "resume": "resumes the run there (same settings)",
+                  "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)"}
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launched job (torchrun/accelerate set RANK), before accelerate is initialised."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
-    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for dry/push-only)."""
+    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for a dry run, the
+    `slice_trl.hub.PushReport` for push-only)."""
+    from . import console, preflight
     from .recipe import RecipeError
 
     if dry_run:
+        notes = preflight.check_recipe(recipe)
+        build_tasks(recipe, None, local_only=True)  # reads every local task file: bad data fails here
+        state = preflight.check_previous_run(recipe)
         n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
         print(f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
               f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}")
@@ -139,22 +153,25 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         if recipe.missing_data:
             print(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
             print("\n".join(f"  {m}" for m in recipe.missing_data))
-        check_general(recipe)
+        print(f"output_dir: {_OUTPUT_STATES[state]} (task data is compared with the previous run's on a real run)"
+              if state == "resume" else f"output_dir: {_OUTPUT_STATES[state]}")
+        for note in notes:
+            print(f"note: {note}")
         return None
     publish = _publisher(recipe)
     if push_only:
         if publish is None:
             raise RecipeError("--push-only needs push_repo_id (the Hub model repo) in the recipe or as --push_repo_id.")
         report = publish(recipe.training.output_dir)
-        print(f"pushed stages {report.pushed}; up to date {report.up_to_date}; failed {report.failed}")
-        return None
+        print(report)
+        return report
 
     from transformers import AutoTokenizer
 
     from .models import load_model_and_tokenizer, resolve_model_path
     from .trainer import ContinualSFTTrainer
 
-    check_general(recipe)
+    preflight.check_recipe(recipe)
     m = recipe.model
     trust = recipe.training.trust_remote_code
     try:
@@ -167,25 +184,39 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tasks = build_tasks(recipe, tokenizer)
+    state = preflight.check_previous_run(recipe, tasks)  # nothing in output_dir is written before this
+    if state == "replace" and _is_main_process():
+        from .integrity import move_aside
+
+        logger.warning("resume=false (--overwrite): moved the previous content of %s to %s",
+                       recipe.training.output_dir, move_aside(recipe.training.output_dir))
     for task in tasks:
         fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
-        logger.info("task %s: %d train / %d eval, metric %s %s", task.name, len(task.train), len(task.eval),
-                    task.metric, fit or "")
+        why = f" ({task.info['metric_reason']})" if task.info.get("metric_reason") else ""
+        logger.info("task %s: %d train / %d eval, metric %s%s %s", task.name, len(task.train), len(task.eval),
+                    task.metric, why, fit or "")
     if recipe.run.push_dataset_repo_id:
         from . import hub
 
         try:
             hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
                                  token=recipe.training.hub_token)
-        except Exception as err:  # publishing never costs the run
-            logger.warning("Could not push the task splits (%s); continuing.", type(err).__name__)
+        except Exception as err:  # publishing never costs the run; the splits are kept for a retry
+            from .hub.redaction import describe, known_secrets
+
+            reason = describe(err, known_secrets(recipe.training.hub_token))
+            kept = hub.save_pending_splits(tasks, recipe.training.output_dir, reason)
+            logger.warning("Could not push the task splits to %s: %s. They are kept in %s; the push after each "
+                           "stage (or `--push-only`) retries them.", recipe.run.push_dataset_repo_id, reason, kept)
 
     model, _ = load_model_and_tokenizer(m.model_name_or_path, dtype=m.dtype or "float32", trust_remote_code=trust,
                                         revision=m.model_revision, attn_implementation=m.attn_implementation)
     trainer = ContinualSFTTrainer(
         model=model, args=recipe.training, tasks=tasks, peft_config=recipe.lora_config(), processing_class=tokenizer,
-        run_info={"base_model": m.model_name_or_path, "recipe": _public_recipe(recipe)}, publisher=publish,
+        run_info={"base_model": m.model_name_or_path, "base_model_revision": m.model_revision,
+                  "recipe": _public_recipe(recipe)}, publisher=publish,
     )
+    console.quiet_trainer(trainer)
     out = trainer.train()
     if trainer.accelerator.is_main_process:
         print(out.results.table())
@@ -213,6 +244,10 @@ def _apply_env_early(path: str | None) -> None:
         return
     env = raw.get("env") if isinstance(raw, dict) else None
     if isinstance(env, dict):
+        from .integrity import protected_env_keys
+
+        if protected_env_keys(env):
+            return  # load_recipe reports them; nothing of such an env is applied
         for k, v in env.items():
             os.environ[str(k)] = "" if v is None else str(v)
 
@@ -227,18 +262,24 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print(help_text())
         return 0 if flags & {"--help", "-h"} else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
+    if "--overwrite" in flags:  # start over: the old content of output_dir is moved aside first
+        overrides = [*overrides, "--resume", "false"]
     _apply_env_early(path)
+    from .console import configure  # imports the Hub libraries: after the recipe's env is applied
+
+    configure(verbose="--verbose" in flags)
     from .recipe import RecipeError, load_recipe
 
     try:
         # --dry-run and --push-only need neither the task data nor the training hardware on this machine
         recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"})
-        run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
+        out = run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if "--push-only" in flags and not out.ok:
+        return 1  # something is still not on the Hub: scripts must see it
     return 0
 
 

@@ -31,7 +31,11 @@ from . import distributed
 
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
-_WEIGHTS = "adapter_model.safetensors"
+STAGES = "stages"
+# PEFT's file names inside each adapter folder
+ADAPTER_CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_WEIGHTS = WEIGHTS
+_DIRNAME_RE = re.compile(r"^(\d+)-(.+)$")
 
 
 def stage_dirname(stage: int, task_name: str) -> str:
@@ -39,8 +43,14 @@ def stage_dirname(stage: int, task_name: str) -> str:
     return f"{stage + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task_name)}"
 
 
+def parse_stage_dirname(name: str) -> tuple[int, str] | None:
+    """(1-indexed stage, task) of a folder named by `stage_dirname`; None for any other name."""
+    match = _DIRNAME_RE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
 def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
-    return Path(output_dir) / "stages" / stage_dirname(stage, task_name)
+    return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
 
 
 def is_finished(path: Path) -> bool:
@@ -64,6 +74,50 @@ def finished_prefix(output_dir: str | Path, task_names: list[str]) -> int:
         partial = stage_dir(output_dir, t, task_names[t])
         if partial.exists():
             shutil.rmtree(partial)
+    return done
+
+
+class DamagedStageError(ValueError):
+    """A finished stage folder (record.json present) whose files cannot be re-applied."""
+
+
+def _damage(path: Path) -> str | None:
+    """Why a finished stage folder cannot be resumed from, or None: record.json must parse, both
+    adapters' weights must exist, and every safetensors file must be complete (its header is
+    read; a truncated file fails there)."""
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / RECORD).read_text())
+    except ValueError as err:
+        return f"{RECORD} is not valid JSON ({err})"
+    for sub in (INIT, RAW):
+        if not (path / sub / _WEIGHTS).is_file():
+            return f"{sub}/{_WEIGHTS} is missing"
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError alike
+            return f"{file.relative_to(path)} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return None
+
+
+def check_finished(output_dir: str | Path, task_names: list[str]) -> int:
+    """Number of leading finished stages, after checking that each can be re-applied; raises
+    `DamagedStageError` naming the first damaged stage folder and the fix. Only stage folders
+    are looked at (other folders of output_dir are not stages). Reads only."""
+    done = 0
+    for t, name in enumerate(task_names):
+        path = stage_dir(output_dir, t, name)
+        if not is_finished(path):
+            break
+        why = _damage(path)
+        if why is not None:
+            raise DamagedStageError(
+                f"Finished stage folder {str(path)!r} is damaged: {why}. Delete that folder to retrain stage {t + 1} "
+                "(and the stages after it) on the next run, or start over with a new output_dir.")
+        done += 1
     return done
 
 

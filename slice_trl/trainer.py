@@ -32,7 +32,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
-from . import distributed, stages
+from . import console, distributed, integrity, stages
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
@@ -124,7 +124,8 @@ class ContinualSFTTrainer(SFTTrainer):
         replay_provider: default `ReplaySampleProvider(args.replay)`.
         run_info: extra facts written to run.json (e.g. the recipe, the base model id).
         publisher: optional callable(output_dir) run on the main process after each finished
-            stage (e.g. `slice_trl.hub.push_pending`); it must not raise.
+            stage, and once more after GP/IP are written (e.g. `slice_trl.hub.push_pending`);
+            it must not raise.
     """
 
     def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
@@ -149,6 +150,10 @@ class ContinualSFTTrainer(SFTTrainer):
         self.publisher = publisher
         self._stage = -1
         self._base_general = None  # the base model's GP/IP scores, see evaluate_general_ability
+        # before anything is built or written: a resume must not mix two runs (integrity.py)
+        self.fingerprint = self._fingerprint(model, args)
+        integrity.check_output_dir(args.output_dir, self.fingerprint, args.resume,
+                                   overwrite_hint="resume=False")
         # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
         # first task's format; all tasks share that format (validated above).
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
@@ -165,6 +170,17 @@ class ContinualSFTTrainer(SFTTrainer):
         self.model = self.model_wrapped = self.model.unload()
 
     # ------------------------------------------------------------------ helpers
+    def _fingerprint(self, model, args) -> dict:
+        """Everything that determines the results (`integrity.run_fingerprint`). The base model
+        is named by run_info's "base_model"/"base_model_revision" when given (the CLI), else by
+        the model's own name_or_path and commit hash."""
+        name = self.run_info.get("base_model") or getattr(model, "name_or_path", None)
+        revision = self.run_info.get("base_model_revision") or getattr(model.config, "_commit_hash", None)
+        base = integrity.model_identity(name, revision) if name else {"id": None, "revision": revision}
+        if not name and not distributed.zero3_enabled():  # an in-memory model: identify it by its weights
+            base["state_sha256"] = integrity.state_sha256(model)  # (ZeRO-3 shards differ between ranks)
+        return integrity.run_fingerprint(args, self.lora_config, base, self.tasks)
+
     @property
     def output_path(self) -> Path:
         return Path(self.args.output_dir)
@@ -285,9 +301,13 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def evaluate_seen_tasks(self, t: int) -> dict:
         """Score every task seen so far; returns {task name: TaskScore}."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(self.tasks[:t + 1], desc="eval", leave=False,
+                   disable=not (self.accelerator.is_main_process and console.bars_enabled()))
         return {task.name: evaluate_task(self.model, self.processing_class, task, self.args.evaluation,
                                          accelerator=self.accelerator)
-                for task in self.tasks[:t + 1]}
+                for task in bar}
 
     def evaluate_general_ability(self, stage: int) -> dict | None:
         """GP/IP (`slice_trl.general.summarize`) of the model as it stands after ``stage`` (0 =
@@ -331,22 +351,20 @@ class ContinualSFTTrainer(SFTTrainer):
             "tasks": {t.name: {"metric": t.metric, "n_train": len(t.train), "n_eval": len(t.eval), **t.info}
                       for t in self.tasks},
             **{k: v for k, v in self.run_info.items() if k != "base_model"},
+            integrity.FINGERPRINT: self.fingerprint,
         }
         if self.args.strategy is not None:
             info["strategy"] = self.args.strategy.to_dict()
-        path = self.output_path / "run.json"
-        if path.exists() and self.args.resume:
-            old = json.loads(path.read_text())
-            if old.get("task_names") != info["task_names"]:
-                raise ValueError(f"{self.output_path} holds a run over tasks {old.get('task_names')}, not "
-                                 f"{info['task_names']}. Use a new output_dir (or set resume=False to overwrite).")
-        write_json_atomic(path, info)
+        write_json_atomic(self.output_path / integrity.RUN_JSON, info)
 
     def _resume(self, results: ResultsMatrix) -> tuple[int, list[dict]]:
         if not self.args.resume:
             return 0, []
         names = [t.name for t in self.tasks]
-        done = stages.finished_prefix(self.output_path, names) if self.accelerator.is_main_process else 0
+        done = 0
+        if self.accelerator.is_main_process:
+            stages.check_finished(self.output_path, names)  # a damaged stage: one message naming its folder
+            done = stages.finished_prefix(self.output_path, names)
         done = distributed.broadcast_object(done)
         records = []
         for t in range(done):
@@ -403,9 +421,14 @@ class ContinualSFTTrainer(SFTTrainer):
         """Run (or resume) the whole task sequence. Returns R, the stage records and GP/IP."""
         if args or kwargs:
             raise TypeError("ContinualSFTTrainer.train() takes no arguments: resuming is automatic from output_dir.")
-        self.output_path.mkdir(parents=True, exist_ok=True)
         if self.accelerator.is_main_process:
+            if not self.args.resume:  # start over: nothing of the old run may be resumed later
+                moved = integrity.move_aside(self.output_path)
+                if moved is not None:
+                    logger.warning("resume=False: moved the previous content of %s to %s", self.output_path, moved)
+            self.output_path.mkdir(parents=True, exist_ok=True)
             self._write_run_info()
+        distributed.barrier()
         results = ResultsMatrix([t.name for t in self.tasks])
         self.evaluate_general_ability(0)  # the base model: before _resume merges finished stages into it
         start, records = self._resume(results)
@@ -444,6 +467,7 @@ class ContinualSFTTrainer(SFTTrainer):
                 # results.json first: record.json marks the stage finished, so it is written last
                 self._write_results(results, records[-1].get("general"), records)
                 write_json_atomic(path / stages.RECORD, record)
+                logger.info(console.stage_line(record, len(self.tasks)))
             distributed.barrier()
             self.after_stage(t, record)
         self._stage = -1
@@ -451,11 +475,14 @@ class ContinualSFTTrainer(SFTTrainer):
         if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
             general = self.evaluate_general_ability(len(self.tasks))
         self._write_results(results, general, records)
-        if self.accelerator.is_main_process:
-            logger.info("\n%s", results.table())
+        if general is not None:
+            self._publish()  # the final commit: results.json and the card gain GP/IP
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:
         """Called once stage t is on disk: publishes it if a publisher was given."""
+        self._publish()
+
+    def _publish(self) -> None:
         if self.publisher is not None and self.accelerator.is_main_process:
             self.publisher(self.output_path)

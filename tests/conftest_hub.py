@@ -30,7 +30,8 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.hub_server import HubServer
 
-__all__ = ["TEST_HUB_TOKEN", "HUB_SERVER", "hub", "hub_repo_name", "start_test_hub"]
+__all__ = ["TEST_HUB_TOKEN", "HUB_SERVER", "HUB_MODES", "hub", "hub_modes", "hub_repo_name", "start_test_hub"]
+HUB_MODES = ["full", "strict"]  # strict: only what the Hub's documented endpoints must answer
 
 # A recognisable fake token: tests grep files, repos and logs for it.
 TEST_HUB_TOKEN = "hf_slice_trl_TEST_token_4c1b9e7f2a6d8"  # fake; underscores keep it from looking like a real token
@@ -93,8 +94,18 @@ def hub() -> HubServer:
     server = start_test_hub()
     server.reset_faults()
     server.clear_log()
+    server.strict = False
     yield server
     server.reset_faults()
+    server.strict = False
+
+
+@pytest.fixture(params=HUB_MODES)
+def hub_modes(request, hub) -> HubServer:
+    """`hub` in each of its modes: the publishing tests run against both a Hub that answers
+    everything the real one does and a strict one (no optional metadata, no Xet)."""
+    hub.strict = request.param == "strict"
+    yield hub
 
 
 @pytest.fixture

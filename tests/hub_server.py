@@ -19,6 +19,14 @@ Test helpers:
   ``server.find_in_requests(secret)`` tells where a string appeared outside that header.
 - ``HubServer(token=..., require_token=True)`` only accepts that token (401 otherwise).
 - ``server.list_files / read_file / commit_ids / head`` inspect the stored repos directly.
+- ``server.strict = True`` (or ``HubServer(strict=True)``) answers only what the Hub's documented
+  endpoints must answer, like a minimal self-hosted Hub: no optional metadata (``model_info``
+  ignores ``blobs=true``/``files_metadata``: siblings carry only ``rfilename``; no ``cardData``,
+  ``tags``, ``usedStorage``; tree and paths-info ignore ``expand``: no ``lastCommit``) and no Xet
+  (there is none in either mode: clients need ``HF_HUB_DISABLE_XET=1``). What it keeps is what
+  the clients cannot work without: ``sha`` and ``siblings`` of repo info, tree entries (``oid``,
+  ``size``, ``lfs``), pre-upload modes with the ``oid`` of files already there (what
+  ``create_commit`` compares to leave unchanged files out), and the resolve headers.
 
 Usage::
 
@@ -149,6 +157,7 @@ class _Fault:
     path_contains: str | None
     method: str | None
     message: str
+    body_contains: bytes | None = None
 
 
 class HubServer:
@@ -164,11 +173,13 @@ class HubServer:
         token: str | None = None,
         require_token: bool = False,
         lfs_threshold: int = 10 * 1024 * 1024,
+        strict: bool = False,
     ):
         self.user, self.orgs = user, tuple(orgs)
         self.token = token  # if set, only this bearer token is valid
         self.require_token = require_token  # if True, every request but validate-yaml needs a valid token
         self.lfs_threshold = lfs_threshold
+        self.strict = strict  # answer only what the documented endpoints must answer (see the module doc)
         self.requests: list[RequestRecord] = []
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lfs: dict[str, bytes] = {}  # sha256 -> content
@@ -218,11 +229,13 @@ class HubServer:
         path_contains: str | None = None,
         method: str | None = None,
         message: str = "Injected failure (test hub)",
+        body_contains: str | None = None,
     ) -> None:
-        """Answer the next ``n`` requests matching ``path_contains``/``method`` with ``status``
-        (``status=None``: close the connection without answering)."""
+        """Answer the next ``n`` requests matching ``path_contains``/``method``/``body_contains``
+        with ``status`` (``status=None``: close the connection without answering)."""
         with self._lock:
-            self._faults.append(_Fault(n, status, path_contains, method.upper() if method else None, message))
+            self._faults.append(_Fault(n, status, path_contains, method.upper() if method else None, message,
+                                       body_contains.encode() if body_contains else None))
 
     def set_down(self, down: bool = True, status: int | None = 503) -> None:
         """While down, every request gets ``status`` (``None``: the connection is dropped)."""
@@ -234,7 +247,7 @@ class HubServer:
             self._faults.clear()
             self._down = (False, 503)
 
-    def _injected_fault(self, method: str, path: str) -> _Fault | None:
+    def _injected_fault(self, method: str, path: str, body: bytes = b"") -> _Fault | None:
         with self._lock:
             down, status = self._down
             if down:
@@ -245,6 +258,8 @@ class HubServer:
                 if fault.method and fault.method != method:
                     continue
                 if fault.path_contains and fault.path_contains not in path:
+                    continue
+                if fault.body_contains and fault.body_contains not in body:
                     continue
                 fault.remaining -= 1
                 return fault
@@ -498,7 +513,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.requests.append(rec)
         self._rec = rec
-        fault = hub._injected_fault(self.command, self.path)
+        fault = hub._injected_fault(self.command, self.path, body)
         if fault is not None:
             rec.injected = True
             if fault.status is None:
@@ -723,7 +738,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         repo = self._repo(repo_type, repo_id)
         oid = hub._resolve(repo, revision)
         commit = repo.commits[oid]
-        blobs = self._query.get("blobs", ["false"])[0].lower() in ("1", "true")
+        blobs = self._query.get("blobs", ["false"])[0].lower() in ("1", "true") and not hub.strict
         siblings = []
         for path, blob in sorted(commit.files.items()):
             sib = {"rfilename": path}
@@ -732,7 +747,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     sib["lfs"] = {"sha256": blob.sha256, "size": blob.size, "pointerSize": blob.pointer_size}
             siblings.append(sib)
-        card = hub._card_data(commit.files)
+        card = None if hub.strict else hub._card_data(commit.files)
         info = {
             "_id": hashlib.sha1(f"{repo_type}/{repo_id}".encode()).hexdigest()[:24],
             "id": repo_id,
@@ -766,7 +781,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             raise HubError(404, f"Entry not found: {path!r} is not a folder at {revision}", "EntryNotFound",
                            {"X-Repo-Commit": oid})
         recursive = self._query.get("recursive", ["false"])[0].lower() in ("1", "true")
-        expand = self._query.get("expand", ["false"])[0].lower() in ("1", "true")
+        expand = self._query.get("expand", ["false"])[0].lower() in ("1", "true") and not hub.strict
         entries = hub._entries(files, path, recursive)
         if expand:
             for entry in entries:
@@ -789,6 +804,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             expand = form.get("expand", ["false"])[0].lower() in ("1", "true")
         if isinstance(paths, str):
             paths = [paths]
+        expand = expand and not hub.strict
         out = []
         for p in paths:
             p = p.strip("/")

@@ -1,6 +1,8 @@
 """slice_trl.hub against the loopback Hub (tests/hub_server.py) with the real huggingface_hub,
-datasets and PEFT: adapter conversion, publishing a 2-stage run, fresh-process loading, failures,
-idempotency and token hygiene."""
+datasets and PEFT: adapter conversion, publishing a 2-stage run (one commit per stage, a final one
+with GP/IP, none when nothing changed), the card (licence, model-index, x100 scores), no local
+paths, fresh-process loading, failures, idempotency, token hygiene, and `ls` / `pull`. The
+publishing tests run against both modes of the test Hub (`hub_modes`: full and strict)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import conftest_hub  # noqa: F401  (starts the server and sets HF_ENDPOINT before the imports below)
-from conftest_hub import TEST_HUB_TOKEN, hub, hub_repo_name  # noqa: F401  (fixtures)
+from conftest_hub import TEST_HUB_TOKEN, hub, hub_modes, hub_repo_name  # noqa: F401  (fixtures)
 
 import pytest
 import torch
@@ -169,11 +171,35 @@ def test_convert_stage_adapter_reproduces_logits_on_fresh_base(tmp_path, rslora)
 
 
 # ----------------------------------------------------------------------------- publishing + loading
-def test_push_and_load_stages_in_fresh_process(hub, hub_repo_name, run, tmp_path):
-    out = run["out"]
+TEXT_SUFFIXES = (".json", ".yaml", ".md")
+
+
+def _local_paths_in(hub, repo, *paths) -> list[str]:
+    """Published text files that contain any of ``paths`` (folders of the machine that published)."""
+    return [f for f in hub.list_files(repo) if f.endswith(TEXT_SUFFIXES)
+            and any(str(p).encode() in hub.read_file(repo, f) for p in paths)]
+
+
+def _card_yaml(hub, repo) -> dict:
+    import yaml
+
+    text = hub.read_file(repo, "README.md").decode()
+    return yaml.safe_load(text.split("---")[1])
+
+
+GENERAL = {  # results.json["general"] as the trainer writes it after the last stage (agreed layout)
+    "GP": 0.4, "IP": 0.5, "base": {"GP": 0.45, "IP": 0.5}, "change": {"GP": -0.05, "IP": 0.0},
+    "benchmarks": {"arc_easy": {"metric": "acc_norm,none", "GP": 0.4, "IP": 0.5,
+                                "base": {"GP": 0.45, "IP": 0.5}}},
+}
+
+
+def test_push_and_load_stages_in_fresh_process(hub_modes, hub_repo_name, run, tmp_path, tmp_path_factory):
+    hub, out = hub_modes, run["out"]
     repo = f"{hub.orgs[0]}/{hub_repo_name}"
     report = shub.push_pending(out, repo, private=True)
     assert report.ok and report.pushed == [1, 2] and len(report.commits) == 2, str(report)
+    assert report.final == "up to date"  # the stage-2 commit already carried the run files
     assert hub.is_private(repo)
     commits = HfApi().list_repo_commits(repo)
     assert [c.title for c in commits] == ["Stage 2/2: beta_task", "Stage 1/2: alpha_task", "initial commit"]
@@ -186,25 +212,42 @@ def test_push_and_load_stages_in_fresh_process(hub, hub_repo_name, run, tmp_path
     marker = json.loads((out / "pushed.json").read_text())[f"{repo}@main"]
     assert marker["head"] == hub.head(repo) and set(marker["stages"]) == {"1", "2"}
 
+    # no path of this machine in any published file: the base model was a local folder
+    assert _local_paths_in(hub, repo, tmp_path_factory.getbasetemp(), run["base_dir"], out) == []
+    adapter_cfg = json.loads(hub.read_file(repo, "stage-01-alpha_task/adapter_config.json"))
+    assert adapter_cfg["base_model_name_or_path"] is None  # a local checkpoint has no Hub id
+    assert adapter_cfg["target_modules"] == sorted(TARGETS)
+    run_json = json.loads(hub.read_file(repo, "run.json"))
+    assert run_json["base_model"] == "<local path>/base" and run_json["lora"]["target_modules"] == sorted(TARGETS)
+
     card = ModelCard.load(repo)
     assert card.data.library_name == "peft" and {"continual-learning", "lora", "slice"} <= set(card.data.tags)
-    assert card.data.base_model is None  # a local checkpoint is not a Hub id
-    for needle in ("stage-02-beta_task", "load_stage", "merge_and_unload", "results_heatmap.png", "| AP | 0.625 |"):
-        assert needle in card.text
+    assert card.data.base_model is None and card.data.license == "unknown"
+    for needle in ("stage-02-beta_task", "load_stage", "merge_and_unload", "results_heatmap.png",
+                   "| AP | 62.5 |", "| FP | 50.0 |", "| Forgetting | +12.5 |", "| 2 (beta_task) | 25.0 | 75.0 |",
+                   "| target modules | " + ", ".join(sorted(TARGETS)) + " |", "**License:** unknown",
+                   f"python -m slice_trl.hub pull {repo} --stage 2 --merge"):
+        assert needle in card.text, needle
+    assert "GP" not in card.text.split("## Loading")[0]  # no GP/IP measured: no GP/IP section
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("alpha_task", "score")] == 25.0 and results[("beta_task", "score")] == 75.0
+    assert results[("continual sequence of 2 tasks", "ap")] == 62.5
 
+    with pytest.raises(ValueError, match="local checkpoint"):  # run.json cannot name a folder of this machine
+        shub.load_stage(repo, 1)
     result = tmp_path / "logits.pt"
     code = textwrap.dedent(f"""
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         from slice_trl.hub import load_stage
-        repo, ids, out = {repo!r}, torch.tensor({IDS.tolist()}), {{}}
+        repo, ids, out, base = {repo!r}, torch.tensor({IDS.tolist()}), {{}}, {str(run["base_dir"])!r}
         for k in (1, 2):
-            model, tok = load_stage(repo, k)
+            model, tok = load_stage(repo, k, base_model=base)
             with torch.no_grad():
                 out[f"load_stage_{{k}}"] = model(ids).logits
         # plain PEFT, as in the model card: stage 1 on the original base, then stage 2 on top
-        model = AutoModelForCausalLM.from_pretrained({str(run["base_dir"])!r}, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, repo, subfolder="stage-01-alpha_task").eval()
         with torch.no_grad():
             out["peft_1"] = model(ids).logits
@@ -217,27 +260,67 @@ def test_push_and_load_stages_in_fresh_process(hub, hub_repo_name, run, tmp_path
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert TEST_HUB_TOKEN not in proc.stdout + proc.stderr
-    got = torch.load(result)
+    got = torch.load(result, weights_only=True)
     for k in (1, 2):
         assert (got[f"load_stage_{k}"] - run["expected"][k]).abs().max() < 1e-4
         assert (got[f"peft_{k}"] - run["expected"][k]).abs().max() < 1e-4
 
 
-def test_push_survives_failures_and_resumes_without_duplicates(hub, hub_repo_name, run):
-    out = run["out"]
+def test_final_commit_with_gp_ip_then_up_to_date(hub_modes, hub_repo_name, run):
+    hub, out = hub_modes, run["out"]
+    repo = f"{hub.user}/{hub_repo_name}"
+    assert shub.push_pending(out, repo).pushed == [1, 2]
+    assert len(hub.commit_ids(repo)) == 3  # initial + one per stage
+
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, "general": GENERAL}))  # what the trainer adds last
+    (out / "base").mkdir()
+    (out / "base" / "scores.json").write_text(json.dumps({"GP": 0.45, "IP": 0.5, "dir": str(out)}))
+    report = shub.push_pending(out, repo)
+    assert report.ok and report.up_to_date == [1, 2] and report.final == "pushed" and len(report.commits) == 1
+    titles = [c.title for c in HfApi().list_repo_commits(repo)]
+    assert titles[0] == "Final results: GP/IP and model card" and len(titles) == 4
+
+    data = _card_yaml(hub, repo)
+    metrics = {m["type"]: m["value"] for entry in data["model-index"][0]["results"] for m in entry["metrics"]}
+    assert metrics["gp"] == 40.0 and metrics["ip"] == 50.0
+    card = hub.read_file(repo, "README.md").decode()
+    assert "## General ability (GP / IP)" in card
+    assert "| GP | 40.0 | 45.0 | -5.0 |" in card and "| IP | 50.0 | 50.0 | 0.0 |" in card  # final, base, change x100
+    assert "| arc_easy | acc_norm,none | 40.0 | 50.0 | 45.0 | 50.0 |" in card
+    assert json.loads(hub.read_file(repo, "results.json"))["general"]["GP"] == 0.4
+    assert json.loads(hub.read_file(repo, "base/scores.json"))["dir"] == "<local path>/run"
+
+    head = hub.head(repo)
+    hub.clear_log()
+    again = shub.push_pending(out, repo)
+    assert again.ok and again.up_to_date == [1, 2] and not again.pushed and again.final == "up to date"
+    assert "is up to date" in str(again) and "Published" not in str(again)
+    assert hub.head(repo) == head and not hub.requests_matching("POST", "/commit/")
+
+
+def test_push_survives_failures_and_resumes_without_duplicates(hub_modes, hub_repo_name, run):
+    hub, out = hub_modes, run["out"]
     repo = f"{hub.user}/{hub_repo_name}"
     before = _snapshot(out)
 
     hub.set_down(True)  # the Hub is unreachable: nothing raises, nothing on disk changes
     report = shub.push_pending(out, repo)
-    assert set(report.failed) == {1, 2} and not report.pushed and not report.ok
+    assert set(report.failed) == {0, 1, 2} and not report.pushed and not report.ok and not report.unverified
     assert _snapshot(out) == before and not hub.repo_exists(repo)
     hub.set_down(False)
 
     assert shub.push_stage(out, 1, repo) is not None
+    hub.set_down(True)  # stage 1 is on the Hub (pushed.json says so): not reported as pending
+    report = shub.push_pending(out, repo)
+    assert set(report.failed) == {0, 2} and set(report.unverified) == {1} and not report.ok
+    assert "stage 1 was pushed earlier" in str(report) and "stage 2 NOT pushed" in str(report)
+    hub.set_down(False)
+
     hub.fail_next(1, status=500, path_contains="/commit/")  # stage 2's commit fails (after its LFS upload)
     report = shub.push_pending(out, repo)
     assert report.up_to_date == [1] and set(report.failed) == {2} and not report.pushed
+    assert "Injected failure" in report.failed[2]  # the cause, not only the exception's class
     assert not any(f.startswith("stage-02") for f in hub.list_files(repo))
 
     hub.clear_log()
@@ -261,21 +344,21 @@ def test_push_survives_failures_and_resumes_without_duplicates(hub, hub_repo_nam
         shub.push_stage(out, 3, repo)
 
 
-def test_push_to_branch_and_load_peft_model_in_process(hub, hub_repo_name, run):
-    out = run["out"]
+def test_push_to_branch_and_load_peft_model_in_process(hub_modes, hub_repo_name, run):
+    hub, out = hub_modes, run["out"]
     repo = f"{hub.user}/{hub_repo_name}"
     shub.push_stage(out, 1, repo, revision="runs")  # creates the branch
     assert hub.list_files(repo) == [".gitattributes"]  # main untouched
     assert "stage-01-alpha_task/adapter_model.safetensors" in hub.list_files(repo, revision="runs")
-    model, tokenizer = shub.load_stage(repo, 1, revision="runs", merge=False)
+    model, tokenizer = shub.load_stage(repo, 1, revision="runs", merge=False, base_model=str(run["base_dir"]))
     assert isinstance(model, PeftModel) and tokenizer.pad_token is not None
     assert (_logits(model) - run["expected"][1]).abs().max() < 1e-4
     with pytest.raises(ValueError, match="not published"):
         shub.load_stage(repo, 2, revision="runs")
 
 
-def test_token_never_written_or_logged(hub, hub_repo_name, run, caplog, capsys):
-    out = run["out"]
+def test_token_never_written_or_logged(hub_modes, hub_repo_name, run, caplog, capsys):
+    hub, out = hub_modes, run["out"]
     repo = f"{hub.user}/{hub_repo_name}"
     caplog.set_level(logging.DEBUG)
     hub.fail_next(1, status=500, path_contains="/commit/")
@@ -301,18 +384,55 @@ def test_token_never_written_or_logged(hub, hub_repo_name, run, caplog, capsys):
     assert shub.push_pending(out, repo).ok
     for name in ("run.json", "recipe.yaml", "README.md"):
         assert secret not in hub.read_file(repo, name)
-    assert b"<redacted>" in hub.read_file(repo, "recipe.yaml") and b"HF_HOME: /x" in hub.read_file(repo, "recipe.yaml")
+    assert b"<redacted>" in hub.read_file(repo, "recipe.yaml") and b"HF_HOME: <local path>/x" in hub.read_file(repo, "recipe.yaml")
 
 
-def test_push_task_splits_dataset_repo(hub, hub_repo_name, tmp_path):
+def test_ls_and_pull_from_the_command_line(hub, hub_repo_name, run, tmp_path):
+    out = run["out"]
+    repo = f"{hub.user}/{hub_repo_name}"
+    assert shub.push_pending(out, repo).ok
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HOME=str(tmp_path / "hf_home"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "slice_trl.hub", *args], env=env, capture_output=True, text=True,
+                              timeout=240, cwd=str(tmp_path))
+
+    ls = cli("ls", repo)
+    assert ls.returncode == 0, ls.stderr[-2000:]
+    assert "2 of 2 stage(s) published" in ls.stdout
+    assert "stage 2: beta_task" in ls.stdout and "stage-02-beta_task/" in ls.stdout
+    assert "AP 62.5" in ls.stdout and "FP 50.0" in ls.stdout  # the R table's footer, x100
+
+    merged = tmp_path / "merged"
+    pulled = cli("pull", repo, "--stage", "2", "--out", str(tmp_path / "pulled"), "--merge", str(merged),
+                 "--base-model", str(run["base_dir"]))
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert (tmp_path / "pulled" / "stage-02-beta_task" / "adapter_model.safetensors").is_file()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)  # a plain checkpoint
+    assert AutoTokenizer.from_pretrained(merged).pad_token is not None
+    assert (_logits(model) - run["expected"][2]).abs().max() < 1e-4
+
+    missing = cli("pull", repo, "--stage", "3")
+    assert missing.returncode == 2 and "stage(s) [3] are not published" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    nowhere = cli("ls", f"{hub.user}/no-such-run")
+    assert nowhere.returncode == 2 and f"{hub.user}/no-such-run not found on {hub.url}" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
+
+
+def test_push_task_splits_dataset_repo(hub_modes, hub_repo_name, tmp_path):
     from datasets import Dataset, load_dataset
 
     from slice_trl.tasks.base import Task
 
+    hub = hub_modes
+
     def task(name, n, metric):
         rows = {"prompt": [f"{name} question {i}" for i in range(n)], "completion": [f"answer {i}" for i in range(n)]}
         return Task(name, Dataset.from_dict(rows), Dataset.from_dict({k: v[:2] for k, v in rows.items()}), metric,
-                    {"source": "test", "shortened": 1})
+                    {"source": "test", "shortened": 1, "path": str(tmp_path / "data.json")})
 
     tasks = [task("task088_identify_typo_verification", 5, "exact_match"), task("task181_outcome_extraction", 4, "rougeL")]
     repo = shub.push_task_splits(tasks, f"{hub.orgs[0]}/{hub_repo_name}")
@@ -321,6 +441,7 @@ def test_push_task_splits_dataset_repo(hub, hub_repo_name, tmp_path):
     readme = hub.read_file(repo, "README.md", repo_type="dataset").decode()
     assert "config_name: task088_identify_typo_verification" in readme  # datasets' configs kept
     assert "| 2 | `task181_outcome_extraction` | 4 | 2 | rougeL |" in readme and "continual-learning" in readme
+    assert str(tmp_path) not in readme and "<local path>/data.json" in readme
 
     n_commits = len(hub.commit_ids(repo, repo_type="dataset"))
     shub.push_task_splits(tasks, repo)  # unchanged data: no new commit

@@ -271,3 +271,23 @@ def test_required_token_is_enforced():
         assert err.value.response.status_code == 401
         r = get_session().post(f"{srv.url}/api/validate-yaml", json={"content": "---\na: 1\n---\n"})
         assert r.status_code == 200
+
+
+def test_strict_mode_answers_only_the_required_fields(hub, hub_repo_name):
+    api = HfApi()
+    repo = f"{hub.user}/{hub_repo_name}"
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"---\nlicense: mit\n---\nhello\n", path_in_repo="README.md", repo_id=repo)
+    full = api.model_info(repo, files_metadata=True)
+    assert all(s.blob_id for s in full.siblings) and full.card_data is not None
+
+    hub.strict = True
+    strict = api.model_info(repo, files_metadata=True)
+    assert strict.sha == full.sha and sorted(s.rfilename for s in strict.siblings) == [".gitattributes", "README.md"]
+    assert all(s.blob_id is None and s.lfs is None for s in strict.siblings) and strict.card_data is None
+    [entry] = api.get_paths_info(repo, ["README.md"], expand=True)
+    assert entry.blob_id and entry.last_commit is None  # tree entries keep their oid, not the optional lastCommit
+    # create_commit still leaves an unchanged file out (the pre-upload answer keeps the oid of files already there)
+    info = api.create_commit(repo, [CommitOperationAdd("README.md", b"---\nlicense: mit\n---\nhello\n")],
+                             commit_message="same content")
+    assert info.oid == strict.sha

@@ -164,7 +164,7 @@ def test_push_only_needs_no_task_data_on_this_machine(tmp_path, capsys, no_model
     assert run_mod.main(args) == 2  # no push_repo_id: says what to set
     assert "--push-only needs push_repo_id" in capsys.readouterr().err
     assert run_mod.main([*args, "--push_repo_id", "someone/some-run"]) == 0
-    assert "pushed stages []" in capsys.readouterr().out  # nothing finished: nothing to push, no data needed
+    assert "no finished stage to push" in capsys.readouterr().out  # nothing finished: nothing to push, no data needed
 
 
 def test_recipe_env_is_set_before_the_hub_libraries_are_imported(tmp_path, monkeypatch):

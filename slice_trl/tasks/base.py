@@ -30,6 +30,29 @@ class Task:
             raise ValueError(f"Task {self.name!r}: metric={self.metric!r} is unknown; use one of {METRICS}.")
 
 
+def read_json(file, lines: bool = False):
+    """A JSON file (``lines``: one JSON value a line, blank lines skipped), read with Python's
+    json (it accepts the NaN some natural-instructions files hold). Malformed JSON is a
+    ValueError naming the file and the place."""
+    import json
+
+    with open(file, encoding="utf-8") as fh:
+        if not lines:
+            try:
+                return json.load(fh)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"task file {str(file)!r} is not valid JSON ({err}); fix or replace the file.") from None
+        rows = []
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"task file {str(file)!r} line {n} is not valid JSON ({err}); fix or replace "
+                                     "the file.") from None
+        return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # The paper's split
 # ---------------------------------------------------------------------------------------------

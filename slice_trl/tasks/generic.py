@@ -24,7 +24,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, split_train_eval
+from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval
 
 FIELD_ROLES = ("prompt", "completion", "messages", "system")
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -85,8 +85,7 @@ def read_local(path: str | Path) -> list[dict]:
     if kind == "json":
         rows = []
         for f in files:
-            with open(f, encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = read_json(f)
             if not isinstance(data, list):
                 raise ValueError(f"{str(f)!r} must hold a JSON list of records (use .jsonl for one record a line).")
             rows.extend(data)
@@ -94,8 +93,7 @@ def read_local(path: str | Path) -> list[dict]:
     if kind == "jsonl":
         rows = []
         for f in files:
-            with open(f, encoding="utf-8") as fh:
-                rows.extend(json.loads(line) for line in fh if line.strip())
+            rows.extend(read_json(f, lines=True))
         return rows
     import datasets  # csv/parquet through datasets' packaged builders (no network involved)
 

@@ -19,13 +19,12 @@ negative examples are not used: the paper trains zero-shot prompts.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, split_train_eval, user_prompt_example
+from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
 
 # METHOD.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
 # every other Super-NI task by ROUGE-L.
@@ -43,10 +42,46 @@ def short_id(task_name: str) -> str:
     return m.group(1) if m else task_name
 
 
-def default_metric(task_name: str) -> str:
-    """The paper's metric for a Super-NI task: exact match for task088, task1510 and task363,
-    ROUGE-L ("rougeL") otherwise."""
-    return "exact_match" if short_id(task_name) in EXACT_MATCH_TASKS else "rougeL"
+# A closed label set: at most this many distinct answers, each seen on average at least
+# MIN_PER_LABEL times, not all numbers (a count or a sum is an open-ended value, e.g. task243).
+MAX_LABELS = 20
+MIN_PER_LABEL = 5
+_NUMBER_RE = re.compile(r"^[+-]?\d+(\.\d+)?$")
+
+
+def closed_label_set(outputs) -> list[str] | None:
+    """The sorted label set when ``outputs`` (one reference answer per instance) come from a
+    small closed set of non-numeric labels (classification: sentiment, emotion, yes/no), else
+    None (free-form generation, or numeric answers)."""
+    outputs = [o.strip() for o in outputs]
+    labels = sorted(set(outputs))
+    if not outputs or len(labels) > MAX_LABELS or len(outputs) < MIN_PER_LABEL * len(labels):
+        return None
+    if all(_NUMBER_RE.match(label) for label in labels):
+        return None
+    return labels
+
+
+def choose_metric(task_name: str, outputs=None) -> tuple[str, str]:
+    """``(metric, why)`` for a Super-NI task: exact match for the paper's exact-match tasks
+    (task088, task1510, task363) and for a closed label set (`closed_label_set` of the
+    instances' first outputs), ROUGE-L ("rougeL") for free-form generation."""
+    if short_id(task_name) in EXACT_MATCH_TASKS:
+        return "exact_match", "the paper scores it by exact match"
+    labels = closed_label_set(outputs) if outputs is not None else None
+    if labels is not None:
+        shown = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
+        return "exact_match", f"a closed label set of {len(labels)} answers ({shown})"
+    if outputs is None:
+        return "rougeL", "not a paper exact-match task (its answers were not inspected)"
+    distinct = {o.strip() for o in outputs}
+    kind = "numeric answers, an open-ended value" if all(_NUMBER_RE.match(o) for o in distinct) else "free-form answers"
+    return "rougeL", f"{kind} ({len(distinct)} distinct in {len(outputs)})"
+
+
+def default_metric(task_name: str, outputs=None) -> str:
+    """The metric of `choose_metric`."""
+    return choose_metric(task_name, outputs)[0]
 
 
 def prompt_text(definition: str, input_text: str) -> str:
@@ -106,8 +141,7 @@ def resolve_task_file(path: str | Path, task: str | None = None) -> Path:
 def read_task_file(file: str | Path) -> tuple[str, list[dict]]:
     """``(definition, instances)`` of a natural-instructions task file, after format checks."""
     file = Path(file)
-    with open(file, encoding="utf-8") as fh:
-        data = json.load(fh)  # Python's json accepts the NaN some task files contain
+    data = read_json(file)  # Python's json accepts the NaN some task files contain
     if not isinstance(data, dict) or "Instances" not in data or "Definition" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(
@@ -175,7 +209,8 @@ def load_superni_task(
     The instances are split with `split_train_eval` (seed 42, ``min(max_eval, n-1)`` held out);
     ``max_train`` caps the training rows; with ``tokenizer`` and ``max_length`` every example is
     fitted to the budget (input shortened first, then the definition; see `fit_prompt`).
-    ``metric`` defaults to `default_metric` of the task name. ``name`` defaults to the full task
+    ``metric`` defaults to `choose_metric` of the task name and its answers (``info["metric_reason"]``
+    says why). ``name`` defaults to the full task
     name. ``info`` records the source, the split sizes, skipped instances and the fitting counts.
     """
     if (path is None) == (dataset_id is None):
@@ -209,8 +244,13 @@ def load_superni_task(
 
         return [row["input"], definition], render
 
-    info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=seed, max_eval=max_eval)
+    if metric is None:
+        metric, why = choose_metric(task_name, [r["output"] for r in rows])
+    else:
+        why = "set in the recipe"
+    info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=seed, max_eval=max_eval,
+                metric_reason=why)
     return make_task(
-        name or task_name, train_raw, eval_raw, to_parts, metric or default_metric(task_name), info,
+        name or task_name, train_raw, eval_raw, to_parts, metric, info,
         tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
     )

@@ -21,12 +21,11 @@ with a test file mixes the official test set into training.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, split_train_eval, user_prompt_example
+from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
 
 TRACE_TASKS = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm")
 DEFAULT_FILES = ("train.json",)
@@ -56,8 +55,7 @@ def resolve_task_dir(path: str | Path, task: str | None = None) -> Path:
 def read_records(file: str | Path) -> list[dict]:
     """A TRACE JSON file: a list of ``{"prompt": str, "answer": str}``, checked."""
     file = Path(file)
-    with open(file, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = read_json(file)
     if not isinstance(data, list) or not all(isinstance(r, dict) and "prompt" in r and "answer" in r for r in data):
         raise ValueError(f"{str(file)!r} is not a TRACE file: expected a JSON list of {{'prompt', 'answer'}} records.")
     return [{"prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in data]

@@ -1,0 +1,85 @@
+"""What `python -m slice_trl.run` prints.
+
+Default (quiet): one progress bar per phase (G_cur, G_prev, train, eval) and only on a terminal,
+one line per task as it is loaded (sizes, metric and why), one line per finished stage (its
+scores and whether SLICE's projection fired), R once at the end; warnings and errors of every
+library still show. The libraries' own progress bars (datasets' map/filter, weight loading and
+saving), their INFO logs and the Trainer's per-step log dicts are off. ``--verbose``
+(`configure(verbose=True)`) leaves every library as it is. The Python API is untouched unless
+`configure` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+_state = {"quiet": False}
+
+VERBOSE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_FORMAT = "%(asctime)s %(message)s"
+
+
+def configure(verbose: bool) -> None:
+    """Set up logging (and, when quiet, silence the libraries' progress bars and INFO logs)."""
+    _state["quiet"] = not verbose
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format=VERBOSE_FORMAT)
+        return
+    logging.basicConfig(level=logging.WARNING, format=QUIET_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger("slice_trl").setLevel(logging.INFO)
+    # library notices of no use to a user of the recipe runner (deprecations inside transformers)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def bars_enabled() -> bool:
+    """Progress bars of the continual loop: off when quiet and stderr is not a terminal (a log
+    file would collect every redraw of the bar)."""
+    return not (_state["quiet"] and not sys.stderr.isatty())
+
+
+def quiet_trainer(trainer) -> None:
+    """Quiet mode: the Trainer's step logs are not printed (they stay in its log history and in
+    report_to integrations); its train progress bar stays on a terminal."""
+    if not is_quiet():
+        return
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class _BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # the bar only: the per-step dicts would interleave with it
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if bars_enabled() and not trainer.args.disable_tqdm:
+        trainer.add_callback(_BarOnly())
+
+
+def stage_line(record: dict, n_stages: int) -> str:
+    """One line for a finished stage: its task, init method and what SLICE's projection did,
+    and the scores (x100) of every task seen so far."""
+    init = record.get("init") or {}
+    surgery = init.get("surgery")
+    what = str(init.get("method", "?"))
+    if surgery and surgery.get("cosine") is not None:
+        cos, gamma = surgery.get("cosine"), surgery.get("gamma")
+        detail = f"cos {cos:+.3f}, gamma {gamma:.3f}" if isinstance(cos, float) and isinstance(gamma, float) else ""
+        what += f", projection {'fired' if surgery.get('fired') else 'did not fire'}" + (f" ({detail})" if detail else "")
+    elif surgery is not None or init.get("method") == "slice":
+        what += ", projection not applied (no earlier task)"
+    scores = "  ".join(f"{name} {100 * s:.1f}" for name, s in record.get("scores", {}).items() if s is not None)
+    return f"stage {record.get('stage')}/{n_stages} {record.get('task')} [{what}]  scores x100: {scores}"

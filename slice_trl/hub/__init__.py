@@ -1,0 +1,50 @@
+"""Publishing a continual run to the Hugging Face Hub, and loading its stages back.
+
+Hub layout of a model repo (one commit per finished stage, a final one with GP/IP)::
+
+    README.md                   model card (templates/continual_run.md): licence, model-index, scores x100
+    run.json                    base model, task order, seed, LoRA config (no secrets, no local paths)
+    recipe.yaml                 the recipe, when the run had one (same rules)
+    results.json, results_heatmap.png
+    base/                       the base model's scores, when the run has them
+    stage-NN-<task>/            adapter_config.json, adapter_model.safetensors, record.json
+
+Stage k's adapter applies to the base model with stages 1..k-1 merged in: `load_stage` does that.
+The local run layout is `slice_trl.stages`'; the modules here hold:
+
+- `layout`: finished local stages and the Hub's stage folders; `convert`: the adapter for the
+  original base; `files`: the public copies of the run's files; `redaction`: no tokens, no local paths;
+- `card`: the model card; `push`: commits (`push_pending`, `push_stage`, `PushReport`);
+  `splits`: the task splits dataset; `load`: `load_stage`, `list_run`, `pull`;
+- ``python -m slice_trl.hub ls REPO`` / ``pull REPO --stage K [--merge OUT]``.
+
+Tokens: every function takes ``token=None``, which lets huggingface_hub resolve it (``HF_TOKEN``,
+then the login cache). The token is only ever passed to huggingface_hub; it is never written to a
+file, a card or a log message.
+"""
+
+from .card import render_model_card
+from .convert import convert_adapter_files, convert_stage_adapter, published_adapter_dir
+from .layout import StageDir, finished_stages
+from .load import list_run, load_stage, pull
+from .push import PushReport, push_pending, push_pending_in_background, push_stage
+from .splits import push_pending_splits, push_task_splits, save_pending_splits
+
+__all__ = [
+    "PushReport",
+    "StageDir",
+    "convert_adapter_files",
+    "convert_stage_adapter",
+    "finished_stages",
+    "list_run",
+    "load_stage",
+    "pull",
+    "published_adapter_dir",
+    "push_pending",
+    "push_pending_in_background",
+    "push_pending_splits",
+    "push_stage",
+    "push_task_splits",
+    "render_model_card",
+    "save_pending_splits",
+]

@@ -1,0 +1,113 @@
+"""The files of a run as they are published: public copies of the local ones.
+
+Every published JSON/YAML file is a public copy (`secrets.public`: no credentials, no absolute
+paths of this machine); adapter configs name the base model by its Hub id (PEFT wrote whatever
+path the model was loaded from, e.g. a local cache folder); LoRA target modules are a sorted list.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import stages as layout
+from .convert import published_adapter_dir
+from .layout import BASE_DIR, StageDir, json_bytes, read_json
+from .redaction import LOCAL, public
+
+_REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The base model of a run as published: ``name`` (what the run was given: a Hub id, the
+    bundled alias, or ``<local path>/<folder>``), its Hub id when there is one, the licence when
+    known, and the bundled GGUF file when the run used those dequantised weights."""
+
+    name: str | None
+    hub_id: str | None
+    license: str | None = None
+    gguf: str | None = None
+    gguf_package: str | None = None
+
+
+def base_model(run: dict) -> BaseModel:
+    """`BaseModel` of a run.json (local or public copy)."""
+    from ..models import EMBEDDED_MODEL, EMBEDDED_SOURCE
+
+    name = run.get("base_model")
+    if not isinstance(name, str) or not name:
+        return BaseModel(None, None)
+    if name == EMBEDDED_MODEL:
+        return BaseModel(name, EMBEDDED_SOURCE["hub_id"], EMBEDDED_SOURCE["license"], EMBEDDED_SOURCE["gguf"],
+                         EMBEDDED_SOURCE["package"])
+    if name.startswith((".", "/", "~", LOCAL)) or Path(name).exists() or not _REPO_ID_RE.fullmatch(name):
+        return BaseModel(public(name, []), None)
+    return BaseModel(name, name)
+
+
+def sorted_modules(value: Any) -> Any:
+    """LoRA ``target_modules`` as a sorted list (run.json may hold PEFT's set as its str())."""
+    if isinstance(value, str) and value[:1] in "{[(":
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return sorted(str(v) for v in value)
+    return value  # a regex string, or None
+
+
+def public_run(output_dir: Path, secrets: list[str]) -> dict:
+    """run.json as published: redacted, path-free, target modules sorted, the base model's Hub id."""
+    path = output_dir / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the trainer writes it when the run starts.")
+    run = read_json(path)
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} must hold a JSON object.")
+    base = base_model(run)
+    run = public(run, secrets)
+    run["base_model"] = base.name
+    run["base_model_hub_id"] = base.hub_id
+    if isinstance(run.get("lora"), dict) and "target_modules" in run["lora"]:
+        run["lora"]["target_modules"] = sorted_modules(run["lora"]["target_modules"])
+    return run
+
+
+def stage_files(stage: StageDir, secrets: list[str], base: BaseModel) -> dict[str, bytes | Path]:
+    """{path in repo: content} of one stage: the converted adapter and the stage's record."""
+    adapter = published_adapter_dir(stage)
+    config = read_json(adapter / layout.ADAPTER_CONFIG)
+    config["base_model_name_or_path"] = base.hub_id  # PEFT wrote the local path the model came from
+    if "target_modules" in config:
+        config["target_modules"] = sorted_modules(config["target_modules"])
+    record = read_json(stage.path / layout.RECORD)
+    return {
+        f"{stage.folder}/{layout.ADAPTER_CONFIG}": json_bytes(public(config, secrets)),
+        f"{stage.folder}/{layout.WEIGHTS}": adapter / layout.WEIGHTS,
+        f"{stage.folder}/{layout.RECORD}": json_bytes(public(record, secrets)),
+    }
+
+
+def run_files(output_dir: Path, run: dict, secrets: list[str], card: str) -> dict[str, bytes | Path]:
+    """{path in repo: content} of the run-level files: run.json, recipe.yaml, results.json, the
+    heatmap, ``base/*.json`` (base-model scores, when the run has them) and the README card."""
+    import yaml
+
+    files: dict[str, bytes | Path] = {"run.json": json_bytes(run)}
+    if run.get("recipe") is not None:
+        files["recipe.yaml"] = yaml.safe_dump(run["recipe"], sort_keys=False, allow_unicode=True).encode("utf-8")
+    if (output_dir / "results.json").is_file():
+        files["results.json"] = json_bytes(public(read_json(output_dir / "results.json"), secrets))
+    if (output_dir / "results_heatmap.png").is_file():
+        files["results_heatmap.png"] = output_dir / "results_heatmap.png"
+    base_dir = output_dir / BASE_DIR
+    if base_dir.is_dir():
+        for path in sorted(base_dir.rglob("*.json")):
+            files[f"{BASE_DIR}/{path.relative_to(base_dir).as_posix()}"] = json_bytes(public(read_json(path), secrets))
+    files["README.md"] = card.encode("utf-8")
+    return files

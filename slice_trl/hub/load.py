@@ -1,0 +1,151 @@
+"""Reading a published run back: `load_stage` (the model at the end of stage k), `list_run`
+(what ``python -m slice_trl.hub ls`` prints) and `pull` (download stage k, optionally write the
+merged full model)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import stages as layout
+from .layout import read_json, stage_folders
+from .redaction import is_local_placeholder
+
+
+def _published(repo_id: str, revision: str | None, token):
+    """(repo info at one commit, {stage: folder}) of a published run."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(token=token, library_name="slice-trl").model_info(repo_id, revision=revision)
+    return info, stage_folders(s.rfilename for s in info.siblings or [])
+
+
+def _download(repo_id: str, sha: str, folders: list[str], token, cache_dir=None, local_dir=None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["run.json", "results.json"] + [f"{f}/*" for f in folders]
+    return Path(snapshot_download(repo_id, revision=sha, token=token, cache_dir=cache_dir, local_dir=local_dir,
+                                  allow_patterns=patterns))
+
+
+def _stages_up_to(repo_id: str, revision: str | None, stage: int, folders: dict[int, str]) -> list[str]:
+    missing = [j for j in range(1, stage + 1) if j not in folders]
+    if stage < 1 or missing:
+        raise ValueError(f"{repo_id}@{revision or 'main'} cannot give stage {stage}: stage(s) {missing or [stage]} "
+                         f"are not published (published: {sorted(folders)}).")
+    return [folders[j] for j in range(1, stage + 1)]
+
+
+def _base_model_of(local: Path, repo_id: str) -> str:
+    if not (local / "run.json").is_file():
+        raise FileNotFoundError(f"{repo_id} has no run.json: pass base_model=... (the Hub id of the base model).")
+    base = read_json(local / "run.json").get("base_model")
+    if not base:
+        raise ValueError(f"{repo_id}/run.json names no base_model: pass base_model=... (the Hub id of the base model).")
+    if is_local_placeholder(base):
+        raise ValueError(f"{repo_id} was trained on a local checkpoint ({base!r} in run.json), which is not on the Hub: "
+                         "pass base_model=... (a Hub id or a local folder holding the same weights).")
+    return base
+
+
+def load_stage(
+    repo_id: str,
+    stage: int,
+    revision: str | None = None,
+    dtype: str = "float32",
+    *,
+    merge: bool = True,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The model at the end of stage ``stage`` (1-indexed) of a published run, and its tokenizer.
+
+    Reads ``run.json`` from the repo for the base model (``base_model=`` overrides it; needed when
+    the run was trained on a local checkpoint), loads it with
+    `slice_trl.models.load_model_and_tokenizer` (so the bundled GGUF alias gives the very weights
+    the run used), applies and merges the adapters of stages 1..k-1 in order, then applies stage
+    k's adapter: merged into a plain model when ``merge=True`` (default), else returned as a
+    `peft.PeftModel` (adapter "default"). All files come from one commit (``revision`` resolved
+    once). Merging happens in ``dtype``: with bfloat16 expect rounding differences."""
+    from peft import PeftModel
+
+    from ..models import load_model_and_tokenizer
+
+    stage = int(stage)
+    info, folders = _published(repo_id, revision, token)
+    wanted = _stages_up_to(repo_id, revision, stage, folders)
+    local = _download(repo_id, info.sha, wanted, token, cache_dir=cache_dir)
+    base_model = base_model or _base_model_of(local, repo_id)
+    model, tokenizer = load_model_and_tokenizer(base_model, dtype=dtype, trust_remote_code=trust_remote_code)
+    for folder in wanted[:-1]:
+        model = PeftModel.from_pretrained(model, str(local / folder)).merge_and_unload()
+    model = PeftModel.from_pretrained(model, str(local / wanted[-1]))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def list_run(repo_id: str, revision: str | None = None, token: str | None = None) -> dict:
+    """What a published run holds: ``{"repo_id", "sha", "stages": {k: folder}, "run": run.json,
+    "results": results.json}`` (the two files are {} when absent)."""
+    from .push import quiet_hub
+
+    info, folders = _published(repo_id, revision, token)
+    with quiet_hub():
+        local = _download(repo_id, info.sha, [], token)
+    return {
+        "repo_id": repo_id, "sha": info.sha, "stages": folders,
+        "run": read_json(local / "run.json") if (local / "run.json").is_file() else {},
+        "results": read_json(local / "results.json") if (local / "results.json").is_file() else {},
+    }
+
+
+def format_listing(listing: dict) -> str:
+    """`list_run`'s answer as text: the stages, R (x100), AP/FP/forgetting and GP/IP when present."""
+    from ..results import ResultsMatrix
+    from .card import x100
+
+    run, results = listing["run"], listing["results"]
+    names = list(results.get("task_names") or run.get("task_names") or [])
+    lines = [f"{listing['repo_id']} @ {listing['sha'][:10]}: {len(listing['stages'])} of {len(names) or '?'} stage(s) "
+             f"published; base model {run.get('base_model_hub_id') or run.get('base_model') or '?'}"]
+    for number, folder in listing["stages"].items():
+        task = names[number - 1] if 0 < number <= len(names) else "?"
+        lines.append(f"  stage {number}: {task:<30} {folder}/")
+    if results.get("R"):
+        lines += ["", ResultsMatrix.from_dict(results).table()]
+    general = results.get("general") or {}
+    scores = [f"{k} {x100(general.get(k))}" for k in ("GP", "IP") if general.get(k) is not None]
+    base = [f"{k} {x100((general.get('base') or {}).get(k))}" for k in ("GP", "IP")
+            if (general.get("base") or {}).get(k) is not None]
+    if scores:
+        lines.append("general ability (x100): " + "  ".join(scores) + (f"  (base model: {'  '.join(base)})" if base else ""))
+    if not listing["stages"]:
+        lines.append("  (no stage published yet)")
+    return "\n".join(lines)
+
+
+def pull(repo_id: str, stage: int, *, revision: str | None = None, out: str | os.PathLike | None = None,
+         merge: str | os.PathLike | None = None, token: str | None = None, base_model: str | None = None,
+         dtype: str = "float32") -> dict:
+    """Download stage ``stage`` (and the earlier stages it builds on) of a published run into
+    ``out`` (default: the Hugging Face cache). With ``merge``, also write the full model at the
+    end of that stage (base + stages 1..k merged, with its tokenizer) to that folder: a plain
+    transformers checkpoint to serve or fine-tune further. Returns ``{"adapter": path of stage
+    k's adapter, "merged": merge folder or None}``."""
+    info, folders = _published(repo_id, revision, token)
+    wanted = _stages_up_to(repo_id, revision, int(stage), folders)
+    local = _download(repo_id, info.sha, wanted, token, local_dir=out)
+    result = {"adapter": local / wanted[-1], "merged": None}
+    if not (result["adapter"] / layout.ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"{repo_id}: {wanted[-1]}/{layout.ADAPTER_CONFIG} did not download.")
+    if merge is not None:
+        model, tokenizer = load_stage(repo_id, int(stage), revision=info.sha, dtype=dtype, token=token,
+                                      base_model=base_model)
+        model.save_pretrained(str(merge))
+        tokenizer.save_pretrained(str(merge))
+        result["merged"] = Path(merge)
+    return result

@@ -1,0 +1,293 @@
+"""Run integrity: the fingerprint of everything that determines a run's results, and the
+output_dir rules built on it.
+
+``run.json`` holds ``fingerprint``, a nested mapping:
+
+- ``base_model``: ``id`` (Hub id or path as given), ``revision``, and for a local checkpoint
+  ``files_sha256`` (a content hash of the checkpoint's files, cached by path, size and mtime);
+- ``lora``: the `peft.LoraConfig`;
+- ``training``: every field of `ContinualSFTConfig` (TRL's SFTConfig, transformers'
+  TrainingArguments and the nested ``init``/``replay``/``evaluation``/``strategy`` configs),
+  taken generically from ``to_dict()`` so that a field added later is covered without an edit,
+  less `IGNORED_KEYS`, the keys that cannot change the results;
+- ``tasks``: per task its name, source, metric, split sizes and a sha256 of its prepared
+  train and eval records (after splitting and length fitting).
+
+On a rerun in the same output_dir (`check_output_dir`): an equal fingerprint resumes, any
+difference stops with one message listing each differing key as ``old -> new``. Starting over
+(`move_aside`) moves the whole previous content of output_dir into a sibling
+``<output_dir>.replaced-<UTC timestamp>/`` before anything new is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+FINGERPRINT = "fingerprint"
+RUN_JSON = "run.json"
+
+# Keys of the training (and LoRA) config that cannot change a run's results (adapters, R, GP/IP): where it
+# writes, how it logs or reports, publishing, resuming, data-loader worker processes, debug aids.
+# Everything else (including any field added later) is part of the fingerprint.
+IGNORED_KEYS = frozenset({
+    "peft_version",  # LoraConfig records the installed PEFT; the settings themselves are compared
+    "output_dir", "resume", "resume_from_checkpoint", "overwrite_output_dir",
+    "logging_dir", "logging_steps", "logging_strategy", "logging_first_step", "logging_nan_inf_filter",
+    "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm", "report_to", "run_name", "project",
+    "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "skip_memory_metrics",
+    "include_num_input_tokens_seen",
+    "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
+    "hub_revision",
+    "save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_on_each_node",
+    "restore_callback_states_from_checkpoint",
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "dataset_num_proc",
+    "local_rank", "ddp_timeout", "torch_empty_cache_steps",
+})
+
+
+# Environment variables a recipe's ``env:`` may not set: where the Hub token is read from or
+# sent to (a shared recipe could otherwise send ``Authorization: Bearer <token>`` elsewhere),
+# proxies and TLS trust that could read it on the way, and any other credential. These come
+# from the user's own environment or command line only.
+PROTECTED_ENV = frozenset({"HF_HOME", "NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
+                           "SSL_CERT_DIR"})
+_PROTECTED_ENV_RE = re.compile(r"(^|_)(TOKEN|ENDPOINT|PROXY|API_KEY|SECRET|PASSWORD|CREDENTIALS?)(_|$)", re.I)
+
+
+def protected_env_keys(env: dict) -> list[str]:
+    """The keys of a recipe's ``env:`` mapping that it may not set (see `PROTECTED_ENV`)."""
+    return sorted(str(k) for k in env if str(k).upper() in PROTECTED_ENV or _PROTECTED_ENV_RE.search(str(k)))
+
+
+class RunMismatchError(ValueError):
+    """output_dir holds a run whose fingerprint differs from this one's."""
+
+
+# ------------------------------------------------------------------------------ the fingerprint
+def _jsonable(value):
+    """JSON-safe, order-stable copy: sets are sorted (PEFT stores target_modules as a set, whose
+    order changes between processes), enums and other objects become strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(getattr(value, "value", value))
+
+
+def training_fingerprint(args) -> dict:
+    """``args.to_dict()`` (a `ContinualSFTConfig`, nested configs as mappings) less `IGNORED_KEYS`."""
+    return _jsonable({k: v for k, v in args.to_dict().items() if k not in IGNORED_KEYS})
+
+
+def lora_fingerprint(lora_config) -> dict:
+    return _jsonable({k: v for k, v in lora_config.to_dict().items() if k not in IGNORED_KEYS})
+
+
+def _records_sha256(ds) -> str:
+    h = hashlib.sha256()
+    for row in ds:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def task_fingerprint(task) -> dict:
+    """name, source, metric, split sizes and a sha256 of the prepared train and eval records."""
+    h = hashlib.sha256()
+    for split in (task.train, task.eval):
+        h.update(_records_sha256(split).encode())
+    return {"name": task.name, "source": task.info.get("source"), "metric": task.metric,
+            "n_train": len(task.train), "n_eval": len(task.eval), "sha256": h.hexdigest()}
+
+
+def _hash_cache_path() -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / "files_sha256.json"
+
+
+def file_sha256(path: Path, cache: dict | None = None) -> str:
+    """sha256 of a file's bytes; ``cache`` maps "path|size|mtime_ns" to known hashes (a
+    checkpoint is hashed once, later runs only stat it)."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if cache is not None and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    if cache is not None:
+        cache[key] = h.hexdigest()
+    return h.hexdigest()
+
+
+def checkpoint_sha256(folder: Path) -> str:
+    """One hash over every file of a local checkpoint directory (weights, config, tokenizer),
+    names included; per-file hashes are cached in ``<slice_trl cache>/files_sha256.json``."""
+    cache_file = _hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    n_known = len(cache)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.name}\0{file_sha256(f, cache)}\n".encode())
+    if len(cache) != n_known:
+        try:  # best effort: an unwritable cache only costs re-hashing next time
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def model_identity(name_or_path: str, revision: str | None = None) -> dict:
+    """``{"id", "revision"}`` of the base model, plus ``files_sha256`` when it is a local
+    checkpoint directory (the bundled alias resolves to its cached checkpoint when it exists;
+    nothing is loaded or converted here)."""
+    from .models import EMBEDDED_MODEL, cache_dir
+
+    out = {"id": str(name_or_path), "revision": revision}
+    folder = cache_dir() / EMBEDDED_MODEL if name_or_path == EMBEDDED_MODEL else Path(str(name_or_path))
+    if folder.is_dir():
+        out["files_sha256"] = checkpoint_sha256(folder)
+    return out
+
+
+def run_fingerprint(args, lora_config, base_model: dict, tasks=None, task_names=None) -> dict:
+    """The whole fingerprint; ``tasks=None`` leaves the task data out (a dry run has no
+    tokenizer, so no prepared data) and takes the names from ``task_names``."""
+    fp = {"base_model": _jsonable(base_model), "lora": lora_fingerprint(lora_config),
+          "training": training_fingerprint(args),
+          "task_names": [t.name for t in tasks] if tasks is not None else list(task_names or [])}
+    if tasks is not None:
+        fp["tasks"] = [task_fingerprint(t) for t in tasks]
+    return fp
+
+
+def flatten(fp: dict) -> dict:
+    """Dotted keys as a user writes them: training fields are top level (``learning_rate``,
+    ``init.method``), the rest keep their section (``lora.r``, ``tasks[1].sha256``)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        else:
+            out[prefix] = value
+
+    for section, value in fp.items():
+        walk("" if section == "training" else section, value)
+    return out
+
+
+def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
+    """``key: old -> new`` for every key that differs (``sections``: compare only these
+    top-level parts of the fingerprint; ``skip``: flattened keys left out)."""
+    if sections is not None:
+        old = {k: v for k, v in old.items() if k in sections}
+        new = {k: v for k, v in new.items() if k in sections}
+    a, b = flatten(old), flatten(new)
+    missing = object()
+    out = []
+    for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            out.append(f"{key}: {'(unset)' if va is missing else repr(va)} -> {'(unset)' if vb is missing else repr(vb)}")
+    return out
+
+
+# ------------------------------------------------------------------------------ output_dir rules
+def read_run_info(output_dir) -> dict | None:
+    path = Path(output_dir) / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def _ways_out(output_dir, overwrite_hint: str) -> str:
+    return (f"Use a new output_dir, or start over with {overwrite_hint} (moves the old run aside to "
+            f"{Path(output_dir)}.replaced-<UTC time>/).")
+
+
+def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint: str = "--overwrite",
+                     sections=None, skip=()) -> str:
+    """Decide what a run in ``output_dir`` does, writing nothing. Returns "new" (nothing there),
+    "resume" (an equal fingerprint) or "replace" (``resume`` is False and there is something to
+    move aside). Raises `RunMismatchError` (one line, every differing key ``old -> new``) when a
+    resume would mix two runs; ``sections`` and ``skip`` limit the comparison (see `differences`)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise RunMismatchError(f"output_dir={str(out)!r} is a file, not a directory. Choose another output_dir.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return "new"
+    if not resume:
+        return "replace"
+    info = read_run_info(out)
+    old = (info or {}).get(FINGERPRINT)
+    if old is None:
+        what = ("holds files but no run.json" if info is None else
+                "holds a run.json without a fingerprint (a damaged run, or one from an older slice-trl)")
+        if info is None and not (out / "stages").exists():
+            return "new"  # an unrelated, stage-free folder: the run writes beside its files
+        raise RunMismatchError(f"output_dir {str(out)!r} {what}: resuming could mix two runs. "
+                               + _ways_out(out, overwrite_hint))
+    diff = differences(old, fingerprint, sections, skip)
+    if diff:
+        shown = "; ".join(diff[:12]) + (f"; ... and {len(diff) - 12} more" if len(diff) > 12 else "")
+        raise RunMismatchError(f"output_dir {str(out)!r} holds a run with other settings ({shown}); resuming "
+                               "it would mix two runs. " + _ways_out(out, overwrite_hint))
+    return "resume"
+
+
+def move_aside(output_dir) -> Path | None:
+    """Move the whole content of ``output_dir`` (every file and folder, whoever wrote it) into a
+    new sibling ``<output_dir>.replaced-<UTC timestamp>/``; the folder itself stays. Returns the
+    sibling, or None when there was nothing to move."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    entries = sorted(out.iterdir())
+    if not entries:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = out.with_name(f"{out.name}.replaced-{stamp}")
+    target.mkdir(parents=False, exist_ok=False)
+    for entry in entries:
+        shutil.move(str(entry), str(target / entry.name))
+    return target
+
+
+def state_sha256(model) -> str:
+    """sha256 over a model's parameters and buffers (names, dtypes, shapes, bytes): identifies
+    a model that has no checkpoint on disk."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().view(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

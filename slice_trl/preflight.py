@@ -1,0 +1,191 @@
+"""Checks of a validated recipe that need more than its dataclasses, run by `slice_trl.run`
+before any model loads (also under ``--dry-run``): numeric training settings, LoRA settings
+against the base model's structure (read from its config and an empty-weights instantiation,
+no weights loaded), output_dir, Hub repo ids, the task data itself, and output_dir's previous
+run (`check_output_dir`). Every problem is one `RecipeError` line: the key, the bad value, the
+fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from .recipe import Recipe, RecipeError
+
+logger = logging.getLogger(__name__)
+
+
+def _fail(key: str, value, why: str, fix: str):
+    raise RecipeError(f"{key}={value!r} {why}; {fix}.")
+
+
+def check_training(recipe: Recipe) -> None:
+    """Training settings TrainingArguments accepts but that cannot train (or silently do not)."""
+    a, m = recipe.training, recipe.model
+    if not a.learning_rate > 0:
+        _fail("learning_rate", a.learning_rate, "must be > 0", "set e.g. --learning_rate 1e-4 (the paper)")
+    if a.max_steps < -1 or a.max_steps == 0:
+        _fail("max_steps", a.max_steps, "must be -1 (train num_train_epochs) or >= 1",
+              "set --max_steps -1 or a positive number of optimizer steps per stage")
+    if a.max_steps == -1 and not a.num_train_epochs > 0:
+        _fail("num_train_epochs", a.num_train_epochs, "must be > 0 when max_steps is unset (-1)",
+              "set e.g. --num_train_epochs 1, or --max_steps N")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(a, key) < 1:
+            _fail(key, getattr(a, key), "must be >= 1", f"set --{key} 1 or more")
+    if a.max_length is not None and a.max_length < 1:
+        _fail("max_length", a.max_length, "must be >= 1 tokens", "set e.g. --max_length 256 (the paper)")
+    if a.weight_decay < 0:
+        _fail("weight_decay", a.weight_decay, "must be >= 0", "set --weight_decay 0 (the default)")
+    if not 0 <= m.lora_dropout < 1:
+        _fail("lora_dropout", m.lora_dropout, "must be in [0, 1)", "set e.g. --lora_dropout 0.05, or 0 for none")
+    if not m.lora_alpha > 0:
+        _fail("lora_alpha", m.lora_alpha, "must be > 0 (the LoRA scaling is alpha / r)", "set e.g. --lora_alpha 32")
+
+
+def check_output_path(output_dir: str) -> None:
+    """output_dir must be a directory, or creatable: its nearest existing ancestor must accept a
+    new file (probed with a temporary file that is removed at once, so that a read-only mount
+    is caught even for root)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        _fail("output_dir", output_dir, "is a file, not a directory", "choose another --output_dir")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        _fail("output_dir", output_dir, f"cannot be created: {str(probe)!r} is a file", "choose another --output_dir")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".slice_trl_write_probe")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        _fail("output_dir", output_dir, f"is not writable ({str(probe)!r}: {err.strerror or err})",
+              "choose a writable --output_dir")
+
+
+def check_repo_ids(recipe: Recipe) -> None:
+    """Hub repo ids, by huggingface_hub's own validator."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for key in ("push_repo_id", "push_dataset_repo_id"):
+        value = getattr(recipe.run, key)
+        if value is None:
+            continue
+        try:
+            validate_repo_id(value)
+        except HFValidationError as err:
+            _fail(key, value, f"is not a valid Hub repo id ({' '.join(str(err).split())})",
+                  f"use 'namespace/name', e.g. --{key} my-org/slice-run")
+
+
+def _empty_peft_model(recipe: Recipe):
+    """The base model built from its config with empty (meta) weights, with the recipe's LoRA
+    attached by PEFT itself (so PEFT resolves target_modules exactly as the run will). None
+    when the config cannot be read here (e.g. a Hub id not in this machine's cache: the run
+    reports that when it loads the tokenizer)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import EMBEDDED_MODEL, cache_dir
+
+    m = recipe.model
+    name = m.model_name_or_path
+    path = str(cache_dir() / EMBEDDED_MODEL) if name == EMBEDDED_MODEL else name
+    try:
+        config = AutoConfig.from_pretrained(path, revision=m.model_revision,
+                                            trust_remote_code=recipe.training.trust_remote_code)
+    except Exception:  # noqa: BLE001 - unreadable here: checked when the run loads the model
+        return None, None
+    from peft import get_peft_model
+
+    with warnings.catch_warnings(), init_empty_weights():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.training.trust_remote_code)
+        names = [n for n, _ in model.named_modules()]
+        try:
+            return get_peft_model(model, recipe.lora_config()), names
+        except ValueError as err:
+            raise RecipeError(
+                f"lora_target_modules={m.lora_target_modules!r} matches no module of {name!r} "
+                f"({' '.join(str(err).split())[:160]}); name its linear layers, e.g. [q_proj, v_proj], or use "
+                "all-linear.") from None
+
+
+def check_model_structure(recipe: Recipe) -> bool:
+    """Every named target module exists in the model, and every targeted layer is large enough
+    for the rank the initialiser needs (2r for slice/lora_ga, r otherwise). Returns False when
+    the model's config is not readable on this machine (nothing checked)."""
+    from .initializers import check_rank, lora_layers
+
+    peft_model, names = _empty_peft_model(recipe)
+    if peft_model is None:
+        return False
+    m = recipe.model
+    targets = m.lora_target_modules
+    if isinstance(targets, (list, tuple)):
+        absent = [t for t in targets if t not in names and not any(n.endswith("." + t) for n in names)]
+        if absent:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, mod in peft_model.named_modules()
+                             if type(mod).__name__ == "Linear" and "lora_" not in n})
+            raise RecipeError(f"lora_target_modules={list(targets)!r}: {m.model_name_or_path!r} has no module "
+                              f"{absent}; remove them or choose from its linear layers {leaves}.")
+    try:
+        check_rank(lora_layers(peft_model, "default"), "default", needs_2r=recipe.training.init.uses_gradients)
+    except ValueError as err:
+        raise RecipeError(f"lora_r={m.lora_r}: {err}".replace("LoraConfig.r=", "r=")) from None
+    return True
+
+
+def check_general_tasks(recipe: Recipe) -> None:
+    """Build every GP/IP benchmark (``evaluation.lm_eval_tasks``) and load its data: one that
+    cannot be resolved on this machine (offline, no local copy) is one line naming it and the
+    fix, not a failure after every stage has trained (`slice_trl.general.resolve_tasks`)."""
+    from .general import resolve_tasks
+
+    try:
+        resolve_tasks(recipe.training.evaluation)
+    except (ValueError, ImportError) as err:
+        raise RecipeError(f"evaluation.lm_eval_tasks: {err}") from None
+
+
+def check_recipe(recipe: Recipe) -> list[str]:
+    """Every check above, in order; raises the first problem as a `RecipeError`. Returns notes
+    (one line each) on what could not be checked on this machine."""
+    check_training(recipe)
+    check_repo_ids(recipe)
+    check_output_path(recipe.training.output_dir)
+    check_general_tasks(recipe)
+    notes = []
+    if not check_model_structure(recipe):
+        notes.append(f"model config of {recipe.model.model_name_or_path!r} not readable here: lora_target_modules "
+                     "and lora_r are checked when the run loads it")
+    return notes
+
+
+def check_previous_run(recipe: Recipe, tasks=None) -> str:
+    """Compare this run's fingerprint with the run already in output_dir (writing nothing).
+    Returns "new", "resume" or "replace" (see `integrity.check_output_dir`); a mismatch or a
+    damaged finished stage is a `RecipeError`. Without ``tasks`` (a dry run: no tokenizer, so no
+    prepared data, and possibly another machine than the run's) the task data and the
+    hardware-dependent keys (use_cpu, bf16) are not compared."""
+    from . import integrity, stages
+
+    m = recipe.model
+    names = [s.display_name for s in recipe.task_specs]
+    fp = integrity.run_fingerprint(recipe.training, recipe.lora_config(),
+                                   integrity.model_identity(m.model_name_or_path, m.model_revision), tasks, names)
+    out = recipe.training.output_dir
+    sections = None if tasks is not None else ("base_model", "lora", "training", "task_names")
+    skip = () if tasks is not None else ("use_cpu", "bf16")
+    try:
+        state = integrity.check_output_dir(out, fp, recipe.training.resume, sections=sections, skip=skip)
+        if state == "resume":
+            stages.check_finished(out, names)
+    except ValueError as err:  # RunMismatchError, DamagedStageError
+        raise RecipeError(str(err)) from None
+    return state
