@@ -82,4 +82,9 @@ def stage_line(record: dict, n_stages: int) -> str:
     elif surgery is not None or init.get("method") == "slice":
         what += ", projection not applied (no earlier task)"
     scores = "  ".join(f"{name} {100 * s:.1f}" for name, s in record.get("scores", {}).items() if s is not None)
-    return f"stage {record.get('stage')}/{n_stages} {record.get('task')} [{what}]  scores x100: {scores}"
+    general = ""
+    if record.get("general"):  # GP/IP measured after this stage (the last one, or every one when asked)
+        from .general import change_text
+
+        general = f"  {change_text(record['general'])}"
+    return f"stage {record.get('stage')}/{n_stages} {record.get('task')} [{what}]  scores x100: {scores}{general}"

@@ -266,15 +266,20 @@ def summarize(final: dict, base: dict | None, stage: int) -> dict:
     return out
 
 
-def summary_line(g: dict) -> str:
-    """"GP 43.8 (base 45.0, -1.2)  IP ... (x100, after stage 3; tasks ...)" for the console."""
+def change_text(g: dict) -> str:
+    """"GP 43.8 (base 45.0, -1.2)  IP 47.1 (base 46.0, +1.1)" (x100) of a `summarize` dict."""
     parts = []
     for key in ("GP", "IP"):
         text = f"{key} {100 * g[key]:.1f}"
         if g.get("change"):
             text += f" (base {100 * g['base'][key]:.1f}, {100 * g['change'][key]:+.1f})"
         parts.append(text)
-    return "  ".join(parts) + f"  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"
+    return "  ".join(parts)
+
+
+def summary_line(g: dict) -> str:
+    """`change_text` + "(x100, after stage 3; tasks ...)", the console's line after R."""
+    return f"{change_text(g)}  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"
 
 
 def same_settings(cached: dict, cfg) -> bool:

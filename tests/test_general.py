@@ -411,3 +411,15 @@ def test_cli_run_prints_and_stores_the_smoke_check(tmp_path, capsys, one_torch_t
     assert line.startswith(f"GP {100 * g['GP']:.1f} (base {100 * base['GP']:.1f}, {100 * g['change']['GP']:+.1f})  "
                            f"IP {100 * g['IP']:.1f} (base {100 * base['IP']:.1f}")
     assert line.endswith("(x100, after stage 2; slice_smoke_choice, slice_smoke_alpaca)")
+
+
+def test_stage_line_shows_gp_ip_when_measured():
+    from slice_trl.console import stage_line
+
+    g = {"GP": 0.40, "IP": 0.55, "stage": 2, "base": {"GP": 0.5, "IP": 0.5}, "change": {"GP": -0.1, "IP": 0.05},
+         "tasks": ["hellaswag"]}
+    record = {"stage": 2, "task": "last", "init": {"method": "vanilla"}, "scores": {"first": 0.5, "last": 1.0}}
+    assert stage_line(record, 3) == "stage 2/3 last [vanilla]  scores x100: first 50.0  last 100.0"
+    assert stage_line({**record, "general": g}, 3) == (
+        "stage 2/3 last [vanilla]  scores x100: first 50.0  last 100.0  GP 40.0 (base 50.0, -10.0)  "
+        "IP 55.0 (base 50.0, +5.0)")
