@@ -29,6 +29,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from slice_trl import hub as shub
+from slice_trl.general import summarize
 from slice_trl.testing import tiny_llama, tiny_tokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -187,11 +188,15 @@ def _card_yaml(hub, repo) -> dict:
     return yaml.safe_load(text.split("---")[1])
 
 
-GENERAL = {  # results.json["general"] as the trainer writes it after the last stage (agreed layout)
-    "GP": 0.4, "IP": 0.5, "base": {"GP": 0.45, "IP": 0.5}, "change": {"GP": -0.05, "IP": 0.0},
-    "benchmarks": {"arc_easy": {"metric": "acc_norm,none", "GP": 0.4, "IP": 0.5,
-                                "base": {"GP": 0.45, "IP": 0.5}}},
-}
+def _lm_eval_scores(gp: float, ip: float) -> dict:
+    """What `slice_trl.evaluation.evaluate_general` returns for one benchmark."""
+    entry = {"metric": "acc_norm,none", "n": 8}
+    return {"GP": gp, "IP": ip, "zero_shot": {"arc_easy": {**entry, "score": gp, "num_fewshot": 0}},
+            "few_shot": {"arc_easy": {**entry, "score": ip, "num_fewshot": 5}}, "tasks": ["arc_easy"], "limit": None}
+
+
+# results.json["general"] exactly as the trainer writes it after the last stage (final, base, change)
+GENERAL = summarize(_lm_eval_scores(0.4, 0.5), _lm_eval_scores(0.45, 0.5), stage=2)
 
 
 def test_push_and_load_stages_in_fresh_process(hub_modes, hub_repo_name, run, tmp_path, tmp_path_factory):
@@ -287,7 +292,7 @@ def test_final_commit_with_gp_ip_then_up_to_date(hub_modes, hub_repo_name, run):
     card = hub.read_file(repo, "README.md").decode()
     assert "## General ability (GP / IP)" in card
     assert "| GP | 40.0 | 45.0 | -5.0 |" in card and "| IP | 50.0 | 50.0 | 0.0 |" in card  # final, base, change x100
-    assert "| arc_easy | acc_norm,none | 40.0 | 50.0 | 45.0 | 50.0 |" in card
+    assert "| arc_easy | acc_norm | 40.0 | 50.0 | 45.0 | 50.0 |" in card
     assert json.loads(hub.read_file(repo, "results.json"))["general"]["GP"] == 0.4
     assert json.loads(hub.read_file(repo, "base/scores.json"))["dir"] == "<local path>/run"
 

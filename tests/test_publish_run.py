@@ -38,9 +38,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE_TEXT = "Words: fox cup tree moon\nSay the first word."
 
 
-# results.json["general"] in the agreed layout. lm-eval is not run here (it needs benchmark data):
-# `evaluate_general` is replaced by this fixed answer, since what is tested is where GP/IP go.
-GENERAL = {"GP": 0.25, "IP": 0.5, "base": {"GP": 0.3, "IP": 0.5}, "change": {"GP": -0.05, "IP": 0.0}}
+# lm-eval's scores are not computed here (what is tested is where GP/IP go): `evaluate_general`
+# answers these, for the base model (first call) and after the last stage (second call); the
+# trainer turns them into results.json["general"] (final, base, change).
+def _lm_eval_scores(gp: float, ip: float) -> dict:
+    entry = {"metric": "acc_norm,none", "n": 8}
+    return {"GP": gp, "IP": ip, "zero_shot": {"slice_smoke_choice": {**entry, "score": gp, "num_fewshot": 0}},
+            "few_shot": {"slice_smoke_choice": {**entry, "score": ip, "num_fewshot": 5}},
+            "tasks": ["slice_smoke_choice"], "limit": None}
+
+
+BASE_SCORES, FINAL_SCORES = _lm_eval_scores(0.3, 0.5), _lm_eval_scores(0.25, 0.5)
 
 
 def _write_recipe(root: Path, base: Path, repo: str, dataset_repo: str) -> Path:
@@ -86,7 +94,7 @@ def published_run(request, tmp_path_factory):
 
     def evaluate_general(model, tokenizer, cfg, accelerator=None):
         state["general_calls"] = state.get("general_calls", 0) + 1
-        return GENERAL
+        return BASE_SCORES if state["general_calls"] == 1 else FINAL_SCORES
 
     records = []
     handler = logging.Handler(logging.DEBUG)
@@ -102,7 +110,9 @@ def published_run(request, tmp_path_factory):
             mp.setattr("slice_trl.trainer.ContinualSFTTrainer", Recording)
             mp.setattr("slice_trl.trainer.evaluate_general", evaluate_general)
             recipe = load_recipe(recipe_path)
-            recipe.training.evaluation.lm_eval_tasks = ["arc_easy"]  # GP/IP after the last stage
+            # GP/IP of the base model and after the last stage (a task that resolves offline: the run
+            # checks every benchmark before the model loads)
+            recipe.training.evaluation.lm_eval_tasks = ["slice_smoke_choice"]
             # the dataset repo cannot be created: the task splits push fails before training
             server.fail_next(10**6, status=503, path_contains="/api/repos/create", body_contains="dataset")
             out = run_mod.run(recipe)
@@ -149,9 +159,11 @@ def test_run_survives_hub_failure_and_push_only_pushes_the_rest(published_run, h
     assert not hub.repo_exists(dataset_repo, repo_type="dataset")
     assert "datasets" not in _card_yaml(hub.read_file(repo, "README.md").decode())
 
-    # the run finished, computed GP/IP once, and nothing local is lost
-    assert run["output"].results.completed == 2 and run["general_calls"] == 1
-    assert json.loads((out_dir / "results.json").read_text())["general"] == GENERAL
+    # the run finished, computed GP/IP for the base model and after the last stage, and nothing local is lost
+    assert run["output"].results.completed == 2 and run["general_calls"] == 2
+    general = json.loads((out_dir / "results.json").read_text())["general"]
+    assert (general["GP"], general["IP"], general["base"]["GP"], general["base"]["IP"]) == (0.25, 0.5, 0.3, 0.5)
+    assert general["change"] == {"GP": 0.25 - 0.3, "IP": 0.0}
     for name in ("01-first", "02-last"):
         for sub in ("record.json", "adapter/adapter_model.safetensors", "init_adapter/adapter_model.safetensors",
                     "adapter_original_base/adapter_model.safetensors"):
