@@ -139,15 +139,16 @@ for _name in ("lm_eval.api.task", "lm_eval.evaluator", "lm_eval.models.huggingfa
 
 
 def smoke_choice_dataset(**_):
-    """The quickstart's generated multiple-choice smoke task: 8 test and 2 few-shot docs."""
+    """The quickstart's generated multiple-choice smoke task: 8 test and 5 few-shot docs (enough
+    for the default 5-shot IP)."""
     from datasets import Dataset, DatasetDict
 
-    docs = _animal_questions(10, seed=7)
+    docs = _animal_questions(13, seed=7)
     return DatasetDict({"test": Dataset.from_list(docs[:8]), "train": Dataset.from_list(docs[8:])})
 
 
 def smoke_alpaca_dataset(**_):
-    """The quickstart's generated Alpaca-style smoke task: 4 test and 2 few-shot instructions
+    """The quickstart's generated Alpaca-style smoke task: 4 test and 5 few-shot instructions
     with one-word answers ("Write the plural of the word 'cat'." -> "cats")."""
     from datasets import Dataset, DatasetDict
 
@@ -155,7 +156,7 @@ def smoke_alpaca_dataset(**_):
 
     plural = {"bus": "buses", "fox": "foxes", "mouse": "mice", "fish": "fish", "wolf": "wolves"}
     countable = [w for w in WORDS if w not in ("bread", "milk", "rain")]
-    words = random.Random(11).sample(countable, 6)
+    words = random.Random(11).sample(countable, 9)
     docs = [{"instruction": f"Write the plural of the word '{w}'.", "input": "", "output": plural.get(w, w + "s")}
             for w in words]
     return DatasetDict({"test": Dataset.from_list(docs[:4]), "train": Dataset.from_list(docs[4:])})
@@ -220,9 +221,30 @@ def resolve_tasks(cfg) -> None:
         manager = _task_manager(TaskManager, folders, cfg.lm_eval_tasks)
         for name in cfg.lm_eval_tasks:
             try:
-                _load_task(manager, name)
+                loaded = _load_task(manager, name)
             except (LMEvalDataError, ValueError) as err:
                 raise ValueError(" ".join(str(err).split())) from None
+            shots = int(cfg.lm_eval_fewshot_overrides.get(name, cfg.lm_eval_num_fewshot))
+            for task in loaded:
+                _check_fewshot_pool(name, task, shots)
+
+
+def _check_fewshot_pool(name: str, task, shots: int) -> None:
+    """IP draws ``shots`` examples from the task's few-shot pool (one more when the pool is the
+    scored split: a record is never its own example); lm-eval fails mid-run on a smaller pool."""
+    config = getattr(task, "config", None)
+    if shots == 0 or config is None or not hasattr(task, "fewshot_docs"):
+        return  # a group: its subtasks are lm-eval's own, checked by lm-eval
+    docs = task.fewshot_docs()
+    if docs is None:
+        return
+    scored = config.test_split or config.validation_split
+    needed = shots + (1 if config.fewshot_split is not None and config.fewshot_split == scored else 0)
+    if len(docs) < needed:
+        raise ValueError(f"lm-eval task {name!r} has {len(docs)} few-shot examples, fewer than IP's {shots} shots "
+                         f"need ({needed}). Fix: set evaluation.lm_eval_fewshot_overrides: {{{name}: "
+                         f"{max(len(docs) - needed + shots, 0)}}} or a smaller evaluation.lm_eval_num_fewshot, or give "
+                         "the task more examples.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -423,3 +423,28 @@ def test_stage_line_shows_gp_ip_when_measured():
     assert stage_line({**record, "general": g}, 3) == (
         "stage 2/3 last [vanilla]  scores x100: first 50.0  last 100.0  GP 40.0 (base 50.0, -10.0)  "
         "IP 55.0 (base 50.0, +5.0)")
+
+
+def test_too_few_fewshot_examples_is_one_line_before_any_model_loads(tmp_path, capsys, no_model_loading):
+    from slice_trl import run as run_mod
+
+    quick = str(REPO_ROOT / "recipes" / "quickstart.yaml")
+    assert run_mod.main([quick, "--dry-run", "--output_dir", str(tmp_path / "q"),
+                         "--evaluation.lm_eval_num_fewshot", "5"]) == 0  # the default IP shots fit the smoke tasks
+    capsys.readouterr()
+    assert run_mod.main([quick, "--dry-run", "--output_dir", str(tmp_path / "q"),
+                         "--evaluation.lm_eval_num_fewshot", "6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: evaluation.lm_eval_tasks: lm-eval task 'slice_smoke_choice' has 5 few-shot examples, fewer "
+                   "than IP's 6 shots need (6). Fix: set evaluation.lm_eval_fewshot_overrides: {slice_smoke_choice: 5} "
+                   "or a smaller evaluation.lm_eval_num_fewshot, or give the task more examples."]
+    # a local file is both the scored split and the few-shot pool: a record is never its own example
+    data = write_jsonl(tmp_path / "alpaca.jsonl", ALPACA)  # 2 records: at most 1 shot
+    local = ["--evaluation.lm_eval_tasks", "[slice_alpaca]", "--evaluation.lm_eval_metrics", "{}",
+             "--evaluation.lm_eval_local_data", json.dumps({"slice_alpaca": str(data)})]
+    assert run_mod.main([quick, "--dry-run", "--output_dir", str(tmp_path / "q"), *local,
+                         "--evaluation.lm_eval_num_fewshot", "2"]) == 2
+    assert "'slice_alpaca' has 2 few-shot examples, fewer than IP's 2 shots need (3). Fix: set " \
+           "evaluation.lm_eval_fewshot_overrides: {slice_alpaca: 1}" in capsys.readouterr().err
+    assert run_mod.main([quick, "--dry-run", "--output_dir", str(tmp_path / "q"), *local,
+                         "--evaluation.lm_eval_num_fewshot", "1"]) == 0
