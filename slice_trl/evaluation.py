@@ -602,13 +602,22 @@ def evaluate_general(model, tokenizer, cfg: EvalConfig, accelerator=None) -> dic
 @contextlib.contextmanager
 def _quiet_lm_eval():
     """lm-eval logs ~20 INFO lines per task run (seeds, task selection, contexts); keep its
-    warnings and errors only, unless the user asked for INFO on the ``lm_eval`` logger."""
+    warnings and errors only, unless the user asked for INFO on the ``lm_eval`` logger. Where the
+    run's console has no progress bars (quiet, output not a terminal: `slice_trl.console`), lm-eval's
+    own tqdm bars (4-5 per task run, written to ``sys.stderr``) are dropped too; log records still
+    show, since logging handlers hold the real stream."""
+    import io
+
+    from . import console
+
     lm_logger = logging.getLogger("lm_eval")
     level = lm_logger.level
     if level == logging.NOTSET:
         lm_logger.setLevel(logging.WARNING)
+    bars = contextlib.nullcontext() if console.bars_enabled() else contextlib.redirect_stderr(io.StringIO())
     try:
-        yield
+        with bars:
+            yield
     finally:
         lm_logger.setLevel(level)
 
