@@ -293,16 +293,17 @@ def test_heatmap_gains_a_gp_ip_panel(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def local_benchmark_files(folder: Path) -> dict[str, str]:
-    """Two records of each paper benchmark, in the fields of its Hub dataset."""
+    """Six records of each paper benchmark (5-shot IP draws from the scored file, never the
+    scored record itself), in the fields of its Hub dataset."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = {
         "hellaswag": [{"activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
-                       "endings": ["fries it.", "sings.", "flies.", "sleeps."], "label": "0"}] * 2,
+                       "endings": ["fries it.", "sings.", "flies.", "sleeps."], "label": "0"}] * 6,
         "commonsense_qa": [{"question": "Where is milk kept?", "answerKey": "B",
-                            "choices": {"label": list("ABCDE"), "text": ["oven", "fridge", "car", "bed", "roof"]}}] * 2,
+                            "choices": {"label": list("ABCDE"), "text": ["oven", "fridge", "car", "bed", "roof"]}}] * 6,
         "bbh_fewshot_object_counting": [{"input": "I have a cat and a dog. How many animals do I have?",
-                                         "target": "2"}] * 2,
-        "slice_alpaca": ALPACA,
+                                         "target": "2"}] * 6,
+        "slice_alpaca": ALPACA * 3,
     }
     return {name: str(write_jsonl(folder / f"{name}.jsonl", r)) for name, r in rows.items()}
 
