@@ -285,6 +285,29 @@ class ContinualSFTTrainer(SFTTrainer):
                                          accelerator=self.accelerator)
                 for task in self.tasks[:t + 1]}
 
+    def evaluate_base(self) -> dict | None:
+        """R_0 (``evaluation.score_base``): score the base model on every task before stage 1 and
+        write ``output_dir/base/record.json``; a record there from the same tasks and evaluation
+        settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
+        if not self.args.evaluation.score_base:
+            return None
+        path = self.output_path / "base" / stages.RECORD
+        names = [t.name for t in self.tasks]
+        settings = {k: v for k, v in self.args.evaluation.to_dict().items() if not k.startswith("lm_eval")}
+        old = json.loads(path.read_text()) if self.args.resume and path.is_file() else None
+        if old is not None and old.get("task_names") == names and old.get("evaluation") == settings:
+            return old
+        t0 = time.perf_counter()
+        scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
+        record = {"task_names": names, "evaluation": settings,
+                  "scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+                  "samples": {n: s.samples for n, s in scores.items()},
+                  "timings": {"eval": time.perf_counter() - t0}}
+        if self.accelerator.is_main_process:
+            write_json_atomic(path, record)
+        distributed.barrier()
+        return record
+
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
         info = {
@@ -356,8 +379,7 @@ class ContinualSFTTrainer(SFTTrainer):
     def _write_results(self, results: ResultsMatrix, general: dict | None = None) -> None:
         if not self.accelerator.is_main_process:
             return
-        payload = {**results.to_dict(), "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
-                   "per_task_forgetting": results.per_task_forgetting()}
+        payload = {**results.to_dict(), **results.summary()}  # AP, FP, forgetting (+ learned, retained with R_0)
         if general is not None:
             payload["general"] = general
         write_json_atomic(self.output_path / "results.json", payload)
@@ -371,6 +393,9 @@ class ContinualSFTTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             self._write_run_info()
         results = ResultsMatrix([t.name for t in self.tasks])
+        base = self.evaluate_base()  # before _resume, which merges finished stages into the model
+        if base is not None:
+            results.set_base(base["scores"])
         start, records = self._resume(results)
         for t in range(start, len(self.tasks)):
             self._stage = t
