@@ -102,10 +102,12 @@ def summary_path(results: Path, seq: str, method: str, seed: int) -> Path:
 
 
 def settings(seq: str, method: str, seed: int) -> dict:
-    """What makes a run the same run: the recipe's text, the arm's overrides and the seed (not
-    the paths, which differ between checkouts)."""
-    text = (ROOT / SEQUENCES[seq]["recipe"]).read_text()
-    return {"recipe": SEQUENCES[seq]["recipe"], "recipe_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    """What makes a run the same run: the recipe's content (parsed, so comments may change), the
+    arm's overrides and the seed (not the paths, which differ between checkouts)."""
+    import yaml
+
+    content = json.dumps(yaml.safe_load((ROOT / SEQUENCES[seq]["recipe"]).read_text()), sort_keys=True)
+    return {"recipe": SEQUENCES[seq]["recipe"], "recipe_sha256": hashlib.sha256(content.encode()).hexdigest(),
             "overrides": METHODS[method], "seed": seed}
 
 
