@@ -34,7 +34,7 @@ from .stages import merge_into_base  # noqa: F401  (re-exported: part of the tra
 from .batching import sample_batches
 from .config import ContinualSFTConfig
 from .evaluation import evaluate_general, evaluate_task
-from .initializers import InitReport, build_initializer
+from .initializers import InitReport, build_initializer, warn_if_far_from_paper
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
 from .tasks.base import Task
@@ -157,6 +157,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
             self.strategy = build_strategy(args.strategy)
             self.add_callback(_StrategyStepCallback(self))
+        warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
 
