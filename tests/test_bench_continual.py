@@ -56,3 +56,18 @@ def test_shipped_small_recipes_run_at_the_papers_relative_magnitude(recipe):
     s = alpha / math.sqrt(r) if raw.get("use_rslora") else alpha / r
     assert s == pytest.approx(0.25)
     assert s * math.sqrt(math.log(r) / math.log(192)) < FAR_ABOVE * PAPER_RELATIVE_MAGNITUDE
+
+
+def test_reference_check_reports_the_largest_R_difference(bench, tmp_path):
+    mod, _ = bench
+    new, ref = tmp_path / "new", tmp_path / "ref"
+    run = {"seed": 0, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125}
+    moved = {**run, "R": [[0.5, None], [0.125, 0.75]], "FP": 0.4375, "forgetting": 0.1875}
+    for folder, r in ((new, moved), (ref, run)):
+        folder.mkdir()
+        (folder / "continual_t.json").write_text(json.dumps(
+            {"runs": {"lora_ga": [r]}, "summary": {"lora_ga": {"FP": [50.0, 3.0]}}}))
+    text = mod.compare("t", new, ref)
+    # |0.125 - 0.25| = 0.125 -> 12.50 x100; FP -6.25, forgetting +6.25
+    assert "| lora_ga | 0 | 12.50 | +0.00 | -6.25 | +6.25 | 3.0 |" in text
+    assert (new / "continual_t_rerun_check.md").read_text() == text
