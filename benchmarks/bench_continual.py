@@ -31,6 +31,7 @@ resumes from its last finished stage. Then `slice_trl.compare` writes, under the
     python benchmarks/bench_continual.py --methods lora_ga --seeds 0 --runs-dir runs/rerun \\
         --results-dir runs/rerun/results --reference benchmarks/results   # reproducibility check
     python benchmarks/bench_continual.py --sequences builtin opp2 --methods initialisers --seeds 0 1
+    python benchmarks/bench_continual.py --report-only        # tables and plots from the committed summaries
 """
 
 from __future__ import annotations
@@ -238,12 +239,18 @@ def main(argv=None) -> int:
     p.add_argument("--reference", default=None, help="a results directory from an earlier invocation (e.g. "
                    "benchmarks/results): compare every (arm, seed) run to it and write "
                    "continual_<seq>_rerun_check.md; use with a fresh --runs-dir and --results-dir.")
+    p.add_argument("--report-only", action="store_true", help="rewrite the tables and plots from the run "
+                   "summaries already in --results-dir; start no run.")
     args = p.parse_args(argv)
     methods = [m for name in args.methods for m in GROUPS.get(name, [name])]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(METHODS)} or groups {list(GROUPS)}")
     runs_root, results = Path(args.runs_dir), Path(args.results_dir)
+    if args.report_only:
+        for seq in args.sequences:
+            print(report(seq, methods, args.seeds, results), "\n")
+        return 0
     # seed by seed, so that complete seeds (all arms) accumulate first; one run at a time, one thread
     jobs = [(seq, m, s) for seq in args.sequences for s in args.seeds for m in methods]
     t0 = time.perf_counter()

@@ -125,6 +125,9 @@ def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
         for m in METRICS:
             if all(r.get(m) is not None for r in done):
                 row[m] = mean_sd([100 * r[m] for r in done])
+        gates = [g for r in done for g in (r.get("gate") or []) if g and g.get("cosine") is not None]
+        if gates:  # stages that had earlier-task data, and how many of them the surgery acted on
+            row["gate_fired"] = [sum(bool(g["fired"]) for g in gates), len(gates)]
         out[label] = row
     return out
 
@@ -161,9 +164,11 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
     """The markdown report: arm table, paired differences, gate log."""
     with_base = any("learned" in row for row in summary.values())
     cols = list(METRICS if with_base else METRICS[:3])
-    lines = ["| arm | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines = ["| arm | seeds | " + " | ".join(cols) + " | surgery fired |", "|---|---|" + "---|" * (len(cols) + 1)]
     for label, row in summary.items():
-        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+        fired = "{} of {} stages".format(*row["gate_fired"]) if "gate_fired" in row else "–"
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(_fmt(row.get(c)) for c in cols)
+                     + f" | {fired} |")
     text = ["Scores x100, mean ± sample std over seeds (complete runs only).", "", *lines]
     incomplete = [f"{r['label']} seed {r['seed']}" for runs in arms.values() for r in runs if not r.get("complete", True)]
     if incomplete:

@@ -53,6 +53,8 @@ def test_table_pairs_and_gate_log_by_hand(tmp_path):
     assert "| FP(slice) - FP(lora_ga) | [0, 1] | +20.0, +10.0 | +15.0 ± 7.1 |" in text
     assert "| slice | 0 | 2 | -0.0500 | 0.2000 | yes | 75% | – |" in text
     assert "lora_ga seed 2" in text  # named as not complete
+    assert out["summary"]["slice"]["gate_fired"] == [2, 2] and "gate_fired" not in out["summary"]["lora_ga"]
+    assert "| 2 of 2 stages |" in text
     for name in ("R_slice.png", "R_slice_pct_base.png", "fp_vs_ap.png"):
         assert matplotlib.image.imread(tmp_path / name).shape[0] > 100
     assert json.loads((tmp_path / "compare.json").read_text())["pairs"][0]["diffs"] == pytest.approx([20.0, 10.0])
