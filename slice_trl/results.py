@@ -287,13 +287,14 @@ class ResultsMatrix:
 
     # ------------------------------------------------------------------ reporting
     def table(self, digits: int = 1) -> str:
-        """Readable text table of R (scores x 100): one row per stage (blank until it has run),
-        columns numbered like the rows, then AP, FP and Fgt of the completed prefix. Rendered
+        """Readable text table of R (scores x 100): the base row R_0 first if set, one row per stage
+        (blank until it has run), columns numbered like the rows, then AP, FP and Fgt of the
+        completed prefix (and learned / retained with R_0). Rendered
         with rich when it is installed, plain text otherwise."""
         # Columns are numbered like the rows (task j = row j's name): NI task names are ~40
         # characters, too wide to head a column each.
         headers = ["after stage \\ on task"] + [str(j + 1) for j in range(self.num_tasks)]
-        rows = []
+        rows = [["0. base"] + [f"{100 * v:.{digits}f}" for v in self.base]] if self.base is not None else []
         for i in range(self.completed):
             rows.append([f"{i + 1}. {self.task_names[i]}"] + [
                 f"{100 * v:.{digits}f}" if (v := self[i, j]) is not None else "" for j in range(self.num_tasks)])
@@ -302,6 +303,8 @@ class ResultsMatrix:
         if self.completed:
             footer = (f"AP {100 * self.ap():.{digits}f}  FP {100 * self.fp():.{digits}f}  "
                       f"Fgt {100 * self.forgetting():+.{digits}f}  (x100, after stage {self.completed})")
+            if self.base is not None:
+                footer += f"  learned {100 * self.learned():+.{digits}f}  retained {100 * self.retained():+.{digits}f}"
         else:
             footer = "no completed stage yet"
         try:

@@ -178,3 +178,11 @@ def test_heatmap_with_base_row_and_relative(tmp_path):
     assert plain.shape[0] > 100 and rel.shape[0] > 100
     with pytest.raises(ValueError, match="needs the base row"):
         filled().heatmap(tmp_path / "x.png", relative=True)
+
+
+def test_table_shows_the_base_row_and_the_gains():
+    r = filled()
+    r.set_base(BASE)
+    text = r.table()
+    assert "0. base" in text and "learned +55.0" in text and "retained +25.0" in text
+    assert text.index("0. base") < text.index("1. task088")
