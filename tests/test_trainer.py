@@ -214,8 +214,13 @@ def test_base_row_scores_the_untrained_model_and_is_reused_on_resume(tmp_path):
     CountingTrainer.calls = 0
     again = build(tmp_path, tasks=tasks, cls=CountingTrainer, evaluation=evaluation, init=init).train()
     assert CountingTrainer.calls == 0 and again.results == out.results
-    # other evaluation settings: the stored base row does not apply and is scored again
-    CountingTrainer.calls = 0
-    build(tmp_path, tasks=tasks, cls=CountingTrainer, evaluation={**evaluation, "max_samples": 5},
-          init=init).train()
-    assert CountingTrainer.calls == 1
+    # a base record copied into a fresh output_dir (as the benchmark shares R_0 between runs) is
+    # reused with the same evaluation settings, and scored again with other ones
+    for max_samples, calls in ((6, 2), (5, 3)):
+        fresh = tmp_path / f"fresh{max_samples}"
+        (fresh / "base").mkdir(parents=True)
+        (fresh / "base" / "record.json").write_text((tmp_path / "base" / "record.json").read_text())
+        CountingTrainer.calls = 0
+        build(fresh, tasks=tasks, cls=CountingTrainer, evaluation={**evaluation, "max_samples": max_samples},
+              init=init).train()
+        assert CountingTrainer.calls == calls
