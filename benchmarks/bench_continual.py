@@ -15,7 +15,7 @@ Every run is the real entry point, ``python -m slice_trl.run RECIPE --seed S --i
 
 Resumable across sessions: each finished run's summary (R, base row, gate log, timings, settings)
 is written to ``<results-dir>/<seq>/runs/<arm>_seed<S>.json`` (committed); a run whose summary is
-there with the same settings (recipe text, arm, seed) is not run again, even when its run folder
+there with the same settings (parsed recipe, arm, seed) is not run again, even when its run folder
 is gone. A run folder that finished without a summary is summarised, not rerun; an unfinished one
 resumes from its last finished stage. Then `slice_trl.compare` writes, under the results dir:
 
