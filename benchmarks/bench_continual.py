@@ -189,7 +189,7 @@ def report(seq: str, methods: list[str], seeds: list[int], results: Path) -> str
         return f"{seq}: no finished run yet"
     pairs = [(a, b) for a, b in SEQUENCES[seq]["pairs"] if {a, b} <= {r["label"] for r in runs}]
     names = runs[0]["task_names"]
-    title = f"{seq}: {' -> '.join(names)}"
+    title = f"{seq}: {' -> '.join(n.split('_')[0] for n in names)}"  # task ids: full names do not fit a plot
     out = compare_runs(runs, results, pairs, title, SEQUENCES[seq]["paper"], prefix=f"continual_{seq}_")
     # the layout of earlier invocations (continual_<seq>.json/.md), which --reference reads
     payload = {"sequence": seq, "recipe": SEQUENCES[seq]["recipe"], "task_names": names, "seeds": seeds,

@@ -35,7 +35,7 @@ from .results import ResultsMatrix, write_json_atomic
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
 # METHOD.md, "Headline results": NI-Seq-Opp1 (five tasks), Llama-3.2-3B, r = 64; (AP, FP) x100.
 # LoRA-GA (FP 17.62) and LoRAM (FP 24.25) have no AP there, so they cannot be drawn.
-PAPER_OPP1 = {"paper Opp1 vanilla": (27.27, 12.53), "paper Opp1 SLICE c=1": (25.54, 29.50)}
+PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5 tasks, 3B) SLICE c=1": (25.54, 29.50)}
 
 
 def default_label(info: dict) -> str:
