@@ -156,8 +156,11 @@ def mean_matrix(runs: list[dict]) -> ResultsMatrix:
     return out
 
 
-def _fmt(cell) -> str:
-    return "–" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}"
+def _fmt(cell, n: int) -> str:
+    """mean ± sd; the mean alone for one seed (a sample sd needs two)."""
+    if cell is None:
+        return "–"
+    return f"{cell[0]:.1f}" if n < 2 else f"{cell[0]:.1f} ± {cell[1]:.1f}"
 
 
 def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[dict]) -> str:
@@ -167,9 +170,10 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
     lines = ["| arm | seeds | " + " | ".join(cols) + " | surgery fired |", "|---|---|" + "---|" * (len(cols) + 1)]
     for label, row in summary.items():
         fired = "{} of {} stages".format(*row["gate_fired"]) if "gate_fired" in row else "–"
-        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(_fmt(row.get(c)) for c in cols)
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(_fmt(row.get(c), len(row["seeds"])) for c in cols)
                      + f" | {fired} |")
-    text = ["Scores x100, mean ± sample std over seeds (complete runs only).", "", *lines]
+    text = ["Scores x100, mean ± sample std over seeds (complete runs only; the mean alone for one seed).",
+            "", *lines]
     incomplete = [f"{r['label']} seed {r['seed']}" for runs in arms.values() for r in runs if not r.get("complete", True)]
     if incomplete:
         text += ["", f"Not complete (left out above): {', '.join(incomplete)}."]
@@ -177,7 +181,7 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
         text += ["", "| paired difference | seeds | per seed | mean ± sd |", "|---|---|---|---|"]
         for p in pairs:
             per = ", ".join(f"{d:+.1f}" for d in p["diffs"]) or "–"
-            mean = "–" if p["mean"] is None else f"{p['mean']:+.1f} ± {p['sd']:.1f}"
+            mean = "–" if p["mean"] is None else f"{p['mean']:+.1f}" + (f" ± {p['sd']:.1f}" if len(p["diffs"]) > 1 else "")
             text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} |")
     gate = [(label, r) for label, runs in arms.items() for r in runs if any(r.get("gate") or [])]
     if gate:

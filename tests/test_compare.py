@@ -81,3 +81,7 @@ def test_cli_reads_summary_files_with_labels(tmp_path, capsys):
         paths.append(f"{r['label']}={path}")
     assert main([*paths, "--out", str(tmp_path / "out"), "--pair", "slice:lora_ga", "--paper-opp1"]) == 0
     assert "+15.0 ± 7.1" in capsys.readouterr().out
+    one = [f"{r['label']}={p.split('=')[1]}" for r, p in zip(runs()[:4], paths) if r["seed"] == 0]
+    assert main([*one, "--out", str(tmp_path / "one"), "--pair", "slice:lora_ga"]) == 0
+    text = capsys.readouterr().out
+    assert "| slice | 1 | 80.0 | 50.0 |" in text and "| +20.0 |" in text  # one seed: no ± 0.0
