@@ -220,8 +220,10 @@ def compare(seq: str, results: Path, reference: Path) -> str:
                 continue
             dR = max(abs(a - b) for ra, rb in zip(run["R"], old["R"]) for a, b in zip(ra, rb) if a is not None)
             diffs = [f"{100 * (run[k] - old[k]):+.2f}" for k in ("AP", "FP", "forgetting")]
-            lines.append(f"| {method} | {run['seed']} | {100 * dR:.2f} | " + " | ".join(diffs)
-                         + f" | {ref['summary'][method]['FP'][1]:.1f} |")
+            ref_row = ref["summary"][method]
+            n_ref = len(ref_row["seeds"]) if "seeds" in ref_row else ref_row.get("n_seeds", 2)
+            spread = f"{ref_row['FP'][1]:.1f}" if n_ref > 1 else "– (1 seed)"  # a sample sd needs two
+            lines.append(f"| {method} | {run['seed']} | {100 * dR:.2f} | " + " | ".join(diffs) + f" | {spread} |")
     text = "\n".join(lines) + "\n"
     (results / f"continual_{seq}_rerun_check.md").write_text(text)
     return text
