@@ -168,6 +168,11 @@ class EvalConfig(_FromDict):
     batch_size: int = field(default=8, metadata={"help": "Generation batch size (left padding, KV cache)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Greedy generation budget per example."})
     max_input_tokens: int = field(default=512, metadata={"help": "Prompts longer than this are cut from the left."})
+    score_base: bool = field(
+        default=False,
+        metadata={"help": "Score the base model on every task before stage 1 (the base row R_0 of R), stored in "
+                  "output_dir/base/record.json and reused on resume."},
+    )
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={"help": "lm-evaluation-harness tasks for GP (0-shot) and IP (few-shot), scored for the base model "
@@ -206,6 +211,8 @@ class EvalConfig(_FromDict):
         for name in ("max_samples", "batch_size", "max_new_tokens", "max_input_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{n}.{name}={getattr(self, name)!r} must be >= 1.")
+        if not isinstance(self.score_base, bool):
+            raise ValueError(f"{n}.score_base={self.score_base!r} must be true or false.")
         if int(self.lm_eval_num_fewshot) < 0:
             raise ValueError(f"{n}.lm_eval_num_fewshot must be >= 0.")
         if isinstance(self.lm_eval_tasks, str):  # a single task name from the command line

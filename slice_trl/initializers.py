@@ -31,7 +31,7 @@ from torch import nn
 
 from . import distributed
 from .config import InitConfig
-from .decompose import lora_ga_slices, loram_bases, module_seed, variance_matched_beta
+from .decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
 from .gradients import canonical_name, check_finite, estimate_mean_gradients, target_weights
 from .surgery import reconcile
 
@@ -127,6 +127,38 @@ def check_rank(layers: Mapping[str, nn.Module], adapter_name: str, needs_2r: boo
                 f"{'2r' if needs_2r else 'r'}={need} <= {min(d_out, d_in)}. Lower r to at most "
                 f"{min(d_out, d_in) // (2 if needs_2r else 1)} or exclude the module from target_modules."
             )
+
+
+# METHOD.md, "Operating point when scaling down": the paper's rsLoRA r = 64, alpha = 2 (s = 0.25) on
+# Llama-3.2-3B (m = 3072 or 1024) gives std(s B0 A0) / std(W) = s * sqrt(eta_r) = 0.18-0.19.
+PAPER_RELATIVE_MAGNITUDE = 0.19
+FAR_ABOVE = 2.0  # warn above twice the paper's relative magnitude
+
+
+def relative_magnitudes(layers: Mapping[str, nn.Module], adapter_name: str) -> dict[str, float]:
+    """Per module, std(s B0 A0) / std(W) of a variance-matched init = s * sqrt(eta_r), with s the
+    layer's own scaling (alpha / sqrt(r) under rsLoRA, alpha / r otherwise) and eta_r = ln r / ln m,
+    m = min(d_out, d_in)."""
+    return {name: layer.scaling[adapter_name] * math.sqrt(rank_factor(layer.r[adapter_name], layer.out_features,
+                                                                      layer.in_features))
+            for name, layer in layers.items()}
+
+
+def warn_if_far_from_paper(model, adapter_name: str, config: InitConfig) -> float | None:
+    """One warning line when a rescaled init (LoRA-GA, LoRAM, SLICE) would start with s * sqrt(eta_r)
+    far above the paper's ~0.19: the absorbed initial adapter is then a large fraction of W (or
+    larger), and a comparison with vanilla LoRA becomes one of magnitude, not of subspace. Returns
+    the largest value over the modules (None for inits it does not apply to)."""
+    if config.method == "vanilla" or not config.rescale:
+        return None
+    values = relative_magnitudes(lora_layers(model, adapter_name), adapter_name)
+    top = max(values.values())
+    if top > FAR_ABOVE * PAPER_RELATIVE_MAGNITUDE:
+        logger.warning("init %s starts with s * sqrt(ln r / ln m) up to %.2f (%s), %.0fx the paper's ~%.2f: the "
+                       "initial adapter is a large share of W; lower lora_alpha (rsLoRA: alpha = 0.25 * sqrt(r), "
+                       "e.g. r = 16, alpha = 1) to run at the paper's magnitude.", config.method, top,
+                       max(values, key=values.get), top / PAPER_RELATIVE_MAGNITUDE, PAPER_RELATIVE_MAGNITUDE)
+    return top
 
 
 class VanillaInitializer:

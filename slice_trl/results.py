@@ -10,7 +10,14 @@ each stage:
 - FP (stability)   = mean_{j <= t} R[t][j]
 - Fgt (forgetting) = AP - FP (positive = forgetting, negative = backward transfer)
 
-where t is the last completed stage.
+where t is the last completed stage. An optional base row R_0 (the base model's score on every
+task before stage 1, `set_base`) adds what training changed relative to the untrained model:
+
+- learned  = mean_{i <= t} (R[i][i] - R_0[i])   what each task gained while it was trained
+- retained = mean_{j <= t} (R[t][j] - R_0[j])   what is left of those gains after stage t
+
+(GEM's forward transfer, R[i-1][i] - R_0[i], needs the score on a task *before* it is trained,
+above R's diagonal, which the loop does not measure.)
 """
 
 from __future__ import annotations
@@ -62,6 +69,16 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _score(name: str, v, where: str) -> float:
+    """A validated score in [0, 1] (``where`` names the row in the error)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"Score of {name!r} in {where} must be a number, got {v!r}.")
+    v = float(v)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"Score of {name!r} in {where} is {v}; scores are fractions in [0, 1].")
+    return v
+
+
 class ResultsMatrix:
     """Lower-triangular T x T score matrix, filled one stage (row) at a time.
 
@@ -80,6 +97,7 @@ class ResultsMatrix:
             raise ValueError(f"Task names must be unique; repeated: {dupes}.")
         self.task_names = names
         self._rows: list[list[float]] = []
+        self.base: list[float] | None = None  # R_0, one score per task (all T), or None
 
     # ------------------------------------------------------------------ filling
     @property
@@ -122,18 +140,27 @@ class ResultsMatrix:
             if len(values) != i + 1:
                 raise ValueError(f"Row {i} ({self.task_names[i]!r}) needs exactly {i + 1} scores (tasks 0..{i}), "
                                  f"got {len(values)}. Entries above the diagonal are not measured.")
-        row = []
-        for name, v in zip(seen, values):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"Score of {name!r} in row {i} must be a number, got {v!r}.")
-            v = float(v)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"Score of {name!r} in row {i} is {v}; scores are fractions in [0, 1].")
-            row.append(v)
+        row = [_score(name, v, f"row {i}") for name, v in zip(seen, values)]
         if i == self.completed:
             self._rows.append(row)
         else:
             self._rows[i] = row
+
+    def set_base(self, scores: Mapping[str, float] | Sequence[float]) -> None:
+        """Set R_0: the base model's score on every task (all T of them) before stage 1, as a list
+        in task order or a mapping with exactly the task names. Raises ``ValueError`` otherwise."""
+        if isinstance(scores, Mapping):
+            missing = [n for n in self.task_names if n not in scores]
+            extra = sorted(set(scores) - set(self.task_names))
+            if missing or extra:
+                raise ValueError(f"The base row needs scores for exactly {self.task_names}; missing {missing}, "
+                                 f"unexpected {extra}.")
+            values = [scores[n] for n in self.task_names]
+        else:
+            values = list(scores)
+            if len(values) != self.num_tasks:
+                raise ValueError(f"The base row needs {self.num_tasks} scores (one per task), got {len(values)}.")
+        self.base = [_score(name, v, "the base row") for name, v in zip(self.task_names, values)]
 
     def __getitem__(self, ij: tuple[int, int]) -> float | None:
         i, j = ij
@@ -168,6 +195,31 @@ class ResultsMatrix:
         """AP - FP (positive = forgetting; negative = backward transfer)."""
         return self.ap() - self.fp()
 
+    def _require_base(self, what: str) -> int:
+        if self.base is None:
+            raise ValueError(f"{what} needs the base row R_0 (set_base; evaluation.score_base: true in a run).")
+        return self._require_rows(what)
+
+    def learned(self) -> float:
+        """mean_{i <= t} (R[i][i] - R_0[i]): the mean gain of each task over the base model right
+        after it was trained (AP minus the base's mean over the same tasks)."""
+        t = self._require_base("learned")
+        return _mean([self._rows[i][i] - self.base[i] for i in range(t + 1)])
+
+    def retained(self) -> float:
+        """mean_{j <= t} (R[t][j] - R_0[j]): the final model's mean gain over the base model on the
+        tasks seen so far (FP minus the base's mean over the same tasks)."""
+        t = self._require_base("retained")
+        return _mean([self._rows[t][j] - self.base[j] for j in range(t + 1)])
+
+    def relative_to_base(self) -> list[list[float | None]]:
+        """T x T: R[i][j] / R_0[j] (1.0 = the base model's score); ``None`` where R is unmeasured
+        or R_0[j] is 0 (a ratio to zero says nothing)."""
+        if self.base is None:
+            raise ValueError("relative_to_base needs the base row R_0 (set_base).")
+        return [[None if v is None or self.base[j] == 0 else v / self.base[j] for j, v in enumerate(row)]
+                for row in self.matrix]
+
     def per_task_forgetting(self) -> dict[str, float]:
         """For each task j seen before the last completed stage t (j < t): the best score it had
         at an earlier stage minus its score now, max_{j <= i < t} R[i][j] - R[t][j]. Tasks
@@ -182,15 +234,23 @@ class ResultsMatrix:
         """{"AP", "FP", "forgetting", "per_task_forgetting"} on the completed prefix (None
         values before the first stage)."""
         if self.completed == 0:
-            return {"AP": None, "FP": None, "forgetting": None, "per_task_forgetting": {}}
-        return {"AP": self.ap(), "FP": self.fp(), "forgetting": self.forgetting(),
-                "per_task_forgetting": self.per_task_forgetting()}
+            out = {"AP": None, "FP": None, "forgetting": None, "per_task_forgetting": {}}
+        else:
+            out = {"AP": self.ap(), "FP": self.fp(), "forgetting": self.forgetting(),
+                   "per_task_forgetting": self.per_task_forgetting()}
+        if self.base is not None:
+            out.update(learned=self.learned() if self.completed else None,
+                       retained=self.retained() if self.completed else None)
+        return out
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         """``{"task_names": [...], "R": T x T list with None (JSON null) where unmeasured,
-        "completed": int}``."""
-        return {"task_names": list(self.task_names), "R": self.matrix, "completed": self.completed}
+        "completed": int}``, plus ``"base"`` (R_0, a list of T scores) when it is set."""
+        out = {"task_names": list(self.task_names), "R": self.matrix, "completed": self.completed}
+        if self.base is not None:
+            out["base"] = list(self.base)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ResultsMatrix:
@@ -212,6 +272,8 @@ class ResultsMatrix:
                     raise ValueError(f"R row {i} is unset but later rows are set.")
                 break
             out.set_row(i, row[: i + 1])
+        if data.get("base") is not None:
+            out.set_base(data["base"])
         completed = data.get("completed")
         if completed is not None and completed != out.completed:
             raise ValueError(f"'completed'={completed} but R has {out.completed} set rows.")
@@ -225,13 +287,14 @@ class ResultsMatrix:
 
     # ------------------------------------------------------------------ reporting
     def table(self, digits: int = 1) -> str:
-        """Readable text table of R (scores x 100): one row per stage (blank until it has run),
-        columns numbered like the rows, then AP, FP and Fgt of the completed prefix. Rendered
+        """Readable text table of R (scores x 100): the base row R_0 first if set, one row per stage
+        (blank until it has run), columns numbered like the rows, then AP, FP and Fgt of the
+        completed prefix (and learned / retained with R_0). Rendered
         with rich when it is installed, plain text otherwise."""
         # Columns are numbered like the rows (task j = row j's name): NI task names are ~40
         # characters, too wide to head a column each.
         headers = ["after stage \\ on task"] + [str(j + 1) for j in range(self.num_tasks)]
-        rows = []
+        rows = [["0. base"] + [f"{100 * v:.{digits}f}" for v in self.base]] if self.base is not None else []
         for i in range(self.completed):
             rows.append([f"{i + 1}. {self.task_names[i]}"] + [
                 f"{100 * v:.{digits}f}" if (v := self[i, j]) is not None else "" for j in range(self.num_tasks)])
@@ -240,6 +303,8 @@ class ResultsMatrix:
         if self.completed:
             footer = (f"AP {100 * self.ap():.{digits}f}  FP {100 * self.fp():.{digits}f}  "
                       f"Fgt {100 * self.forgetting():+.{digits}f}  (x100, after stage {self.completed})")
+            if self.base is not None:
+                footer += f"  learned {100 * self.learned():+.{digits}f}  retained {100 * self.retained():+.{digits}f}"
         else:
             footer = "no completed stage yet"
         try:
@@ -276,11 +341,13 @@ class ResultsMatrix:
         lines = [line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()]
         return "\n".join(["R: score (x100) on task j after training through task i", *lines, footer])
 
-    def heatmap(self, path: str | os.PathLike, title: str | None = None,
+    def heatmap(self, path: str | os.PathLike, title: str | None = None, relative: bool = False,
                 general: Mapping[int, Mapping] | None = None) -> Path:
         """Save R as an annotated heatmap (scores x 100, unmeasured cells blank) to ``path``
-        (PNG by default; the suffix picks the format). Uses matplotlib's Agg backend, so no
-        display is needed. Returns the path.
+        (PNG by default; the suffix picks the format). With a base row R_0 it is drawn on top
+        ("0. base"). ``relative=True`` shows every score as % of the base model's score on that
+        task, as the paper's heatmaps do (needs R_0; blank where R_0 is 0). Uses matplotlib's Agg
+        backend, so no display is needed. Returns the path.
 
         ``general``: {row i: GP/IP after stage i+1, a `slice_trl.general.summarize` dict}; when
         given, a second panel shows GP and IP per stage as the change from the base model (x100,
@@ -291,37 +358,40 @@ class ResultsMatrix:
         from matplotlib.figure import Figure
 
         T = self.num_tasks
-        data = np.full((T, T), np.nan)
-        for i in range(self.completed):
-            for j in range(i + 1):
-                data[i, j] = 100.0 * self._rows[i][j]
-        size = max(4.0, 0.9 * T + 2.5)
+        grid = self.relative_to_base() if relative else self.matrix  # raises without R_0 when relative
+        rows = ([[1.0 if relative and b else (None if relative else b) for b in self.base]]
+                if self.base is not None else []) + grid
+        data = np.array([[np.nan if v is None else 100.0 * v for v in row] for row in rows], dtype=float)
+        labels = [n if len(n) <= 24 else n[:21] + "..." for n in self.task_names]
+        row_labels = (["0. base"] if self.base is not None else []) + [f"{i + 1}. {lab}" for i, lab in enumerate(labels)]
+        size = max(4.0, 0.9 * len(rows) + 2.5)
         # A Figure on an Agg canvas, without pyplot: no display, no global backend switch, and
         # nothing left open in pyplot's figure registry.
         general = {i: g for i, g in (general or {}).items() if g and g.get("change")}
-        fig = Figure(figsize=(size + 1.0 + (2.6 if general else 0.0), size))
+        fig = Figure(figsize=(max(4.0, 0.9 * T + 2.5) + 1.0 + (2.6 if general else 0.0), size))
         FigureCanvasAgg(fig)
         if general:
-            grid = fig.add_gridspec(1, 2, width_ratios=[max(T, 2), 2.2])
-            ax = fig.add_subplot(grid[0, 0])
-            _general_panel(fig, fig.add_subplot(grid[0, 1]), general, T)
+            spec = fig.add_gridspec(1, 2, width_ratios=[max(T, 2), 2.2])
+            ax = fig.add_subplot(spec[0, 0])
+            _general_panel(fig, fig.add_subplot(spec[0, 1]), general, T)
         else:
             ax = fig.add_subplot(1, 1, 1)
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # unmeasured cells blank
-        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=100.0)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score x100")
-        labels = [n if len(n) <= 24 else n[:21] + "..." for n in self.task_names]
+        vmax = max(100.0, float(np.nanmax(data))) if relative and np.isfinite(data).any() else 100.0
+        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=vmax)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the base model's score" if relative
+                     else "score x100")
         ax.set_xticks(range(T), labels=labels, rotation=45, ha="right")
-        ax.set_yticks(range(T), labels=[f"{i + 1}. {lab}" for i, lab in enumerate(labels)])
+        ax.set_yticks(range(len(rows)), labels=row_labels)
         ax.set_xlabel("evaluated on task j")
         ax.set_ylabel("after training through task i")
-        for i in range(T):
+        for i in range(len(rows)):
             for j in range(T):
                 if not np.isnan(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center",
-                            color="white" if data[i, j] < 60 else "black", fontsize=9)
+                    ax.text(j, i, f"{data[i, j]:.0f}" if relative else f"{data[i, j]:.1f}", ha="center",
+                            va="center", color="white" if data[i, j] < 0.6 * vmax else "black", fontsize=9)
         if title is None:
-            title = "R"
+            title = "R as % of the base model" if relative else "R"
         if self.completed:
             title += f"\nAP {100 * self.ap():.1f}  FP {100 * self.fp():.1f}  Fgt {100 * self.forgetting():+.1f}"
         ax.set_title(title)

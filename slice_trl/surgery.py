@@ -29,7 +29,10 @@ class SurgeryReport:
     module_gammas: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {k: getattr(self, k) for k in ("mode", "c", "cosine", "gamma", "fired", "frac_negative_modules")}
+        out = {k: getattr(self, k) for k in ("mode", "c", "cosine", "gamma", "fired", "frac_negative_modules")}
+        if self.mode == "per_module":  # where the surgery acted (in global mode: everywhere or nowhere)
+            out["fired_modules"] = sorted(n for n, g in self.module_gammas.items() if g != 0.0)
+        return out
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -37,7 +37,7 @@ from .stages import merge_into_base  # noqa: F401  (re-exported: part of the tra
 from .batching import sample_batches
 from .config import ContinualSFTConfig
 from .evaluation import evaluate_general, evaluate_task
-from .initializers import InitReport, build_initializer
+from .initializers import InitReport, build_initializer, warn_if_far_from_paper
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
 from .tasks.base import Task
@@ -166,6 +166,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
             self.strategy = build_strategy(args.strategy)
             self.add_callback(_StrategyStepCallback(self))
+        warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
 
@@ -340,6 +341,29 @@ class ContinualSFTTrainer(SFTTrainer):
         self._base_general = cached["scores"]
         return general.summarize(self._base_general, self._base_general, 0)
 
+    def evaluate_base(self) -> dict | None:
+        """R_0 (``evaluation.score_base``): score the base model on every task before stage 1 and
+        write ``output_dir/base/record.json``; a record there from the same tasks and evaluation
+        settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
+        if not self.args.evaluation.score_base:
+            return None
+        path = self.output_path / "base" / stages.RECORD
+        names = [t.name for t in self.tasks]
+        settings = {k: v for k, v in self.args.evaluation.to_dict().items() if not k.startswith("lm_eval")}
+        old = json.loads(path.read_text()) if self.args.resume and path.is_file() else None
+        if old is not None and old.get("task_names") == names and old.get("evaluation") == settings:
+            return old
+        t0 = time.perf_counter()
+        scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
+        record = {"task_names": names, "evaluation": settings,
+                  "scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+                  "samples": {n: s.samples for n, s in scores.items()},
+                  "timings": {"eval": time.perf_counter() - t0}}
+        if self.accelerator.is_main_process:
+            write_json_atomic(path, record)
+        distributed.barrier()
+        return record
+
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
         info = {
@@ -409,8 +433,7 @@ class ContinualSFTTrainer(SFTTrainer):
     def _write_results(self, results: ResultsMatrix, general: dict | None = None, records: Sequence[dict] = ()) -> None:
         if not self.accelerator.is_main_process:
             return
-        payload = {**results.to_dict(), "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
-                   "per_task_forgetting": results.per_task_forgetting()}
+        payload = {**results.to_dict(), **results.summary()}  # AP, FP, forgetting (+ learned, retained with R_0)
         if general is not None:
             payload["general"] = general
         write_json_atomic(self.output_path / "results.json", payload)
@@ -430,7 +453,10 @@ class ContinualSFTTrainer(SFTTrainer):
             self._write_run_info()
         distributed.barrier()
         results = ResultsMatrix([t.name for t in self.tasks])
-        self.evaluate_general_ability(0)  # the base model: before _resume merges finished stages into it
+        base = self.evaluate_base()  # the base model: before _resume merges finished stages into it
+        if base is not None:
+            results.set_base(base["scores"])
+        self.evaluate_general_ability(0)  # base-model GP/IP (cached in output_dir/base/general.json)
         start, records = self._resume(results)
         for t in range(start, len(self.tasks)):
             self._stage = t

@@ -491,3 +491,43 @@ def test_function_is_preserved_on_smollm2(smollm2):
         if method != "vanilla":  # a real adapter was absorbed: the check is not vacuous
             assert all(layer.lora_B[ADAPTER].weight.any() for layer in lora_layers(peft_model, ADAPTER).values())
         del peft_model
+
+
+def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
+    """s * sqrt(ln r / ln m) against hand-computed values; the warning fires only far above 0.19."""
+    import logging
+
+    from peft import LoraConfig as _LoraConfig, get_peft_model as _get_peft_model
+
+    from slice_trl.config import InitConfig as _InitConfig
+    from slice_trl.initializers import lora_layers as _layers, relative_magnitudes, warn_if_far_from_paper
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Linear(576, 576, bias=False)  # m = 576 (SmolLM2's q_proj)
+            self.k = torch.nn.Linear(576, 192, bias=False)  # m = 192 (its k_proj)
+
+    def peft(r, alpha, rslora=True):
+        cfg = _LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=["q", "k"])
+        return _get_peft_model(Two(), cfg)
+
+    paper_op = peft(16, 1)  # s = 1 / 4
+    values = relative_magnitudes(_layers(paper_op, "default"), "default")
+    q = next(v for n, v in values.items() if n.endswith("q"))
+    k = next(v for n, v in values.items() if n.endswith("k"))
+    assert q == pytest.approx(0.25 * (2.772588722 / 6.356107660) ** 0.5)  # ln 16 / ln 576
+    assert k == pytest.approx(0.25 * (2.772588722 / 5.257495372) ** 0.5)  # ln 16 / ln 192
+    with caplog.at_level(logging.WARNING, logger="slice_trl.initializers"):
+        assert warn_if_far_from_paper(paper_op, "default", _InitConfig(method="slice")) == pytest.approx(k)
+        assert not caplog.records
+        # the earlier benchmark: r = 8, alpha = 8, rsLoRA -> s = 8 / sqrt(8) = 2.83
+        big = warn_if_far_from_paper(peft(8, 8), "default", _InitConfig(method="lora_ga"))
+        assert big == pytest.approx(8 / 8 ** 0.5 * (2.079441542 / 5.257495372) ** 0.5)  # ln 8 / ln 192
+        assert len(caplog.records) == 1 and "lower lora_alpha" in caplog.records[0].getMessage()
+        # plain LoRA scaling alpha / r, and vanilla (not rescaled): no warning
+        # plain LoRA scaling alpha / r = 4 / 16 = 0.25: the paper's magnitude again
+        assert warn_if_far_from_paper(peft(16, 4, rslora=False), "default", _InitConfig(method="loram")) == \
+            pytest.approx(k)
+        assert warn_if_far_from_paper(peft(8, 8), "default", _InitConfig(method="vanilla")) is None
+        assert len(caplog.records) == 1

@@ -130,3 +130,59 @@ def test_table_lists_scores_x100_and_metrics(monkeypatch):
     assert lines[3].split() == ["2.", "task1510", "60.0", "80.0"]
     assert "AP 85.0" in plain and "FP 70.0" in plain
     assert "no completed stage" in ResultsMatrix(NAMES).table()
+
+
+# --- base row R_0 (issue 17) -------------------------------------------------------------------
+BASE = [0.5, 0.0, 0.25]
+
+
+def test_base_row_metrics_by_hand():
+    r = filled()
+    r.set_base(dict(zip(NAMES, BASE)))
+    # learned = mean(0.9-0.5, 0.8-0.0, 0.7-0.25) = (0.4 + 0.8 + 0.45) / 3 = 0.55
+    assert r.learned() == pytest.approx(0.55)
+    # retained = mean(0.3-0.5, 0.5-0.0, 0.7-0.25) = (-0.2 + 0.5 + 0.45) / 3 = 0.25
+    assert r.retained() == pytest.approx(0.25)
+    # after stage 1 only: learned = retained = 0.9 - 0.5
+    one = filled(1)
+    one.set_base(BASE)
+    assert one.learned() == pytest.approx(0.4) and one.retained() == pytest.approx(0.4)
+    # % of base: task1510's base is 0, so its ratios are undefined (None), never infinite
+    rel = r.relative_to_base()
+    assert rel[2] == [pytest.approx(0.6), None, pytest.approx(2.8)]
+    assert rel[0] == [pytest.approx(1.8), None, None]
+    assert r.summary()["learned"] == pytest.approx(0.55)
+
+
+def test_base_row_is_validated_and_round_trips():
+    r = filled()
+    with pytest.raises(ValueError, match="missing \\['task181'\\]"):
+        r.set_base({"task088": 0.1, "task1510": 0.2})
+    with pytest.raises(ValueError, match="needs 3 scores"):
+        r.set_base([0.1, 0.2])
+    with pytest.raises(ValueError, match="base row is 1.5"):
+        r.set_base([0.1, 1.5, 0.2])
+    with pytest.raises(ValueError, match="needs the base row"):
+        r.learned()
+    assert "base" not in r.to_dict()  # runs without R_0 keep their old results.json layout
+    r.set_base(BASE)
+    back = ResultsMatrix.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.base == BASE and back == r
+
+
+def test_heatmap_with_base_row_and_relative(tmp_path):
+    r = filled()
+    r.set_base(BASE)
+    plain = matplotlib.image.imread(r.heatmap(tmp_path / "abs.png"))
+    rel = matplotlib.image.imread(r.heatmap(tmp_path / "rel.png", relative=True))
+    assert plain.shape[0] > 100 and rel.shape[0] > 100
+    with pytest.raises(ValueError, match="needs the base row"):
+        filled().heatmap(tmp_path / "x.png", relative=True)
+
+
+def test_table_shows_the_base_row_and_the_gains():
+    r = filled()
+    r.set_base(BASE)
+    text = r.table()
+    assert "0. base" in text and "learned +55.0" in text and "retained +25.0" in text
+    assert text.index("0. base") < text.index("1. task088")

@@ -169,3 +169,14 @@ def test_bad_arguments_are_rejected():
     del prev["l1.down"]
     with pytest.raises(ValueError, match="l1.down"):
         reconcile(cur, prev, c=1.0)
+
+
+def test_per_module_summary_names_the_modules_it_corrected():
+    # hand-built: module "a" conflicts (cosine -1), module "b" agrees (cosine +1)
+    prev = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0]])}
+    cur = {"a": torch.tensor([[-2.0, 0.0]]), "b": torch.tensor([[0.0, 3.0]])}
+    summary = reconcile(cur, prev, c=1.0, mode="per_module").summary()
+    assert summary["fired"] and summary["frac_negative_modules"] == 0.5
+    assert summary["fired_modules"] == ["a"]
+    assert torch.equal(cur["a"], torch.zeros(1, 2)) and torch.equal(cur["b"], torch.tensor([[0.0, 3.0]]))
+    assert "fired_modules" not in reconcile({"a": torch.ones(1, 2)}, {"a": -torch.ones(1, 2)}, 1.0).summary()

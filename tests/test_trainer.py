@@ -180,3 +180,47 @@ def test_non_lora_peft_config_is_rejected(tmp_path):
         ContinualSFTTrainer(model=tiny_llama(), args=make_config(tmp_path), tasks=three_tasks(),
                             peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
                             processing_class=tiny_tokenizer())
+
+
+class CountingTrainer(ContinualSFTTrainer):
+    """Counts calls of evaluate_seen_tasks (the base row goes through it too)."""
+
+    calls = 0
+
+    def evaluate_seen_tasks(self, t):
+        type(self).calls += 1
+        return super().evaluate_seen_tasks(t)
+
+
+def test_base_row_scores_the_untrained_model_and_is_reused_on_resume(tmp_path):
+    from slice_trl.evaluation import evaluate_task
+    from slice_trl.config import EvalConfig
+
+    tasks = three_tasks()[:2]
+    evaluation = {"max_samples": 6, "batch_size": 3, "max_new_tokens": 6, "score_base": True}
+    init = {"method": "vanilla"}
+    out = build(tmp_path, tasks=tasks, cls=CountingTrainer, evaluation=evaluation, init=init).train()
+    assert CountingTrainer.calls == 3  # base row + 2 stages
+    # independent fact: the same base model scored directly, without the trainer
+    direct = {t.name: evaluate_task(tiny_llama(seed=1), tiny_tokenizer(), t,
+                                    EvalConfig(max_samples=6, batch_size=3, max_new_tokens=6)).score for t in tasks}
+    record = json.loads((tmp_path / "base" / "record.json").read_text())
+    assert record["scores"] == direct
+    assert out.results.base == [direct["yes"], direct["no"]]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["base"] == out.results.base
+    assert saved["learned"] == pytest.approx(out.results.ap() - (direct["yes"] + direct["no"]) / 2)
+    # a rerun over the finished output_dir neither retrains nor rescores the base model
+    CountingTrainer.calls = 0
+    again = build(tmp_path, tasks=tasks, cls=CountingTrainer, evaluation=evaluation, init=init).train()
+    assert CountingTrainer.calls == 0 and again.results == out.results
+    # a base record copied into a fresh output_dir (as the benchmark shares R_0 between runs) is
+    # reused with the same evaluation settings, and scored again with other ones
+    for max_samples, calls in ((6, 2), (5, 3)):
+        fresh = tmp_path / f"fresh{max_samples}"
+        (fresh / "base").mkdir(parents=True)
+        (fresh / "base" / "record.json").write_text((tmp_path / "base" / "record.json").read_text())
+        CountingTrainer.calls = 0
+        build(fresh, tasks=tasks, cls=CountingTrainer, evaluation={**evaluation, "max_samples": max_samples},
+              init=init).train()
+        assert CountingTrainer.calls == calls

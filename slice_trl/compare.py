@@ -1,0 +1,310 @@
+"""Compare continual runs as the paper presents them:
+
+    python -m slice_trl.compare RUN [RUN ...] [--out DIR] [--pair A:B ...] [--paper-opp1]
+
+A RUN is a run folder (``output_dir`` of `slice_trl.run`: run.json, results.json,
+stages/*/record.json and, with ``evaluation.score_base``, base/record.json), a run summary JSON
+written by `summarise_run` (what the benchmark commits), or ``LABEL=PATH`` to name its arm. Runs
+with the same label are seeds of one arm; the default label is read from run.json (initialiser,
+c and projection for SLICE, strategy).
+
+Writes into ``--out`` (default ``compare/``):
+
+- ``compare.md``: per arm AP / FP / forgetting (and learned / retained with a base row), mean ±
+  sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
+  same magnitude, so the difference isolates the surgery); the per-stage gate log of every
+  SLICE run (global cosine, gamma, fired, fraction of modules with a negative cosine);
+- ``compare.json``: the same numbers;
+- ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
+  base model's score, as the paper's heatmaps), ``fp_vs_ap.png`` (with ``--paper-opp1`` or
+  ``--reference-point`` the paper's points drawn beside ours: a different model and scale, for
+  shape only).
+Hub repos are not read yet: download a run's folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from .results import ResultsMatrix, write_json_atomic
+
+METRICS = ("AP", "FP", "forgetting", "learned", "retained")
+# METHOD.md, "Headline results": NI-Seq-Opp1 (five tasks), Llama-3.2-3B, r = 64; (AP, FP) x100.
+# LoRA-GA (FP 17.62) and LoRAM (FP 24.25) have no AP there, so they cannot be drawn.
+PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5 tasks, 3B) SLICE c=1": (25.54, 29.50)}
+
+
+def default_label(info: dict) -> str:
+    """Arm name from a run.json: the initialiser (with c and projection for SLICE), + strategy."""
+    init = info.get("init", {})
+    label = init.get("method", "run")
+    if label == "slice":
+        label += f"_c{init.get('c')}_{init.get('projection', 'global')}"
+    if info.get("strategy"):
+        label += f"+{info['strategy']['name']}"
+    return label
+
+
+def summarise_run(folder: str | Path) -> dict:
+    """What one run folder holds, as a flat summary: R (and base row), metrics, the per-stage
+    gate log and timings, and the run's settings (run.json). ``complete`` is False while stages
+    are missing."""
+    folder = Path(folder)
+    info = json.loads((folder / "run.json").read_text())
+    results = ResultsMatrix.from_dict(json.loads((folder / "results.json").read_text()))
+    base_path = folder / "base" / "record.json"
+    if results.base is None and base_path.is_file():
+        results.set_base(json.loads(base_path.read_text())["scores"])
+    records = [json.loads(p.read_text()) for p in sorted((folder / "stages").glob("*/record.json"))]
+    return {
+        "label": default_label(info), "seed": info.get("seed"), "task_names": results.task_names,
+        "complete": results.completed == results.num_tasks, **results.to_dict(), **results.summary(),
+        "gate": [r["init"].get("surgery") for r in records],
+        "timings": [r["timings"] for r in records],
+        "base_timings": json.loads(base_path.read_text())["timings"] if base_path.is_file() else None,
+        "n_scored": [r.get("n_scored") for r in records],
+        "train_loss": [r.get("train_metrics", {}).get("train_loss") for r in records],
+        "settings": {k: info.get(k) for k in ("base_model", "lora", "init", "strategy", "recipe", "tasks")},
+    }
+
+
+def load_run(spec: str) -> dict:
+    """``[LABEL=]PATH``: a run folder or a summary JSON -> summary (see `summarise_run`)."""
+    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "results.json").is_file():
+            raise ValueError(f"{path} has no results.json: not a finished (or started) run folder. Give the "
+                             "output_dir of a run.")
+        run = summarise_run(path)
+    elif path.is_file():
+        run = json.loads(path.read_text())
+        if "R" not in run or "task_names" not in run:
+            raise ValueError(f"{path} is not a run summary (no 'R'/'task_names'); give a run folder or a summary "
+                             "written by slice_trl.compare.summarise_run.")
+    else:
+        raise ValueError(f"Run {str(path)!r} does not exist: give a run folder (output_dir) or a summary JSON.")
+    if label:
+        run["label"] = label
+    return run
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group(runs: list[dict]) -> dict[str, list[dict]]:
+    """label -> runs (in the order given); every run must cover the same tasks, one run per seed."""
+    names = runs[0]["task_names"]
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["task_names"] != names:
+            raise ValueError(f"Run {run['label']!r} (seed {run['seed']}) covers tasks {run['task_names']}, not "
+                             f"{names}: compare runs of one sequence.")
+        seeds = [r["seed"] for r in arms.get(run["label"], [])]
+        if run["seed"] in seeds:
+            raise ValueError(f"Two runs of arm {run['label']!r} have seed {run['seed']}; label them apart "
+                             "(LABEL=PATH).")
+        arms.setdefault(run["label"], []).append(run)
+    return arms
+
+
+def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
+    """label -> {metric: (mean, sd) x100, "seeds": [...]} over the arm's complete runs."""
+    out = {}
+    for label, runs in arms.items():
+        done = [r for r in runs if r.get("complete", True)]
+        if not done:
+            continue
+        row = {"seeds": [r["seed"] for r in done]}
+        for m in METRICS:
+            if all(r.get(m) is not None for r in done):
+                row[m] = mean_sd([100 * r[m] for r in done])
+        gates = [g for r in done for g in (r.get("gate") or []) if g and g.get("cosine") is not None]
+        if gates:  # stages that had earlier-task data, and how many of them the surgery acted on
+            row["gate_fired"] = [sum(bool(g["fired"]) for g in gates), len(gates)]
+        out[label] = row
+    return out
+
+
+def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> dict:
+    """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only)."""
+    for name in (a, b):
+        if name not in arms:
+            raise ValueError(f"--pair names arm {name!r}, which is not among the runs: {sorted(arms)}.")
+    mine = {r["seed"]: r[metric] for r in arms[a] if r.get("complete", True)}
+    other = {r["seed"]: r[metric] for r in arms[b] if r.get("complete", True)}
+    seeds = sorted(set(mine) & set(other))
+    diffs = [100 * (mine[s] - other[s]) for s in seeds]
+    mean, sd = mean_sd(diffs) if diffs else (None, None)
+    return {"a": a, "b": b, "metric": metric, "seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd}
+
+
+def mean_matrix(runs: list[dict]) -> ResultsMatrix:
+    """R (and the base row, if every run has one) averaged entry by entry over runs."""
+    names = runs[0]["task_names"]
+    out = ResultsMatrix(names)
+    for i in range(min(len([row for row in r["R"] if row[0] is not None]) for r in runs)):
+        out.set_row(i, [statistics.fmean(r["R"][i][j] for r in runs) for j in range(i + 1)])
+    if all(r.get("base") for r in runs):
+        out.set_base([statistics.fmean(r["base"][j] for r in runs) for j in range(len(names))])
+    return out
+
+
+def _fmt(cell, n: int) -> str:
+    """mean ± sd; the mean alone for one seed (a sample sd needs two)."""
+    if cell is None:
+        return "–"
+    return f"{cell[0]:.1f}" if n < 2 else f"{cell[0]:.1f} ± {cell[1]:.1f}"
+
+
+def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[dict]) -> str:
+    """The markdown report: arm table, paired differences, gate log."""
+    with_base = any("learned" in row for row in summary.values())
+    cols = list(METRICS if with_base else METRICS[:3])
+    lines = ["| arm | seeds | " + " | ".join(cols) + " | surgery fired |", "|---|---|" + "---|" * (len(cols) + 1)]
+    for label, row in summary.items():
+        fired = "{} of {} stages".format(*row["gate_fired"]) if "gate_fired" in row else "–"
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(_fmt(row.get(c), len(row["seeds"])) for c in cols)
+                     + f" | {fired} |")
+    text = ["Scores x100, mean ± sample std over seeds (complete runs only; the mean alone for one seed).",
+            "", *lines]
+    incomplete = [f"{r['label']} seed {r['seed']}" for runs in arms.values() for r in runs if not r.get("complete", True)]
+    if incomplete:
+        text += ["", f"Not complete (left out above): {', '.join(incomplete)}."]
+    if pairs:
+        text += ["", "| paired difference | seeds | per seed | mean ± sd |", "|---|---|---|---|"]
+        for p in pairs:
+            per = ", ".join(f"{d:+.1f}" for d in p["diffs"]) or "–"
+            mean = "–" if p["mean"] is None else f"{p['mean']:+.1f}" + (f" ± {p['sd']:.1f}" if len(p["diffs"]) > 1 else "")
+            text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} |")
+    gate = [(label, r) for label, runs in arms.items() for r in runs if any(r.get("gate") or [])]
+    if gate:
+        text += ["", "Gate log (stages 2..T; cosine = global cosine of G_cur and G_prev, gamma = the global "
+                 "coefficient, neg. modules = fraction of modules whose own cosine is negative, fired = "
+                 "whether any correction was applied; per_module: modules corrected):", "",
+                 "| arm | seed | stage | cosine | gamma | fired | neg. modules | modules corrected |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for label, r in gate:
+            for stage, g in enumerate(r["gate"], start=1):
+                if not g or g.get("cosine") is None:
+                    continue
+                fired_mods = g.get("fired_modules")
+                text.append(f"| {label} | {r['seed']} | {stage} | {g['cosine']:+.4f} | {g['gamma']:.4f} | "
+                            f"{'yes' if g['fired'] else 'no'} | {100 * g['frac_negative_modules']:.0f}% | "
+                            f"{'–' if fired_mods is None else len(fired_mods)} |")
+    return "\n".join(text) + "\n"
+
+
+def fp_vs_ap(summary: dict[str, dict], path: Path, title: str, reference: dict[str, tuple[float, float]]) -> Path:
+    """FP against AP per arm (mean ± sd), the FP = AP line, and reference points (hollow)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    markers = "osD^vPX*h<>pd8H"
+    colours = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: one per arm, never repeated
+    points = []
+    for i, (label, row) in enumerate(summary.items()):
+        (ap, ap_sd), (fp, fp_sd) = row["AP"], row["FP"]
+        ax.errorbar(ap, fp, xerr=ap_sd, yerr=fp_sd, fmt=markers[i % len(markers)], ms=7, capsize=3,
+                    color=colours[(2 * i) % 20 + (2 * i) // 20], label=f"{label} (n={len(row['seeds'])})")
+        points += [ap, fp]
+    for k, (label, (ap, fp)) in enumerate(reference.items()):
+        ax.plot(ap, fp, markers[k % len(markers)], ms=9, mfc="none", mec="black", label=label)
+        points += [ap, fp]
+    lo, hi = min(points) - 5, max(points) + 5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="FP = AP (no forgetting)")
+    ax.set_xlabel("AP: mean score on each task right after training it (x100)")
+    ax.set_ylabel("FP: mean final score over all tasks (x100)")
+    ax.set_title(title + ("\n(hollow: reference points, another model and scale)" if reference else ""))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, str]] = (), title: str = "",
+            reference: dict[str, tuple[float, float]] | None = None, prefix: str = "") -> dict:
+    """Tables, heatmaps and the FP-vs-AP plot for ``runs`` (summaries) into ``out``; returns the
+    JSON payload (also written to ``<prefix>compare.json``)."""
+    out = Path(out)
+    arms = group(runs)
+    summary = arm_summary(arms)
+    if not summary:
+        raise ValueError("No run is complete yet: nothing to compare.")
+    pair_rows = [paired(arms, a, b) for a, b in pairs]
+    text = tables(arms, summary, pair_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    names = runs[0]["task_names"]
+    (out / f"{prefix}compare.md").write_text(f"# {title or ' -> '.join(names)}\n\n{text}")
+    for label in summary:
+        done = [r for r in arms[label] if r.get("complete", True)]
+        mean = mean_matrix(done)
+        mean.heatmap(out / f"{prefix}R_{label}.png", title=f"{label} (mean R over {len(done)} seeds)")
+        if mean.base is not None:
+            mean.heatmap(out / f"{prefix}R_{label}_pct_base.png", relative=True,
+                         title=f"{label}: % of the base model (mean over {len(done)} seeds)")
+    fp_vs_ap(summary, out / f"{prefix}fp_vs_ap.png", title or "Stability vs plasticity", reference or {})
+    payload = {"task_names": names, "summary": summary, "pairs": pair_rows,
+               "runs": {label: [{k: r.get(k) for k in ("seed", "R", "base", *METRICS, "gate", "complete")}
+                                for r in rs] for label, rs in arms.items()}}
+    write_json_atomic(out / f"{prefix}compare.json", payload)
+    return {**payload, "text": text}
+
+
+def _reference_point(text: str) -> tuple[str, tuple[float, float]]:
+    label, sep, nums = text.rpartition("=")
+    try:
+        ap, fp = (float(x) for x in nums.split(","))
+    except ValueError:
+        ap = None
+    if not sep or not label or ap is None:
+        raise argparse.ArgumentTypeError(f"--reference-point {text!r} must look like 'LABEL=AP,FP' (x100), e.g. "
+                                         "'paper vanilla=27.27,12.53'.")
+    return label, (ap, fp)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"--pair {text!r} must look like 'ARM_A:ARM_B', e.g. "
+                                         "'slice_c1.0_global:lora_ga'.")
+    return a, b
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slice_trl.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder or summary JSON, optionally LABEL=PATH")
+    p.add_argument("--out", default="compare", help="output folder (default: compare/)")
+    p.add_argument("--pair", action="append", type=_pair, default=[], metavar="A:B",
+                   help="paired FP difference A - B by seed (repeatable)")
+    p.add_argument("--title", default="")
+    p.add_argument("--paper-opp1", action="store_true", help="draw the paper's NI-Seq-Opp1 points (METHOD.md)")
+    p.add_argument("--reference-point", action="append", type=_reference_point, default=[],
+                   metavar="LABEL=AP,FP", help="an extra hollow point on the FP-vs-AP plot (x100; repeatable)")
+    args = p.parse_args(argv)
+    try:
+        runs = [load_run(spec) for spec in args.runs]
+        reference = {**(PAPER_OPP1 if args.paper_opp1 else {}), **dict(args.reference_point)}
+        result = compare(runs, args.out, args.pair, args.title, reference)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result["text"])
+    print(f"written to {args.out}/: compare.md, compare.json, R_<arm>.png, fp_vs_ap.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
