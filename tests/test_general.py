@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from paper_benchmarks import ALPACA, local_benchmark_files, write_jsonl
 from test_evaluation import DOCS, write_task, zero_shot_by_hand
 
 from slice_trl.config import EvalConfig
@@ -21,20 +22,10 @@ pytestmark = pytest.mark.usefixtures("restore_root_logger")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # The Alpaca task through the harness, with a scripted model
 # ---------------------------------------------------------------------------------------------
 
-ALPACA = [
-    {"instruction": "Describe where the cat is.", "input": "", "output": "the cat sat on the mat"},
-    {"instruction": "Name the capital of France.", "input": "Answer in one sentence.",
-     "output": "Paris is the capital of France."},
-]
 ANSWERS = {"Describe where the cat is.": "a cat sat on the mat today",
            "Name the capital of France.": "The capital of France is Paris"}
 # ROUGE-L F = 2PR/(P+R) from the longest common subsequence of lower-cased words:
@@ -291,22 +282,6 @@ def test_heatmap_gains_a_gp_ip_panel(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Before any model loads (also under --dry-run): unresolvable benchmarks, bad local data
 # ---------------------------------------------------------------------------------------------
-
-def local_benchmark_files(folder: Path) -> dict[str, str]:
-    """Six records of each paper benchmark (5-shot IP draws from the scored file, never the
-    scored record itself), in the fields of its Hub dataset."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = {
-        "hellaswag": [{"activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
-                       "endings": ["fries it.", "sings.", "flies.", "sleeps."], "label": "0"}] * 6,
-        "commonsense_qa": [{"question": "Where is milk kept?", "answerKey": "B",
-                            "choices": {"label": list("ABCDE"), "text": ["oven", "fridge", "car", "bed", "roof"]}}] * 6,
-        "bbh_fewshot_object_counting": [{"input": "I have a cat and a dog. How many animals do I have?",
-                                         "target": "2"}] * 6,
-        "slice_alpaca": ALPACA * 3,
-    }
-    return {name: str(write_jsonl(folder / f"{name}.jsonl", r)) for name, r in rows.items()}
-
 
 def test_paper_recipe_runs_its_benchmarks_from_local_files_under_dry_run(tmp_path, capsys, no_model_loading):
     from slice_trl import run as run_mod
