@@ -71,7 +71,7 @@ SEQUENCES = {
 METHODS = {
     "vanilla": ["--init.method", "vanilla"],
     # the plasticity-matched control (opp1): vanilla moves W 11-21x less per step than the
-    # variance-matched inits at the same lr (METHOD.md), so 10x the recipe's 6e-4
+    # variance-matched inits at the same lr (docs/method.md), so 10x the recipe's 6e-4
     "vanilla_lr6e-3": ["--init.method", "vanilla", "--learning_rate", "0.006"],
     "lora_ga": ["--init.method", "lora_ga"],
     "loram": ["--init.method", "loram"],

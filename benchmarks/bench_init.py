@@ -23,7 +23,7 @@ The subspace agreement of the bf16-G_prev init with the fp32 one is measured on 
 factors: per module, the mean cosine of the principal angles between the column spaces of B
 (and between the row spaces of A), averaged over modules. With the paper's global gate the
 projection only acts when the whole-model cosine is negative; on the base model it is positive
-(METHOD.md), so the per-module mode is benchmarked too, where the projection acts in the
+(docs/method.md), so the per-module mode is benchmarked too, where the projection acts in the
 modules whose own cosine is negative.
 
 Usage: python benchmarks/bench_init.py [--threads N] [--r R] [--configs ...] [--quick]

@@ -1,5 +1,5 @@
 """Benchmark: exhaustive scoring of all C(46, 5) = 1,370,754 five-task subsets from the 1,035
-pair scores of a 46-task pool (the paper's search size, METHOD.md "Mining NI-Seq-Opposite").
+pair scores of a 46-task pool (the paper's search size, docs/method.md "Mining NI-Seq-Opposite").
 
 Times `slice_trl.mining.top_subsets` (enumeration, scoring by mean pairwise cosine, top-10)
 on a random symmetric cosine matrix, best of 3 runs, and checks the winner against a direct

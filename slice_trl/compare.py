@@ -33,7 +33,7 @@ from pathlib import Path
 from .results import ResultsMatrix, write_json_atomic
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
-# METHOD.md, "Headline results": NI-Seq-Opp1 (five tasks), Llama-3.2-3B, r = 64; (AP, FP) x100.
+# docs/method.md, "Headline results": NI-Seq-Opp1 (five tasks), Llama-3.2-3B, r = 64; (AP, FP) x100.
 # LoRA-GA (FP 17.62) and LoRAM (FP 24.25) have no AP there, so they cannot be drawn.
 PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5 tasks, 3B) SLICE c=1": (25.54, 29.50)}
 
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", action="append", type=_pair, default=[], metavar="A:B",
                    help="paired FP difference A - B by seed (repeatable)")
     p.add_argument("--title", default="")
-    p.add_argument("--paper-opp1", action="store_true", help="draw the paper's NI-Seq-Opp1 points (METHOD.md)")
+    p.add_argument("--paper-opp1", action="store_true", help="draw the paper's NI-Seq-Opp1 points (docs/method.md)")
     p.add_argument("--reference-point", action="append", type=_reference_point, default=[],
                    metavar="LABEL=AP,FP", help="an extra hollow point on the FP-vs-AP plot (x100; repeatable)")
     args = p.parse_args(argv)

@@ -46,7 +46,7 @@ class _FromDict:
 
 @dataclass
 class InitConfig(_FromDict):
-    """How the fresh LoRA adapter of each task is initialised (METHOD.md, "SLICE: four stages")."""
+    """How the fresh LoRA adapter of each task is initialised (docs/method.md, "SLICE: four stages")."""
 
     method: str = field(
         default="slice",
@@ -162,7 +162,7 @@ class ReplayConfig(_FromDict):
 
 @dataclass
 class EvalConfig(_FromDict):
-    """Evaluation of every seen task after each stage (METHOD.md, "Evaluation and metrics")."""
+    """Evaluation of every seen task after each stage (docs/method.md, "Evaluation and metrics")."""
 
     max_samples: int = field(default=64, metadata={"help": "Held-out examples scored per task (first N)."})
     batch_size: int = field(default=8, metadata={"help": "Generation batch size (left padding, KV cache)."})
@@ -288,7 +288,7 @@ def _continual_sft_config():
         evaluation: dict | str | None = field(
             default=None,
             metadata={"help": "Evaluation settings (EvalConfig fields: max_samples, batch_size, max_new_tokens, "
-                      "max_input_tokens, lm_eval_*, general_every_stage), as a mapping or JSON string."},
+                      "max_input_tokens, score_base, lm_eval_*, general_every_stage), as a mapping or JSON string."},
         )
         strategy: dict | str | None = field(
             default=None,

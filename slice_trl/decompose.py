@@ -1,4 +1,4 @@
-"""Low-rank decomposition and magnitude rescaling (METHOD.md, SLICE stages 3 and 4), and
+"""Low-rank decomposition and magnitude rescaling (docs/method.md, SLICE stages 3 and 4), and
 LoRAM's DST-I bases.
 
 Shapes: a gradient or weight is (d_out, d_in); Phi_B / B is (d_out, r); Phi_A / A is (r, d_in).
@@ -21,7 +21,7 @@ def randomized_svd(g: torch.Tensor, q: int, niter: int, seed: int) -> tuple[torc
     """Randomised truncated SVD in fp32: g ~= U diag(S) V^T, U (d_out, q), S (q,), V (d_in, q).
 
     Runs under its own RNG state (seeded), leaving the global RNG untouched. TF32 is turned
-    off for the call (the reference ran it under TF32; METHOD.md says not to).
+    off for the call (the reference ran it under TF32; docs/method.md says not to).
     """
     devices = [g.device] if g.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

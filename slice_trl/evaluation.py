@@ -1,6 +1,6 @@
 """Scoring a model on the seen tasks (row t of R) and on general benchmarks (GP/IP).
 
-METHOD.md, "Evaluation and metrics":
+docs/method.md, "Evaluation and metrics":
 
 - Seen tasks: greedy generation on the first ``EvalConfig.max_samples`` held-out examples, left
   padding, KV cache, scored by exact match (classification-like tasks) or ROUGE-L (generation
@@ -443,7 +443,7 @@ def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, a
 # General ability (GP / IP) through lm-evaluation-harness
 # ---------------------------------------------------------------------------------------------
 
-# Primary metric of a task when EvalConfig.lm_eval_metrics names none: METHOD.md scores HellaSwag
+# Primary metric of a task when EvalConfig.lm_eval_metrics names none: docs/method.md scores HellaSwag
 # by acc_norm, CommonsenseQA by acc and BBH by exact_match.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "em", "f1", "rougeL", "rouge1", "bleu", "mcc")
 
@@ -615,8 +615,14 @@ def _quiet_lm_eval():
     if level == logging.NOTSET:
         lm_logger.setLevel(logging.WARNING)
     bars = contextlib.nullcontext() if console.bars_enabled() else contextlib.redirect_stderr(io.StringIO())
+    # simple_evaluate records `git describe` of the current directory (meaningless for an in-memory
+    # model) and lets git print "fatal: not a git repository" outside a checkout: skip that call
+    import lm_eval.evaluator
+    from unittest import mock
+
+    no_git = mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None, create=True)
     try:
-        with bars:
+        with bars, no_git:
             yield
     finally:
         lm_logger.setLevel(level)

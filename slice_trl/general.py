@@ -1,7 +1,7 @@
 """General ability (GP / IP) as the paper reports it: its benchmarks, local data, base-model
 reference and the numbers written to ``results.json`` and the stage records.
 
-METHOD.md, "Evaluation and metrics": GP = mean zero-shot score on held-out general benchmarks
+docs/method.md, "Evaluation and metrics": GP = mean zero-shot score on held-out general benchmarks
 (HellaSwag acc_norm, CommonsenseQA acc, BBH object counting exact match; Alpaca by ROUGE-L on
 generated answers), IP = the same few-shot (5-shot; 3-shot for BBH). The paper's figures show
 them per stage as a change from the base model.

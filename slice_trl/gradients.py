@@ -1,13 +1,13 @@
 """The one gradient probe: mean full-weight gradients dL/dW of the target linear layers.
 
-Used by SLICE and LoRA-GA (stage 1 of METHOD.md), by the strategies that need a task gradient
+Used by SLICE and LoRA-GA (stage 1 of docs/method.md), by the strategies that need a task gradient
 (KeepLoRA, EBLoRA) and by sequence mining. ``G[name]`` has the shape of the layer's weight,
 ``(d_out, d_in)``, and is accumulated in fp32.
 
 The loss of one mini-batch is the token mean over its label tokens (labels != -100 after the
 causal shift), the loss SFTTrainer trains with. Micro-batches are summed with the *batch's*
 token count as the denominator, so the result does not depend on the micro-batch size. The mean
-over S mini-batches gives every mini-batch equal weight (METHOD.md: "each earlier task weighs
+over S mini-batches gives every mini-batch equal weight (docs/method.md: "each earlier task weighs
 equally").
 """
 
@@ -258,7 +258,7 @@ def estimate_mean_gradients(
             "labels": (b, T) with -100 on ignored tokens}). All mini-batches weigh equally.
         micro_batch_size: examples per forward/backward (None = whole mini-batch).
         store_dtype / store_device: where the returned mean lives. Accumulation is always in fp32
-            on the weights' device (METHOD.md: "Accumulate in fp32"); the mean is cast/moved to
+            on the weights' device (docs/method.md: "Accumulate in fp32"); the mean is cast/moved to
             the store at the end, module by module, so a bf16 store costs no precision in the
             sum and no extra peak memory (the fp32 sum exists only while nothing else is held).
         shard_across_processes: under torch.distributed, rank k handles mini-batches

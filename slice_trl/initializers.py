@@ -129,7 +129,7 @@ def check_rank(layers: Mapping[str, nn.Module], adapter_name: str, needs_2r: boo
             )
 
 
-# METHOD.md, "Operating point when scaling down": the paper's rsLoRA r = 64, alpha = 2 (s = 0.25) on
+# docs/method.md, "Operating point when scaling down": the paper's rsLoRA r = 64, alpha = 2 (s = 0.25) on
 # Llama-3.2-3B (m = 3072 or 1024) gives std(s B0 A0) / std(W) = s * sqrt(eta_r) = 0.18-0.19.
 PAPER_RELATIVE_MAGNITUDE = 0.19
 FAR_ABOVE = 2.0  # warn above twice the paper's relative magnitude

@@ -1,6 +1,6 @@
 """``python -m slice_trl.mine POOL.yaml --length N --top K``: mine adversarial task sequences.
 
-Thin command line over `slice_trl.mining` (METHOD.md, "Mining NI-Seq-Opposite"): per-task
+Thin command line over `slice_trl.mining` (docs/method.md, "Mining NI-Seq-Opposite"): per-task
 base-model gradients (CountSketch, cached per task), pairwise cosines, exhaustive search of the
 N-subsets with the lowest mean pairwise cosine, a heatmap and a recipe for the best sequence.
 """

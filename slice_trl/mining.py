@@ -1,4 +1,4 @@
-"""Mining adversarial task sequences (METHOD.md, "Mining NI-Seq-Opposite").
+"""Mining adversarial task sequences (docs/method.md, "Mining NI-Seq-Opposite").
 
 Pipeline (`mine_pool` runs it; ``python -m slice_trl.mine`` is the command line):
 

@@ -1,4 +1,4 @@
-"""The results matrix R of a continual run and the metrics read off it (METHOD.md, "Evaluation
+"""The results matrix R of a continual run and the metrics read off it (docs/method.md, "Evaluation
 and metrics").
 
 ``R[i][j]`` = score (in [0, 1]) on task j after training through task i; only ``j <= i`` is ever

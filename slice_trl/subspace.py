@@ -1,4 +1,4 @@
-"""The one shared subspace-extension rule of the continual strategies (STRATEGIES.md,
+"""The one shared subspace-extension rule of the continual strategies (docs/strategies.md,
 "Shared subspace rule"): KeepLoRA, InfLoRA and EBLoRA all grow an orthonormal input-side basis
 M (d_in x k) of directions that later tasks must leave alone."""
 

@@ -1,4 +1,4 @@
-"""Gradient reconciliation: PCGrad with strength c (METHOD.md, SLICE stage 2).
+"""Gradient reconciliation: PCGrad with strength c (docs/method.md, SLICE stage 2).
 
     G~ = G_cur - c * min(<G_cur, G_prev>_F, 0) / ||G_prev||_F^2 * G_prev
 

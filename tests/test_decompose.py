@@ -1,4 +1,4 @@
-"""Low-rank decomposition and magnitude rescaling (METHOD.md, SLICE stages 3 and 4), and LoRAM's
+"""Low-rank decomposition and magnitude rescaling (docs/method.md, SLICE stages 3 and 4), and LoRAM's
 DST-I bases, each against an independent computation."""
 
 import math

@@ -350,7 +350,7 @@ def test_gp_ip_on_local_lm_eval_task(tmp_path):
     out = evaluate_general(model, tok, cfg)
     assert model.training  # HFLM puts the model in eval mode; it is restored
     zero, few = out["zero_shot"]["slice_tiny_mc"], out["few_shot"]["slice_tiny_mc"]
-    assert zero["metric"] == few["metric"] == "acc_norm,none"  # METHOD.md's HellaSwag-style primary metric
+    assert zero["metric"] == few["metric"] == "acc_norm,none"  # docs/method.md's HellaSwag-style primary metric
     assert (zero["num_fewshot"], few["num_fewshot"]) == (0, 2)
     assert zero["n"] == few["n"] == 4
     assert out["GP"] == zero["score"] and out["IP"] == few["score"]

@@ -1,4 +1,4 @@
-"""The gradient probe (METHOD.md, SLICE stage 1): mean over mini-batches of dL/dW, L = the token
+"""The gradient probe (docs/method.md, SLICE stage 1): mean over mini-batches of dL/dW, L = the token
 mean over label tokens of one mini-batch, compared with a direct autograd computation through
 the model's own (Hugging Face) loss."""
 

@@ -179,7 +179,7 @@ def test_sketch_cosine_tracks_exact_cosine_on_real_gradients(one_thread):
         return exact[iu]
 
     base = check(False)
-    assert base.min() > 0.0  # the base model: every pair positive (as METHOD.md reports for SmolLM2)
+    assert base.min() > 0.0  # the base model: every pair positive (as docs/method.md reports for SmolLM2)
 
     mix = [b for n in ("yes", "no") for b in sample_batches(prepared[n], collator, 8, 1, 1)]
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -1,5 +1,5 @@
 """Continual strategies on tiny random Llamas: O-LoRA (+ SLICE), KeepLoRA, InfLoRA and SLAO over 3 tasks,
-their invariants (STRATEGIES.md), once-per-optimiser-step hooks under gradient accumulation,
+their invariants (docs/strategies.md), once-per-optimiser-step hooks under gradient accumulation,
 resume of the strategy state, and bad input."""
 
 import json

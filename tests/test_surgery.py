@@ -1,4 +1,4 @@
-"""PCGrad-c gradient reconciliation (METHOD.md, SLICE stage 2):
+"""PCGrad-c gradient reconciliation (docs/method.md, SLICE stage 2):
 
     G~ = G_cur - c * min(<G_cur, G_prev>_F, 0) / ||G_prev||_F^2 * G_prev
 

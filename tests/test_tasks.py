@@ -127,7 +127,7 @@ def test_superni_prompt_format_metric_and_split(tmp_path):
     file = write_superni(tmp_path, n=12)
     task = load_superni_task(file, max_eval=4)
     assert task.name == "task088_identify_typo_verification"
-    assert task.metric == "exact_match"  # METHOD.md: task088 is scored by exact match
+    assert task.metric == "exact_match"  # docs/method.md: task088 is scored by exact match
     assert (len(task.train), len(task.eval)) == (8, 4)  # 12 usable instances, the empty one skipped
     assert task.info["skipped_no_output"] == 1
     seen = set()

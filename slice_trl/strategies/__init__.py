@@ -1,4 +1,4 @@
-"""Continual strategies (STRATEGIES.md): the interface and registry in `base`, one module per
+"""Continual strategies (docs/strategies.md): the interface and registry in `base`, one module per
 strategy. Select one in a recipe with ``strategy: {name: keeplora, ...}``."""
 
 from .base import REGISTRY, Strategy, StrategyConfig, build_strategy, config_from_dict, register

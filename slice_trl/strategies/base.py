@@ -1,6 +1,6 @@
 """The continual-strategy interface of `ContinualSFTTrainer`, the registry and the config section.
 
-A strategy acts at three points of every stage (STRATEGIES.md):
+A strategy acts at three points of every stage (docs/strategies.md):
 
 - ``before_task(trainer, t, peft_model)``: after the initialiser has written the fresh adapter;
   may write or freeze adapter parts and may use the gradient probe (`task_gradient`).

@@ -69,7 +69,7 @@ class TaskSpec:
     )
     metric: str | None = field(
         default=None,
-        metadata={"help": f"Scoring of the held-out split: one of {list(METRICS)}. Default: superni per METHOD.md "
+        metadata={"help": f"Scoring of the held-out split: one of {list(METRICS)}. Default: superni per docs/method.md "
                   "(exact_match for task088/task1510/task363, else rougeL); trace and generic rougeL; builtin "
                   "exact_match."},
     )

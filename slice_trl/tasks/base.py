@@ -83,7 +83,7 @@ def split_train_eval(ds: Dataset, seed: int = 42, max_eval: int = 200) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# Length budget: fit prompt + completion into max_length tokens (METHOD.md, "Length budget")
+# Length budget: fit prompt + completion into max_length tokens (docs/method.md, "Length budget")
 # ---------------------------------------------------------------------------------------------
 
 SHORTEN_MARKER = " ... "

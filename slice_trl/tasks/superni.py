@@ -1,4 +1,4 @@
-"""Super-NaturalInstructions tasks (METHOD.md, "Paper's training setup").
+"""Super-NaturalInstructions tasks (docs/method.md, "Paper's training setup").
 
 Sources:
 - a natural-instructions task file (allenai/natural-instructions ``tasks/<name>.json``): one JSON
@@ -26,7 +26,7 @@ from datasets import Dataset
 
 from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
 
-# METHOD.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
+# docs/method.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
 # every other Super-NI task by ROUGE-L.
 EXACT_MATCH_TASKS = ("task088", "task1510", "task363")
 

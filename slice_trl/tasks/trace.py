@@ -83,7 +83,7 @@ def load_trace_task(
     Local: ``path`` = the task directory (or a TRACE root plus ``task``, or one JSON file);
     ``files`` are the file names pooled before splitting. Hub: ``dataset_id`` (``task`` used as
     the config name if given), ``split`` default "train", columns ``prompt`` and ``answer``.
-    ``metric`` defaults to "rougeL" (METHOD.md scores all six TRACE tasks by ROUGE-L). Length
+    ``metric`` defaults to "rougeL" (docs/method.md scores all six TRACE tasks by ROUGE-L). Length
     fitting shortens the prompt from its middle (its instruction head and answer cue stay).
     """
     if (path is None) == (dataset_id is None):
