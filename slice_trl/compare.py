@@ -30,6 +30,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import stages
+from .integrity import RUN_JSON
 from .results import ResultsMatrix, write_json_atomic
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
@@ -54,18 +56,19 @@ def summarise_run(folder: str | Path) -> dict:
     gate log and timings, and the run's settings (run.json). ``complete`` is False while stages
     are missing."""
     folder = Path(folder)
-    info = json.loads((folder / "run.json").read_text())
+    info = json.loads((folder / RUN_JSON).read_text())
     results = ResultsMatrix.from_dict(json.loads((folder / "results.json").read_text()))
-    base_path = folder / "base" / "record.json"
-    if results.base is None and base_path.is_file():
-        results.set_base(json.loads(base_path.read_text())["scores"])
-    records = [json.loads(p.read_text()) for p in sorted((folder / "stages").glob("*/record.json"))]
+    base_path = folder / stages.BASE / stages.RECORD
+    base = json.loads(base_path.read_text()) if base_path.is_file() else None
+    if results.base is None and base is not None:
+        results.set_base(base["scores"])
+    records = [json.loads(p.read_text()) for p in sorted((folder / stages.STAGES).glob(f"*/{stages.RECORD}"))]
     return {
         "label": default_label(info), "seed": info.get("seed"), "task_names": results.task_names,
         "complete": results.completed == results.num_tasks, **results.to_dict(), **results.summary(),
         "gate": [r["init"].get("surgery") for r in records],
         "timings": [r["timings"] for r in records],
-        "base_timings": json.loads(base_path.read_text())["timings"] if base_path.is_file() else None,
+        "base_timings": base["timings"] if base is not None else None,
         "n_scored": [r.get("n_scored") for r in records],
         "train_loss": [r.get("train_metrics", {}).get("train_loss") for r in records],
         "settings": {k: info.get(k) for k in ("base_model", "lora", "init", "strategy", "recipe", "tasks")},

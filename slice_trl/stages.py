@@ -32,6 +32,8 @@ from . import distributed
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
 STAGES = "stages"
+# the base model's scores, measured once before stage 1: R_0 (RECORD) and GP/IP (BASE_GENERAL)
+BASE, BASE_GENERAL = "base", "general.json"
 # PEFT's file names inside each adapter folder
 ADAPTER_CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _WEIGHTS = WEIGHTS

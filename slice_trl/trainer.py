@@ -321,7 +321,7 @@ class ContinualSFTTrainer(SFTTrainer):
         cfg = self.args.evaluation
         if not cfg.lm_eval_tasks:
             return None
-        path = self.output_path / "base" / "general.json"
+        path = self.output_path / stages.BASE / stages.BASE_GENERAL
         if stage > 0:
             base = self._base_general if self._base_general is not None else json.loads(path.read_text())["scores"]
             scores = evaluate_general(self.model, self.processing_class, cfg)
@@ -347,7 +347,7 @@ class ContinualSFTTrainer(SFTTrainer):
         settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
         if not self.args.evaluation.score_base:
             return None
-        path = self.output_path / "base" / stages.RECORD
+        path = self.output_path / stages.BASE / stages.RECORD
         names = [t.name for t in self.tasks]
         settings = {k: v for k, v in self.args.evaluation.to_dict().items() if not k.startswith("lm_eval")}
         old = json.loads(path.read_text()) if self.args.resume and path.is_file() else None

@@ -283,7 +283,7 @@ def render_model_card(
         general=general,
         has_heatmap=(output_dir / "results_heatmap.png").is_file(),
         has_recipe=run.get("recipe") is not None,
-        has_base_scores=(output_dir / "base").is_dir(),
+        has_base_scores=(output_dir / layout.BASE).is_dir(),
         lora_rows=lora_rows,
         example_stage=example,
         dataset_repo_id=dataset_repo_id,
