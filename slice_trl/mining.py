@@ -3,7 +3,7 @@
 Pipeline (`mine_pool` runs it; ``python -m slice_trl.mine`` is the command line):
 
 1. per task i, the mean gradient g_i of the frozen base model over the target weights on a
-   small calibration sample of the task's TRAIN split (`slice_trl.gradients` probe, the loss
+   small calibration sample of the task's TRAIN split (`slice_trl.kernels.gradients` probe, the loss
    SFTTrainer trains with), compressed with a CountSketch of size k (`CountSketch`), keeping the
    EXACT squared norm ||g_i||^2 of the full gradient; one cache file per task (`GradientCache`);
 2. the pairwise cosine matrix cos_ij = <S g_i, S g_j> / (||g_i|| ||g_j||) (`cosine_matrix`);
@@ -742,7 +742,7 @@ def task_sketches(pool: Pool, cache: GradientCache, device: str | None = "auto",
     if missing:
         logger.info("%d of %d task gradients cached; computing %d.", len(loaded) - len(missing), len(loaded), len(missing))
         from .batching import default_collator, prepare_sft_dataset, sample_batches
-        from .gradients import check_finite, estimate_mean_gradients, target_weights
+        from .kernels.gradients import check_finite, estimate_mean_gradients, target_weights
         from .models import load_model_and_tokenizer
         from .tasks import build_task
 

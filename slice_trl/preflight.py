@@ -120,7 +120,7 @@ def check_model_structure(recipe: Recipe) -> bool:
     """Every named target module exists in the model, and every targeted layer is large enough
     for the rank the initialiser needs (2r for slice/lora_ga, r otherwise). Returns False when
     the model's config is not readable on this machine (nothing checked)."""
-    from .initializers import check_rank, lora_layers
+    from .lora import ADAPTER, check_rank, lora_layers
 
     peft_model, names = _empty_peft_model(recipe)
     if peft_model is None:
@@ -135,7 +135,7 @@ def check_model_structure(recipe: Recipe) -> bool:
             raise RecipeError(f"lora_target_modules={list(targets)!r}: {m.model_name_or_path!r} has no module "
                               f"{absent}; remove them or choose from its linear layers {leaves}.")
     try:
-        check_rank(lora_layers(peft_model, "default"), "default", needs_2r=recipe.training.init.uses_gradients)
+        check_rank(lora_layers(peft_model, ADAPTER), ADAPTER, needs_2r=recipe.training.init.uses_gradients)
     except ValueError as err:
         raise RecipeError(f"lora_r={m.lora_r}: {err}".replace("LoraConfig.r=", "r=")) from None
     return True

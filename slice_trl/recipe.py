@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
-from .strategies import StrategyConfig
+from .strategies import REGISTRY, StrategyConfig
 
 SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
 
@@ -176,9 +176,6 @@ def _concrete_section_class(cls, section: dict):
     """The dataclass whose fields a section holds: for ``strategy:`` the named strategy's config
     class (its fields are type-checked too), else ``cls`` itself."""
     if cls is StrategyConfig and isinstance(section.get("name"), str):
-        from .strategies import REGISTRY, _load_all
-
-        _load_all()
         strategy = REGISTRY.get(section["name"])
         if strategy is not None:
             return strategy.config_cls

@@ -149,18 +149,18 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
 
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from .initializers import lora_layers, write_and_absorb
+    from .lora import ADAPTER, lora_layers, write_and_absorb
 
     peft_model = get_peft_model(base_model, copy.deepcopy(lora_config))
     init = _adapter_tensors(path / INIT)
-    layers = lora_layers(peft_model, "default")
+    layers = lora_layers(peft_model, ADAPTER)
     for name, layer in layers.items():
         prefix = f"base_model.model.{name}"
         a0 = init[f"{prefix}.lora_A.weight"]
         b0 = init[f"{prefix}.lora_B.weight"]
-        write_and_absorb(layer, "default", a0.to(layer.lora_A["default"].weight.device),
-                         b0.to(layer.lora_B["default"].weight.device))
-    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name="default")
+        write_and_absorb(layer, ADAPTER, a0.to(layer.lora_A[ADAPTER].weight.device),
+                         b0.to(layer.lora_B[ADAPTER].weight.device))
+    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name=ADAPTER)
     if result.unexpected_keys:
         raise ValueError(f"{path / RAW} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
     return merge_into_base(peft_model) if merge else peft_model

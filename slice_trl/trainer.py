@@ -27,25 +27,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback, set_seed
 from trl import SFTTrainer
 
 from . import console, distributed, integrity, stages
-from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
 from .evaluation import evaluate_general, evaluate_task
 from .initializers import InitReport, build_initializer, warn_if_far_from_paper
+from .lora import ADAPTER
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
+from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
+from .strategies import StageContext, build_strategy, load_state, save_state
 from .tasks.base import Task
 
 logger = logging.getLogger(__name__)
-
-ADAPTER = "default"
-
 
 class _StrategyStepCallback(TrainerCallback):
     """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
@@ -56,7 +54,7 @@ class _StrategyStepCallback(TrainerCallback):
 
     def _timed(self, hook) -> None:
         t0 = time.perf_counter()
-        hook(self.trainer, self.trainer.model)
+        hook(self.trainer.stage_context, self.trainer.model)
         self.trainer.strategy_step_seconds += time.perf_counter() - t0
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -161,9 +159,10 @@ class ContinualSFTTrainer(SFTTrainer):
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
         self.strategy = None
         self.strategy_step_seconds = 0.0
+        self.stage_context = StageContext(tasks=self.tasks, prepared_train=lambda t: self.prepared_train(self.tasks[t]),
+                                          collate=lambda rows: self.data_collator(rows),
+                                          attach_adapter=self.attach_adapter, current_model=lambda: self.model)
         if args.strategy is not None:
-            from .strategies import build_strategy
-
             self.strategy = build_strategy(args.strategy)
             self.add_callback(_StrategyStepCallback(self))
         warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
@@ -203,7 +202,7 @@ class ContinualSFTTrainer(SFTTrainer):
         cfg = self.args.init
         return sample_batches(ds, self.data_collator, cfg.batch_size, n_batches, seed)
 
-    def _attach_adapter(self):
+    def attach_adapter(self):
         from peft import get_peft_model
 
         kwargs = {}
@@ -235,7 +234,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
             if isinstance(self.model, PeftModel):  # adapter-space strategies keep the deployed adapter
                 self.model = self.model_wrapped = self.model.unload()  # base untouched
-        peft_model = self._attach_adapter()
+        peft_model = self.attach_adapter()
         cfg = self.args.init
         seed = stage_seed(cfg.seed, t)
         current = self._batches(self.prepared_train(self.tasks[t]), cfg.cur_steps, seed)
@@ -245,7 +244,7 @@ class ContinualSFTTrainer(SFTTrainer):
             previous.extend(self._batches(self._prepare(sample, f"replay-{t}-{j}"), cfg.prev_steps, seed + j + 1))
         report = self.initializer(peft_model, ADAPTER, current, previous or None)
         if self.strategy is not None:
-            self.strategy.before_task(self, t, peft_model)
+            self.strategy.before_task(self.stage_context, t, peft_model)
         return report
 
     def train_stage(self, t: int):
@@ -260,7 +259,7 @@ class ContinualSFTTrainer(SFTTrainer):
         self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
         self.strategy_step_seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
         if self.strategy is not None:
-            self.strategy.before_training(self, t)
+            self.strategy.before_training(self.stage_context, t)
         set_seed(stage_seed(self.args.seed, t))
         return super().train()
 
@@ -278,17 +277,15 @@ class ContinualSFTTrainer(SFTTrainer):
         """``before_save``, save the trained adapter, ``after_task``, save the strategy state, then merge into
         the base (``merge == "base"``) or keep the strategy's deployed adapter (``"adapter"``: the
         base is never changed; ``adapter_original_base`` then holds the deployed adapter)."""
-        from .strategies.base import save_state
-
         strategy = self.strategy
-        strategy.before_save(self, t)
+        strategy.before_save(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.RAW), selected_adapters=[ADAPTER], safe_serialization=True)
             else:
                 stages.save_trained(self.model, ADAPTER, path)
         distributed.barrier()
-        strategy.after_task(self, t)
+        strategy.after_task(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.CONVERTED), selected_adapters=[ADAPTER],
@@ -400,10 +397,8 @@ class ContinualSFTTrainer(SFTTrainer):
             records.append(record)
             logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
         if self.strategy is not None and done:
-            from .strategies.base import load_state
-
             self.strategy.load_state_dict(load_state(self.stage_path(done - 1)))
-            self.strategy.on_resume(self, done)
+            self.strategy.on_resume(self.stage_context, done)
         self.model_wrapped = self.model
         return done, records
 
