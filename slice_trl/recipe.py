@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from .config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
+from .settings import duplicate_names
 from .strategies import REGISTRY, StrategyConfig
 
 SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
@@ -318,7 +319,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         except (TypeError, ValueError) as err:
             raise RecipeError(f"{where}: tasks[{i}] ({item.get('name', '?')}): {err}") from None
     names = [s.display_name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = duplicate_names(names)
     if dupes:
         raise RecipeError(f"{where}: duplicate task names {dupes}; every task needs a unique 'name'.")
 

@@ -29,6 +29,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .settings import duplicate_names
+
 __all__ = ["ResultsMatrix", "write_json_atomic"]
 
 
@@ -92,8 +94,8 @@ class ResultsMatrix:
         names = [str(n) for n in task_names]
         if not names:
             raise ValueError("ResultsMatrix needs at least one task name.")
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicate_names(names)
+        if dupes:
             raise ValueError(f"Task names must be unique; repeated: {dupes}.")
         self.task_names = names
         self._rows: list[list[float]] = []

@@ -5,7 +5,7 @@ sections of a recipe (fields of `slice_trl.config.ContinualSFTConfig`). Every fi
 metadata, and every user error is raised from ``__post_init__`` with the field's name and the fix.
 
 This module is a leaf: it imports nothing from the package, so every layer may use `suggest`,
-`check_choice`, `reject_unknown_keys` and `FromDict`.
+`check_choice`, `reject_unknown_keys`, `duplicate_names` and `FromDict`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def reject_unknown_keys(data, known, where: str, *, noun: str = "field", error: 
     for key in data:
         if key not in known:
             raise error(f"{where} has no {noun} {key!r}.{suggest(key, known)} Known {noun}s: {known}.")
+
+
+def duplicate_names(names: Iterable[str]) -> list[str]:
+    """THE duplicate check of task names (or any names that must be unique): the names given
+    more than once, sorted; callers raise their own error naming where the list came from."""
+    names = list(names)
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class FromDict:

@@ -39,6 +39,7 @@ from .initializers import InitReport, build_initializer, warn_if_far_from_paper
 from .lora import ADAPTER
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
+from .settings import duplicate_names
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .strategies import StageContext, build_strategy, load_state, save_state
 from .tasks.base import Task
@@ -86,7 +87,7 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
     if not tasks:
         raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
     names = [t.name for t in tasks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = duplicate_names(names)
     if dupes:
         raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
     formats = set()

@@ -12,9 +12,11 @@ by this project). `TaskSpec` checks everything it can without loading data or a 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields as dc_fields
+from dataclasses import dataclass, field
+from dataclasses import fields as dc_fields
 from pathlib import Path
 
+from ..settings import duplicate_names
 from .base import METRICS, Task, fit_prompt, sequence_length, sequence_lengths, split_train_eval
 from .builtin import BUILTIN_TASKS, builtin_suite, builtin_task
 from .generic import check_fields, load_generic_task, load_hub_splits_task, local_files
@@ -296,7 +298,7 @@ def build_task(spec: TaskSpec, tokenizer=None, max_length: int | None = None) ->
 def build_tasks(specs, tokenizer=None, max_length: int | None = None) -> list[Task]:
     """`build_task` for each spec, in order; names must be unique (they key the R matrix)."""
     names = [s.display_name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = duplicate_names(names)
     if dupes:
         raise ValueError(f"Task names must be unique within a sequence; repeated: {dupes}. Set name= on the repeats.")
     return [build_task(s, tokenizer, max_length) for s in specs]
