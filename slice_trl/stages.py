@@ -28,6 +28,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from . import distributed
+from .results import write_json_atomic
 
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
@@ -53,6 +54,25 @@ def parse_stage_dirname(name: str) -> tuple[int, str] | None:
 
 def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
     return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
+
+
+def base_measurement(path: Path, identity: dict, measure, reuse: bool = True) -> dict:
+    """THE reuse rule of ``output_dir/base/``: the record at ``path`` is reused when ``reuse`` is
+    set and its identity keys equal ``identity`` (the settings it was measured with); otherwise
+    ``measure()`` (a dict) runs on every process (evaluation is collective) and the main process
+    writes ``{**identity, **measure()}``. Returns the record, the same on every process."""
+    cached = None
+    if distributed.rank_and_world()[0] == 0 and reuse and path.is_file():
+        cached = json.loads(path.read_text())
+        cached = cached if all(cached.get(k) == v for k, v in identity.items()) else None
+    cached = distributed.broadcast_object(cached)
+    if cached is not None:
+        return cached
+    record = {**identity, **measure()}
+    if distributed.rank_and_world()[0] == 0:
+        write_json_atomic(path, record)
+    distributed.barrier()
+    return record
 
 
 def is_finished(path: Path) -> bool:

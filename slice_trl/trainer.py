@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 from trl import SFTTrainer
 
 from . import console, distributed, integrity, stages
@@ -41,29 +41,10 @@ from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
 from .settings import duplicate_names
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
-from .strategies import StageContext, build_strategy, load_state, save_state
+from .strategies import StageContext, StepHooks, build_strategy, load_state, save_state
 from .tasks.base import Task
 
 logger = logging.getLogger(__name__)
-
-class _StrategyStepCallback(TrainerCallback):
-    """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
-    Trainer fires these events once per ``optimizer.step()``, after gradient accumulation and clipping)."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def _timed(self, hook) -> None:
-        t0 = time.perf_counter()
-        hook(self.trainer.stage_context, self.trainer.model)
-        self.trainer.strategy_step_seconds += time.perf_counter() - t0
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self._timed(self.trainer.strategy.pre_step)
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self._timed(self.trainer.strategy.post_step)
-
 
 @dataclass
 class ContinualTrainOutput:
@@ -159,13 +140,14 @@ class ContinualSFTTrainer(SFTTrainer):
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
         self.strategy = None
-        self.strategy_step_seconds = 0.0
+        self.step_hooks = None  # the strategy's per-step hooks (a TrainerCallback)
         self.stage_context = StageContext(tasks=self.tasks, prepared_train=lambda t: self.prepared_train(self.tasks[t]),
                                           collate=lambda rows: self.data_collator(rows),
                                           attach_adapter=self.attach_adapter, current_model=lambda: self.model)
         if args.strategy is not None:
             self.strategy = build_strategy(args.strategy)
-            self.add_callback(_StrategyStepCallback(self))
+            self.step_hooks = StepHooks(self.strategy, self.stage_context)
+            self.add_callback(self.step_hooks)
         warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
@@ -258,8 +240,8 @@ class ContinualSFTTrainer(SFTTrainer):
                 seed=stage_seed(self.args.seed, t, 3))
         self.train_dataset = train
         self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
-        self.strategy_step_seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
         if self.strategy is not None:
+            self.step_hooks.seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
             self.strategy.before_training(self.stage_context, t)
         set_seed(stage_seed(self.args.seed, t))
         return super().train()
@@ -320,24 +302,19 @@ class ContinualSFTTrainer(SFTTrainer):
         if not cfg.lm_eval_tasks:
             return None
         path = self.output_path / stages.BASE / stages.BASE_GENERAL
-        if stage > 0:
-            base = self._base_general if self._base_general is not None else json.loads(path.read_text())["scores"]
-            scores = evaluate_general(self.model, self.processing_class, cfg)
-            return general.summarize(scores, base, stage)
-        model_id = self.run_info.get("base_model") or getattr(self.model, "name_or_path", None)
-        cached = None
-        if self.accelerator.is_main_process and path.is_file():
-            cached = json.loads(path.read_text())
-            cached = cached if general.same_settings(cached, cfg) and cached.get("base_model") == model_id else None
-        cached = distributed.broadcast_object(cached)
-        if cached is None:
-            logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
-            cached = {"base_model": model_id, "settings": general.settings(cfg),
-                      "scores": evaluate_general(self.model, self.processing_class, cfg)}
-            if self.accelerator.is_main_process:
-                write_json_atomic(path, cached)
-        self._base_general = cached["scores"]
-        return general.summarize(self._base_general, self._base_general, 0)
+        if stage == 0:
+            identity = {"base_model": self.run_info.get("base_model") or getattr(self.model, "name_or_path", None),
+                        "settings": general.settings(cfg)}
+
+            def measure() -> dict:
+                logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
+                return {"scores": evaluate_general(self.model, self.processing_class, cfg)}
+
+            self._base_general = stages.base_measurement(path, identity, measure, self.args.resume)["scores"]
+            return general.summarize(self._base_general, self._base_general, 0)
+        if self._base_general is None:  # asked without stage 0 first: the base model's scores are on disk
+            self._base_general = json.loads(path.read_text())["scores"]
+        return general.summarize(evaluate_general(self.model, self.processing_class, cfg), self._base_general, stage)
 
     def evaluate_base(self) -> dict | None:
         """R_0 (``evaluation.score_base``): score the base model on every task before stage 1 and
@@ -345,22 +322,19 @@ class ContinualSFTTrainer(SFTTrainer):
         settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
         if not self.args.evaluation.score_base:
             return None
-        path = self.output_path / stages.BASE / stages.RECORD
-        names = [t.name for t in self.tasks]
-        settings = {k: v for k, v in self.args.evaluation.to_dict().items() if not k.startswith("lm_eval")}
-        old = json.loads(path.read_text()) if self.args.resume and path.is_file() else None
-        if old is not None and old.get("task_names") == names and old.get("evaluation") == settings:
-            return old
-        t0 = time.perf_counter()
-        scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
-        record = {"task_names": names, "evaluation": settings,
-                  "scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-                  "samples": {n: s.samples for n, s in scores.items()},
-                  "timings": {"eval": time.perf_counter() - t0}}
-        if self.accelerator.is_main_process:
-            write_json_atomic(path, record)
-        distributed.barrier()
-        return record
+        identity = {"task_names": [t.name for t in self.tasks],
+                    "evaluation": {k: v for k, v in self.args.evaluation.to_dict().items()
+                                   if not k.startswith("lm_eval")}}
+
+        def measure() -> dict:
+            t0 = time.perf_counter()
+            scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
+            return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+                    "samples": {n: s.samples for n, s in scores.items()},
+                    "timings": {"eval": time.perf_counter() - t0}}
+
+        return stages.base_measurement(self.output_path / stages.BASE / stages.RECORD, identity, measure,
+                                       self.args.resume)
 
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
@@ -405,14 +379,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def _stage_record(self, t: int, report: InitReport, train_out, scores: dict, results: ResultsMatrix,
                       timings: dict, replay_sizes: list[int]) -> dict:
-        record = self._base_record(t, report, train_out, scores, results, timings, replay_sizes)
-        if self.strategy is not None:
-            record["strategy"] = {"name": self.strategy.name,
-                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
-        return record
-
-    def _base_record(self, t, report, train_out, scores, results, timings, replay_sizes) -> dict:
-        return {
+        record = {
             "stage": t + 1,
             "task": self.tasks[t].name,
             "scores": {name: s.score for name, s in scores.items()},
@@ -425,6 +392,10 @@ class ContinualSFTTrainer(SFTTrainer):
             "train_metrics": dict(train_out.metrics) if train_out is not None else {},
             "timings": timings,
         }
+        if self.strategy is not None:
+            record["strategy"] = {"name": self.strategy.name,
+                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
+        return record
 
     def _write_results(self, results: ResultsMatrix, general: dict | None = None, records: Sequence[dict] = ()) -> None:
         if not self.accelerator.is_main_process:
@@ -471,7 +442,7 @@ class ContinualSFTTrainer(SFTTrainer):
             train_out = self.train_stage(t)
             timings["train"] = time.perf_counter() - t0
             if self.strategy is not None:
-                timings["strategy_step_hooks"] = self.strategy_step_seconds
+                timings["strategy_step_hooks"] = self.step_hooks.seconds
             t0 = time.perf_counter()
             self.finish_stage(t)
             timings["save_merge"] = time.perf_counter() - t0

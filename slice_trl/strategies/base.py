@@ -25,10 +25,12 @@ folder and reloaded (from the last finished stage) on resume, then ``on_resume``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
+from transformers import TrainerCallback
 
 from ..lora import ADAPTER
 from ..settings import FromDict, suggest
@@ -128,6 +130,26 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = dict(state)
+
+
+class StepHooks(TrainerCallback):
+    """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
+    Trainer fires these events once per ``optimizer.step()``, after gradient accumulation and
+    clipping). ``seconds``: time spent in them since it was last reset."""
+
+    def __init__(self, strategy: Strategy, ctx: StageContext):
+        self.strategy, self.ctx, self.seconds = strategy, ctx, 0.0
+
+    def _timed(self, hook: str) -> None:
+        t0 = time.perf_counter()
+        getattr(self.strategy, hook)(self.ctx, self.ctx.model)  # looked up per call: a hook may be replaced
+        self.seconds += time.perf_counter() - t0
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._timed("pre_step")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._timed("post_step")
 
 
 def save_state(strategy: Strategy, folder) -> None:
