@@ -41,9 +41,15 @@ _WEIGHTS = WEIGHTS
 _DIRNAME_RE = re.compile(r"^(\d+)-(.+)$")
 
 
+def safe_name(task_name: str) -> str:
+    """A task name as a folder name, locally and on the Hub: runs of other characters become '_',
+    and no leading/trailing '.' or '_' (no hidden folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", task_name).strip("._") or "task"
+
+
 def stage_dirname(stage: int, task_name: str) -> str:
     """'01-task088' for stage index 0 (0-indexed in code, 1-indexed on disk)."""
-    return f"{stage + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task_name)}"
+    return f"{stage + 1:02d}-{safe_name(task_name)}"
 
 
 def parse_stage_dirname(name: str) -> tuple[int, str] | None:

@@ -397,9 +397,11 @@ class ContinualSFTTrainer(SFTTrainer):
                                   "report": json.loads(json.dumps(self.strategy.report, default=str))}
         return record
 
-    def _write_results(self, results: ResultsMatrix, general: dict | None = None, records: Sequence[dict] = ()) -> None:
+    def _write_results(self, results: ResultsMatrix, records: Sequence[dict], general: dict | None = None) -> None:
+        """results.json and the heatmap; ``general``: GP/IP of the final model (default: the last record's)."""
         if not self.accelerator.is_main_process:
             return
+        general = general if general is not None else (records[-1].get("general") if records else None)
         payload = {**results.to_dict(), **results.summary()}  # AP, FP, forgetting (+ learned, retained with R_0)
         if general is not None:
             payload["general"] = general
@@ -458,7 +460,7 @@ class ContinualSFTTrainer(SFTTrainer):
             records.append(record)
             if self.accelerator.is_main_process:
                 # results.json first: record.json marks the stage finished, so it is written last
-                self._write_results(results, records[-1].get("general"), records)
+                self._write_results(results, records)
                 write_json_atomic(path / stages.RECORD, record)
                 logger.info(console.stage_line(record, len(self.tasks)))
             distributed.barrier()
@@ -467,7 +469,7 @@ class ContinualSFTTrainer(SFTTrainer):
         general = records[-1].get("general") if records else None
         if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
             general = self.evaluate_general_ability(len(self.tasks))
-        self._write_results(results, general, records)
+        self._write_results(results, records, general)
         if general is not None:
             self._publish()  # the final commit: results.json and the card gain GP/IP
         return ContinualTrainOutput(results, records, general)
