@@ -533,3 +533,11 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
             pytest.approx(k)
         assert warn_if_far_from_paper(peft(8, 8), "default", _InitConfig(method="vanilla")) is None
         assert len(caplog.records) == 1
+
+
+def test_every_configurable_method_has_an_initializer():
+    # settings.INIT_METHODS (validated before a model loads) and the registry must name the same methods
+    from slice_trl.initializers import INITIALIZERS
+    from slice_trl.settings import INIT_METHODS
+
+    assert sorted(INITIALIZERS) == sorted(INIT_METHODS)
