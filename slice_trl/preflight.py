@@ -144,8 +144,8 @@ def check_model_structure(recipe: Recipe) -> bool:
 def check_general_tasks(recipe: Recipe) -> None:
     """Build every GP/IP benchmark (``evaluation.lm_eval_tasks``) and load its data: one that
     cannot be resolved on this machine (offline, no local copy) is one line naming it and the
-    fix, not a failure after every stage has trained (`slice_trl.general.resolve_tasks`)."""
-    from .general import resolve_tasks
+    fix, not a failure after every stage has trained (`slice_trl.evaluation.resolve_tasks`)."""
+    from .evaluation import resolve_tasks
 
     try:
         resolve_tasks(recipe.training.evaluation)

@@ -351,7 +351,7 @@ class ResultsMatrix:
         task, as the paper's heatmaps do (needs R_0; blank where R_0 is 0). Uses matplotlib's Agg
         backend, so no display is needed. Returns the path.
 
-        ``general``: {row i: GP/IP after stage i+1, a `slice_trl.general.summarize` dict}; when
+        ``general``: {row i: GP/IP after stage i+1, a `slice_trl.evaluation.general.summarize` dict}; when
         given, a second panel shows GP and IP per stage as the change from the base model (x100,
         as the paper's figures do), blank where they were not measured."""
         import matplotlib

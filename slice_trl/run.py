@@ -221,9 +221,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     if trainer.accelerator.is_main_process:
         print(out.results.table())
         if out.general:
-            from .general import summary_line
-
-            print(summary_line(out.general))
+            print(console.summary_line(out.general))
         print(f"results: {recipe.training.output_dir}/results.json, heatmap: "
               f"{recipe.training.output_dir}/results_heatmap.png")
     return out

@@ -291,12 +291,12 @@ class ContinualSFTTrainer(SFTTrainer):
                 for task in bar}
 
     def evaluate_general_ability(self, stage: int) -> dict | None:
-        """GP/IP (`slice_trl.general.summarize`) of the model as it stands after ``stage`` (0 =
+        """GP/IP (`slice_trl.evaluation.general.summarize`) of the model as it stands after ``stage`` (0 =
         the base model, before stage 1), with the change from the base model; None when
         ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
         cached in ``output_dir/base/general.json`` (reused on resume while the base model and the
         GP/IP settings are the same)."""
-        from . import general
+        from .evaluation import general
 
         cfg = self.args.evaluation
         if not cfg.lm_eval_tasks:

@@ -29,7 +29,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from slice_trl import hub as shub
-from slice_trl.general import summarize
+from slice_trl.evaluation.general import summarize
 from slice_trl.testing import tiny_llama, tiny_tokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
