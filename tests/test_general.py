@@ -249,15 +249,24 @@ def test_without_every_stage_only_the_last_stage_carries_gp_ip(tmp_path, counted
     assert out.general["change"]["GP"] == out.general["GP"] - out.general["base"]["GP"]
 
 
-def test_cached_base_scores_match_only_the_same_settings():
-    """A cached base result measured with other GP/IP settings is not reused."""
+def test_cached_base_scores_match_only_the_same_settings(tmp_path):
+    """A cached base result measured with other GP/IP settings is not reused (the trainer's rule:
+    `stages.base_measurement` keyed by `general.settings`)."""
+    from slice_trl import stages
     from slice_trl.evaluation import general
 
+    path, measured = tmp_path / "general.json", []
+
+    def reused(cfg) -> bool:
+        n = len(measured)
+        stages.base_measurement(path, {"settings": general.settings(cfg)}, lambda: measured.append(1) or {"scores": {}})
+        return len(measured) == n
+
     cfg = EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=5)
-    cached = {"settings": general.settings(cfg), "scores": {}}
-    assert general.same_settings(cached, cfg)
-    assert not general.same_settings(cached, EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=3))
-    assert not general.same_settings(cached, EvalConfig(lm_eval_tasks=["a", "b"], lm_eval_num_fewshot=5))
+    assert not reused(cfg)  # nothing cached yet
+    assert reused(cfg)
+    assert not reused(EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=3))
+    assert not reused(EvalConfig(lm_eval_tasks=["a", "b"], lm_eval_num_fewshot=5))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ This module holds
   `task_folders` writes a task YAML that includes the shipped format-only template
   (``lm_eval_local/`` here) and reads that file;
 - `summarize`: GP/IP with the base model's scores and the change from them, and the settings
-  (`settings`, `same_settings`) a cached base-model result must match.
+  (`settings`) a cached base-model result must match (`slice_trl.stages.base_measurement`).
 
 This module never imports lm-eval: the harness calls (`evaluate_general`, `resolve_tasks`) are in
 `slice_trl.evaluation.harness`.
@@ -44,7 +44,6 @@ __all__ = [
     "task_folders",
     "summarize",
     "settings",
-    "same_settings",
     "alpaca_docs",
     "alpaca_prompt",
     "alpaca_process_results",
@@ -228,11 +227,6 @@ def summarize(final: dict, base: dict | None, stage: int) -> dict:
     out["benchmarks"] = _benchmarks(final, base)
     out.update({k: final[k] for k in ("zero_shot", "few_shot", "tasks", "limit")})
     return out
-
-
-def same_settings(cached: dict, cfg: EvalConfig) -> bool:
-    """Whether cached base-model scores were measured with ``cfg``'s general-ability settings."""
-    return cached.get("settings") == settings(cfg)
 
 
 def settings(cfg: EvalConfig) -> dict:
