@@ -398,3 +398,11 @@ def test_eval_config_lm_eval_fields():
     with pytest.raises(ValueError, match=">= 0"):
         EvalConfig(lm_eval_tasks=["a"], lm_eval_fewshot_overrides={"a": -1})
     assert EvalConfig.from_dict({"lm_eval_tasks": "hellaswag"}).lm_eval_tasks == ["hellaswag"]
+
+
+def test_every_task_metric_has_a_scorer():
+    # tasks.base.METRICS (validated when a task is built) and the scorers must name the same metrics
+    from slice_trl.evaluation.metrics import METRIC_FUNCTIONS
+    from slice_trl.tasks.base import METRICS
+
+    assert sorted(METRIC_FUNCTIONS) == sorted(METRICS)
