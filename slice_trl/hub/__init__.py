@@ -24,7 +24,7 @@ file, a card or a log message.
 """
 
 from .card import render_model_card
-from .convert import convert_adapter_files, convert_stage_adapter, published_adapter_dir
+from .convert import convert_adapter_files, published_adapter_dir
 from .layout import StageDir, finished_stages
 from .load import list_run, load_stage, pull
 from .push import PushReport, push_pending, push_pending_in_background, push_stage
@@ -34,7 +34,6 @@ __all__ = [
     "PushReport",
     "StageDir",
     "convert_adapter_files",
-    "convert_stage_adapter",
     "finished_stages",
     "list_run",
     "load_stage",
