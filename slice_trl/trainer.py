@@ -39,10 +39,9 @@ from .initializers import InitReport, build_initializer, warn_if_far_from_paper
 from .lora import ADAPTER
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
-from .settings import duplicate_names
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .strategies import StageContext, StepHooks, build_strategy, load_state, save_state
-from .tasks.base import Task
+from .tasks.base import Task, validate_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -51,43 +50,6 @@ class ContinualTrainOutput:
     results: ResultsMatrix
     records: list[dict]
     general: dict | None = None
-
-
-def _example_format(example: dict) -> str:
-    if "prompt" in example and "completion" in example:
-        return "conversational" if isinstance(example["prompt"], list) else "prompt_completion"
-    if "messages" in example:
-        return "messages"
-    if "text" in example:
-        return "text"
-    return "unknown"
-
-
-def validate_tasks(tasks: Sequence[Task]) -> None:
-    """Every error a task list can hold, raised before any model work."""
-    if not tasks:
-        raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
-    names = [t.name for t in tasks]
-    dupes = duplicate_names(names)
-    if dupes:
-        raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
-    formats = set()
-    for task in tasks:
-        for split in ("train", "eval"):
-            ds = getattr(task, split)
-            if ds is None or len(ds) == 0:
-                raise ValueError(f"Task {task.name!r} has an empty {split} split; give it at least one example.")
-            fmt = _example_format(ds[0])
-            if fmt not in ("conversational", "prompt_completion"):
-                raise ValueError(
-                    f"Task {task.name!r} ({split}) has fields {sorted(ds.column_names)}; expected 'prompt' and "
-                    "'completion' (strings, or chat messages lists). Map your fields with a generic task "
-                    "source (fields: {prompt: ..., completion: ...})."
-                )
-            formats.add(fmt)
-    if len(formats) > 1:
-        raise ValueError(f"Tasks mix data formats {sorted(formats)}; use one format (all conversational or all "
-                         "plain prompt/completion) so every stage trains with the same loss.")
 
 
 class ContinualSFTTrainer(SFTTrainer):

@@ -14,16 +14,8 @@ with `LoadOptions` fields as keywords (base.py).
 from __future__ import annotations
 
 from ..settings import duplicate_names
-from .base import (
-    METRICS,
-    LoadOptions,
-    Task,
-    fit_prompt,
-    is_network_error,
-    sequence_length,
-    sequence_lengths,
-    split_train_eval,
-)
+from .base import (METRICS, LoadOptions, Task, fit_prompt, is_network_error, sequence_length, sequence_lengths,
+                   split_train_eval, validate_tasks)
 from .builtin import BUILTIN_TASKS, builtin_suite, builtin_task
 from .generic import load_generic_task, load_hub_splits_task
 from .spec import SOURCES, MissingDataError, TaskSpec
@@ -31,8 +23,8 @@ from .superni import default_metric, load_superni_task, resolve_task_file
 from .trace import DEFAULT_FILES, load_trace_task, resolve_task_dir
 
 __all__ = [
-    "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "build_task",
-    "build_tasks", "split_train_eval", "fit_prompt", "sequence_length", "sequence_lengths", "builtin_suite",
+    "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "validate_tasks",
+    "build_task", "build_tasks", "split_train_eval", "fit_prompt", "sequence_length", "sequence_lengths", "builtin_suite",
     "builtin_task", "load_superni_task", "load_trace_task", "load_generic_task", "load_hub_splits_task",
     "default_metric", "resolve_task_file", "resolve_task_dir",
 ]

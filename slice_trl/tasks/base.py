@@ -1,11 +1,15 @@
-"""What every task loader shares: the `Task` record the trainer consumes, the options a loader
-takes (`LoadOptions`), the paper's split, length fitting, and Hub reads with a clear offline error."""
+"""What every task loader shares: the `Task` record the trainer consumes and the check of a whole
+sequence (`validate_tasks`), the options a loader takes (`LoadOptions`), the paper's split, length
+fitting, and Hub reads with a clear offline error."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from datasets import Dataset
+
+from ..settings import duplicate_names
 
 METRICS = ("exact_match", "rougeL")
 
@@ -119,6 +123,44 @@ SHORTEN_MARKER = " ... "
 
 def is_conversational(example: dict) -> bool:
     return isinstance(example.get("prompt"), list)
+
+
+def _example_format(example: dict) -> str:
+    if "prompt" in example and "completion" in example:
+        return "conversational" if isinstance(example["prompt"], list) else "prompt_completion"
+    if "messages" in example:
+        return "messages"
+    if "text" in example:
+        return "text"
+    return "unknown"
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """Every error a task sequence can hold (empty, repeated names, empty splits, fields that are
+    not TRL's prompt/completion, mixed formats), raised before any model work."""
+    if not tasks:
+        raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
+    names = [t.name for t in tasks]
+    dupes = duplicate_names(names)
+    if dupes:
+        raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
+    formats = set()
+    for task in tasks:
+        for split in ("train", "eval"):
+            ds = getattr(task, split)
+            if ds is None or len(ds) == 0:
+                raise ValueError(f"Task {task.name!r} has an empty {split} split; give it at least one example.")
+            fmt = _example_format(ds[0])
+            if fmt not in ("conversational", "prompt_completion"):
+                raise ValueError(
+                    f"Task {task.name!r} ({split}) has fields {sorted(ds.column_names)}; expected 'prompt' and "
+                    "'completion' (strings, or chat messages lists). Map your fields with a generic task "
+                    "source (fields: {prompt: ..., completion: ...})."
+                )
+            formats.add(fmt)
+    if len(formats) > 1:
+        raise ValueError(f"Tasks mix data formats {sorted(formats)}; use one format (all conversational or all "
+                         "plain prompt/completion) so every stage trains with the same loss.")
 
 
 def user_prompt_example(prompt: str, completion: str, system: str | None = None) -> dict:
