@@ -143,3 +143,31 @@ def test_layers_run_downhill():
             if dst in MODULES and dst != src and level.get(dst, len(LAYERS)) > level[src]:
                 bad.append(f"slice_trl.{src}:{line} ({LAYERS[level[src]][0]}) imports slice_trl.{dst}")
     assert bad == []
+
+
+def _cited_names() -> list[tuple[str, str]]:
+    import re
+
+    root = PACKAGE.parent
+    out = []
+    for doc in [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]:
+        for name in re.findall(r"`(slice_trl(?:\.[A-Za-z_]\w*)+)", doc.read_text()):
+            out.append((doc.name, name))
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize("doc, name", _cited_names())
+def test_every_name_the_docs_cite_exists(doc, name):
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):  # the longest importable module, then attributes below it
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            assert hasattr(obj, attr), f"{doc} cites {name}: {'.'.join(parts[:i])} has no {attr!r}"
+            obj = getattr(obj, attr)
+        return
+    pytest.fail(f"{doc} cites {name}, which is not a module of the package")
