@@ -21,10 +21,9 @@ import uuid
 from pathlib import Path
 
 import conftest_hub  # noqa: F401  (starts the loopback Hub and sets HF_ENDPOINT before the imports below)
-from conftest_hub import TEST_HUB_TOKEN
-
 import pytest
 import torch
+from conftest_hub import TEST_HUB_TOKEN
 
 from slice_trl import hub as shub
 from slice_trl import run as run_mod

@@ -14,8 +14,17 @@ with `LoadOptions` fields as keywords (base.py).
 from __future__ import annotations
 
 from ..settings import duplicate_names
-from .base import (METRICS, LoadOptions, Task, fit_prompt, is_network_error, sequence_length, sequence_lengths,
-                   split_train_eval, validate_tasks)
+from .base import (
+    METRICS,
+    LoadOptions,
+    Task,
+    fit_prompt,
+    is_network_error,
+    sequence_length,
+    sequence_lengths,
+    split_train_eval,
+    validate_tasks,
+)
 from .builtin import BUILTIN_TASKS, builtin_suite, builtin_task
 from .generic import load_generic_task, load_hub_splits_task
 from .spec import SOURCES, MissingDataError, TaskSpec
