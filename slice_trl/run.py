@@ -51,13 +51,6 @@ def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
     return [a for a in argv if a not in flags], {a for a in argv if a in flags}
 
 
-def check_data(recipe: Recipe) -> list[str]:
-    """One line per task: name, source, location (the specs were checked on load)."""
-    return [f"  {i + 1}. {s.display_name}: source={s.source} "
-            f"{'path=' + s.path if s.path else 'dataset_id=' + str(s.dataset_id) if s.dataset_id else ''}".rstrip()
-            for i, s in enumerate(recipe.task_specs)]
-
-
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
@@ -83,10 +76,6 @@ def _publisher(recipe: Recipe):
     return publish
 
 
-_OUTPUT_STATES = {"new": "new run", "resume": "resumes the run there (same settings)",
-                  "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)"}
-
-
 def _is_main_process() -> bool:
     """Rank 0 of a launched job (torchrun/accelerate set RANK), before accelerate is initialised."""
     return os.environ.get("RANK", "0") == "0"
@@ -99,20 +88,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     from .recipe import RecipeError
 
     if dry_run:
-        notes = preflight.check_recipe(recipe)
-        recipe.load_tasks(local_only=True)  # reads every local task file: bad data fails here
-        state = preflight.check_previous_run(recipe)
-        n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
-        print(f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
-              f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}")
-        print("\n".join(check_data(recipe)))
-        if recipe.missing_data:
-            print(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
-            print("\n".join(f"  {m}" for m in recipe.missing_data))
-        print(f"output_dir: {_OUTPUT_STATES[state]} (task data is compared with the previous run's on a real run)"
-              if state == "resume" else f"output_dir: {_OUTPUT_STATES[state]}")
-        for note in notes:
-            print(f"note: {note}")
+        print("\n".join(preflight.dry_run_report(recipe)))
         return None
     publish = _publisher(recipe)
     if push_only:
