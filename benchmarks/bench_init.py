@@ -180,8 +180,8 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     from slice_trl.config import InitConfig
-    from slice_trl.gradients import target_weights
     from slice_trl.initializers import SliceInitializer
+    from slice_trl.kernels.gradients import target_weights
     from slice_trl.models import EMBEDDED_MODEL, load_model_and_tokenizer, resolve_model_path
 
     datasets.disable_progress_bars()
@@ -288,7 +288,7 @@ def svd_probe(r: int, threads: int | None) -> dict:
     with r (the passes do not depend on it)."""
     import torch
 
-    from slice_trl.decompose import lora_ga_slices, module_seed, variance_matched_beta
+    from slice_trl.kernels.decompose import lora_ga_slices, module_seed, variance_matched_beta
 
     if threads:
         torch.set_num_threads(threads)

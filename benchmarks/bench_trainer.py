@@ -69,7 +69,7 @@ def continual_run(base, tokenizer, task) -> float:
         trainer = ContinualSFTTrainer(model=copy.deepcopy(base), args=args, tasks=[task], processing_class=tokenizer,
                                       peft_config=lora())
         tokens = n_tokens(trainer.prepared_train(task))
-        trainer._attach_adapter()
+        trainer.attach_adapter()
         t0 = time.perf_counter()
         trainer.train_stage(0)
         return tokens / (time.perf_counter() - t0)

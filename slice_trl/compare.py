@@ -4,7 +4,9 @@
 
 A RUN is a run folder (``output_dir`` of `slice_trl.run`: run.json, results.json,
 stages/*/record.json and, with ``evaluation.score_base``, base/record.json), a run summary JSON
-written by `summarise_run` (what the benchmark commits), or ``LABEL=PATH`` to name its arm. Runs
+written by `summarise_run` (what the benchmark commits), a Hub repo the run was published to
+(``user/repo`` or ``user/repo@revision``; read when no local path has that name; only its JSON
+files are downloaded), or ``LABEL=RUN`` to name its arm. Runs
 with the same label are seeds of one arm; the default label is read from run.json (initialiser,
 c and projection for SLICE, strategy).
 
@@ -19,13 +21,13 @@ Writes into ``--out`` (default ``compare/``):
   base model's score, as the paper's heatmaps), ``fp_vs_ap.png`` (with ``--paper-opp1`` or
   ``--reference-point`` the paper's points drawn beside ours: a different model and scale, for
   shape only).
-Hub repos are not read yet: download a run's folder first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -35,6 +37,7 @@ from .integrity import RUN_JSON
 from .results import ResultsMatrix, write_json_atomic
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
+HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")  # user/repo[@revision]
 # docs/method.md, "Headline results": NI-Seq-Opp1 (five tasks), Llama-3.2-3B, r = 64; (AP, FP) x100.
 # LoRA-GA (FP 17.62) and LoRAM (FP 24.25) have no AP there, so they cannot be drawn.
 PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5 tasks, 3B) SLICE c=1": (25.54, 29.50)}
@@ -51,10 +54,11 @@ def default_label(info: dict) -> str:
     return label
 
 
-def summarise_run(folder: str | Path) -> dict:
+def summarise_run(folder: str | Path, records: list[Path] | None = None) -> dict:
     """What one run folder holds, as a flat summary: R (and base row), metrics, the per-stage
     gate log and timings, and the run's settings (run.json). ``complete`` is False while stages
-    are missing."""
+    are missing. ``records``: the stage records' paths in stage order (default: the local layout,
+    ``stages/*/record.json``; a published run names its stage folders differently)."""
     folder = Path(folder)
     info = json.loads((folder / RUN_JSON).read_text())
     results = ResultsMatrix.from_dict(json.loads((folder / "results.json").read_text()))
@@ -62,7 +66,9 @@ def summarise_run(folder: str | Path) -> dict:
     base = json.loads(base_path.read_text()) if base_path.is_file() else None
     if results.base is None and base is not None:
         results.set_base(base["scores"])
-    records = [json.loads(p.read_text()) for p in sorted((folder / stages.STAGES).glob(f"*/{stages.RECORD}"))]
+    if records is None:
+        records = sorted((folder / stages.STAGES).glob(f"*/{stages.RECORD}"))
+    records = [json.loads(p.read_text()) for p in records]
     return {
         "label": default_label(info), "seed": info.get("seed"), "task_names": results.task_names,
         "complete": results.completed == results.num_tasks, **results.to_dict(), **results.summary(),
@@ -75,11 +81,26 @@ def summarise_run(folder: str | Path) -> dict:
     }
 
 
+def _hub_run(spec: str) -> dict:
+    from .hub import download_run_records
+
+    repo_id, _, revision = spec.partition("@")
+    try:
+        folder, records = download_run_records(repo_id, revision or None)
+    except Exception as err:  # not found, offline, gated: one line naming both readings of RUN
+        raise ValueError(f"Run {spec!r} is neither a local path nor a readable Hub run repo ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}). Give a run folder, a summary JSON, "
+                         "or user/repo[@revision] of a published run.") from None
+    return summarise_run(folder, records)
+
+
 def load_run(spec: str) -> dict:
-    """``[LABEL=]PATH``: a run folder or a summary JSON -> summary (see `summarise_run`)."""
+    """``[LABEL=]RUN``: a run folder, a summary JSON or a Hub repo -> summary (see `summarise_run`)."""
     label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    path = Path(path)
-    if path.is_dir():
+    text, path = path, Path(path)
+    if not path.exists() and HUB_REPO.match(text):
+        run = _hub_run(text)
+    elif path.is_dir():
         if not (path / "results.json").is_file():
             raise ValueError(f"{path} has no results.json: not a finished (or started) run folder. Give the "
                              "output_dir of a run.")
@@ -288,7 +309,8 @@ def _pair(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slice_trl.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder or summary JSON, optionally LABEL=PATH")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folder, summary JSON or Hub repo (user/repo[@revision]), optionally LABEL=RUN")
     p.add_argument("--out", default="compare", help="output folder (default: compare/)")
     p.add_argument("--pair", action="append", type=_pair, default=[], metavar="A:B",
                    help="paired FP difference A - B by seed (repeatable)")

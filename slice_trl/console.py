@@ -78,13 +78,29 @@ def stage_line(record: dict, n_stages: int) -> str:
     if surgery and surgery.get("cosine") is not None:
         cos, gamma = surgery.get("cosine"), surgery.get("gamma")
         detail = f"cos {cos:+.3f}, gamma {gamma:.3f}" if isinstance(cos, float) and isinstance(gamma, float) else ""
-        what += f", projection {'fired' if surgery.get('fired') else 'did not fire'}" + (f" ({detail})" if detail else "")
+        what += f", projection {'fired' if surgery.get('fired') else 'did not fire'}"
+        what += f" ({detail})" if detail else ""
     elif surgery is not None or init.get("method") == "slice":
         what += ", projection not applied (no earlier task)"
     scores = "  ".join(f"{name} {100 * s:.1f}" for name, s in record.get("scores", {}).items() if s is not None)
     general = ""
     if record.get("general"):  # GP/IP measured after this stage (the last one, or every one when asked)
-        from .general import change_text
-
         general = f"  {change_text(record['general'])}"
     return f"stage {record.get('stage')}/{n_stages} {record.get('task')} [{what}]  scores x100: {scores}{general}"
+
+
+def change_text(g: dict) -> str:
+    """"GP 43.8 (base 45.0, -1.2)  IP 47.1 (base 46.0, +1.1)" (x100) of a GP/IP summary (the dict
+    `slice_trl.evaluation.general.summarize` returns; "base"/"change" None without base scores)."""
+    parts = []
+    for key in ("GP", "IP"):
+        text = f"{key} {100 * g[key]:.1f}"
+        if g.get("change"):
+            text += f" (base {100 * g['base'][key]:.1f}, {100 * g['change'][key]:+.1f})"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+def summary_line(g: dict) -> str:
+    """`change_text` + "(x100, after stage 3; tasks ...)", the console's line after R."""
+    return f"{change_text(g)}  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"

@@ -23,10 +23,6 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

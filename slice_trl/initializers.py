@@ -5,7 +5,7 @@ An initialiser is called before each task as
     report = initializer(model, adapter_name, current_batches, previous_batches)
 
 with ``model`` a PeftModel holding a fresh LoRA adapter ``adapter_name``, and the batches
-collated mini-batches (see `slice_trl.gradients.estimate_mean_gradients`). It writes A and B
+collated mini-batches (see `slice_trl.kernels.gradients.estimate_mean_gradients`). It writes A and B
 into the adapter's layers, absorbs s * B0 A0 into the frozen base so the model's function is
 unchanged, and returns an `InitReport`.
 
@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from . import distributed
-from .config import InitConfig
-from .decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
-from .gradients import canonical_name, check_finite, estimate_mean_gradients, target_weights
-from .surgery import reconcile
+from .kernels.decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
+from .kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+from .kernels.surgery import reconcile
+from .lora import check_rank, lora_layers, write_and_absorb
+from .settings import InitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,43 +60,6 @@ class InitReport:
         return asdict(self)
 
 
-def lora_layers(model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
-    """Canonical name -> LoRA layer holding ``adapter_name``; error if none."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = {canonical_name(n): m for n, m in model.named_modules()
-              if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
-    if not layers:
-        raise ValueError(f"No LoRA layer holds adapter {adapter_name!r}: no target module matched. "
-                         "Check LoraConfig.target_modules against the model's linear layer names.")
-    return layers
-
-
-def _delta(layer, b: torch.Tensor, a: torch.Tensor, scaling: float) -> torch.Tensor:
-    """s * B A in the base weight's layout (transposed for fan_in_fan_out layers). fp32."""
-    d = scaling * (b.float() @ a.float())
-    return d.T if getattr(layer, "fan_in_fan_out", False) else d
-
-
-@torch.no_grad()
-def write_and_absorb(layer, adapter_name: str, a0: torch.Tensor, b0: torch.Tensor) -> None:
-    """Write A0 (r, d_in), B0 (d_out, r) into the adapter and absorb them into the base:
-
-        W_base <- W_base + s * (B_old A_old - B0 A0)
-
-    so the effective weight W_base + s B A is unchanged. The product is taken in fp32 and
-    rounded once into the base dtype.
-    """
-    base = layer.get_base_layer()
-    lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
-    s = layer.scaling[adapter_name]
-    with distributed.gathered([base.weight, lora_a, lora_b], modifier_rank=0):
-        change = _delta(layer, lora_b, lora_a, s) - _delta(layer, b0, a0, s)
-        base.weight.data.copy_((base.weight.data.float() + change).to(base.weight.dtype))
-        lora_a.data.copy_(a0.to(lora_a.dtype))
-        lora_b.data.copy_(b0.to(lora_b.dtype))
-
-
 @torch.no_grad()
 def vanilla_reset(layer, adapter_name: str, seed: int, name: str) -> None:
     """PEFT's default init (A Kaiming-uniform with a = sqrt(5), as `nn.Linear`; B = 0), seeded per
@@ -112,21 +76,6 @@ def vanilla_reset(layer, adapter_name: str, seed: int, name: str) -> None:
 
 def _module_entry(a0: torch.Tensor, b0: torch.Tensor, beta: float | None, fallback: bool) -> dict:
     return {"norm_A": float(a0.detach().float().norm()), "norm_B": float(b0.detach().float().norm()), "beta": beta, "fallback": fallback}
-
-
-def check_rank(layers: Mapping[str, nn.Module], adapter_name: str, needs_2r: bool) -> None:
-    """Raise before any work if a layer is too small for the rank (2r singular vectors are needed
-    by gradient slicing, r by LoRAM)."""
-    for name, layer in layers.items():
-        r = layer.r[adapter_name]
-        d_out, d_in = layer.out_features, layer.in_features
-        need = 2 * r if needs_2r else r
-        if need > min(d_out, d_in):
-            raise ValueError(
-                f"LoraConfig.r={r} is too large for module {name!r} ({d_out}x{d_in}): this init needs "
-                f"{'2r' if needs_2r else 'r'}={need} <= {min(d_out, d_in)}. Lower r to at most "
-                f"{min(d_out, d_in) // (2 if needs_2r else 1)} or exclude the module from target_modules."
-            )
 
 
 # docs/method.md, "Operating point when scaling down": the paper's rsLoRA r = 64, alpha = 2 (s = 0.25) on

@@ -51,6 +51,10 @@ IGNORED_KEYS = frozenset({
     "local_rank", "ddp_timeout", "torch_empty_cache_steps",
 })
 
+# Fields of earlier versions that were removed without ever changing a result: left out of a stored
+# fingerprint when it is compared, so a run made before their removal still resumes.
+RETIRED_KEYS = frozenset({"merge_after_task"})  # never read: every stage merged into the base
+
 
 # Environment variables a recipe's ``env:`` may not set: where the Hub token is read from or
 # sent to (a shared recipe could otherwise send ``Authorization: Bearer <token>`` elsewhere),
@@ -207,6 +211,7 @@ def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
         old = {k: v for k, v in old.items() if k in sections}
         new = {k: v for k, v in new.items() if k in sections}
     a, b = flatten(old), flatten(new)
+    a = {k: v for k, v in a.items() if k not in RETIRED_KEYS}
     missing = object()
     out = []
     for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:

@@ -19,6 +19,10 @@ from .recipe import Recipe, RecipeError
 logger = logging.getLogger(__name__)
 
 
+OUTPUT_STATES = {"new": "new run", "resume": "resumes the run there (same settings)",
+                 "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)"}
+
+
 def _fail(key: str, value, why: str, fix: str):
     raise RecipeError(f"{key}={value!r} {why}; {fix}.")
 
@@ -120,7 +124,7 @@ def check_model_structure(recipe: Recipe) -> bool:
     """Every named target module exists in the model, and every targeted layer is large enough
     for the rank the initialiser needs (2r for slice/lora_ga, r otherwise). Returns False when
     the model's config is not readable on this machine (nothing checked)."""
-    from .initializers import check_rank, lora_layers
+    from .lora import ADAPTER, check_rank, lora_layers
 
     peft_model, names = _empty_peft_model(recipe)
     if peft_model is None:
@@ -135,7 +139,7 @@ def check_model_structure(recipe: Recipe) -> bool:
             raise RecipeError(f"lora_target_modules={list(targets)!r}: {m.model_name_or_path!r} has no module "
                               f"{absent}; remove them or choose from its linear layers {leaves}.")
     try:
-        check_rank(lora_layers(peft_model, "default"), "default", needs_2r=recipe.training.init.uses_gradients)
+        check_rank(lora_layers(peft_model, ADAPTER), ADAPTER, needs_2r=recipe.training.init.uses_gradients)
     except ValueError as err:
         raise RecipeError(f"lora_r={m.lora_r}: {err}".replace("LoraConfig.r=", "r=")) from None
     return True
@@ -144,8 +148,8 @@ def check_model_structure(recipe: Recipe) -> bool:
 def check_general_tasks(recipe: Recipe) -> None:
     """Build every GP/IP benchmark (``evaluation.lm_eval_tasks``) and load its data: one that
     cannot be resolved on this machine (offline, no local copy) is one line naming it and the
-    fix, not a failure after every stage has trained (`slice_trl.general.resolve_tasks`)."""
-    from .general import resolve_tasks
+    fix, not a failure after every stage has trained (`slice_trl.evaluation.resolve_tasks`)."""
+    from .evaluation import resolve_tasks
 
     try:
         resolve_tasks(recipe.training.evaluation)
@@ -189,3 +193,24 @@ def check_previous_run(recipe: Recipe, tasks=None) -> str:
     except ValueError as err:  # RunMismatchError, DamagedStageError
         raise RecipeError(str(err)) from None
     return state
+
+
+def dry_run_report(recipe: Recipe) -> list[str]:
+    """``--dry-run``: every check of a real run that needs no model weights (the checks above, each
+    local task file read and split, output_dir's previous run), then what the run would do, as
+    the lines to print. Raises `RecipeError` on the first problem."""
+    notes = check_recipe(recipe)
+    recipe.load_tasks(local_only=True)  # reads every local task file: bad data fails here
+    state = check_previous_run(recipe)
+    n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
+    lines = [f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
+             f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}"]
+    for i, s in enumerate(recipe.task_specs):
+        where = f"path={s.path}" if s.path else f"dataset_id={s.dataset_id}" if s.dataset_id else ""
+        lines.append(f"  {i + 1}. {s.display_name}: source={s.source} {where}".rstrip())
+    if recipe.missing_data:
+        lines.append(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
+        lines += [f"  {m}" for m in recipe.missing_data]
+    lines.append(f"output_dir: {OUTPUT_STATES[state]}"
+                 + (" (task data is compared with the previous run's on a real run)" if state == "resume" else ""))
+    return lines + [f"note: {note}" for note in notes]

@@ -10,7 +10,6 @@ for nested ones, e.g. ``--init.method lora_ga --learning_rate 2e-4``.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import typing
@@ -20,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from .config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
-from .strategies import StrategyConfig
+from .settings import duplicate_names, suggest
+from .strategies import REGISTRY, StrategyConfig
 
 SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
 
@@ -68,11 +68,6 @@ def flat_fields() -> dict[str, object]:
             if f.init:
                 out.setdefault(f.name, f)
     return out
-
-
-def _suggest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def parse_overrides(argv: list[str]) -> dict[str, object]:
@@ -176,9 +171,6 @@ def _concrete_section_class(cls, section: dict):
     """The dataclass whose fields a section holds: for ``strategy:`` the named strategy's config
     class (its fields are type-checked too), else ``cls`` itself."""
     if cls is StrategyConfig and isinstance(section.get("name"), str):
-        from .strategies import REGISTRY, _load_all
-
-        _load_all()
         strategy = REGISTRY.get(section["name"])
         if strategy is not None:
             return strategy.config_cls
@@ -205,7 +197,7 @@ def _argument_error_message(where: str, message: str, merged: dict, known: dict)
     choices = re.search(r"\(choose from (.*)\)", reason)
     if choices and isinstance(value, str):
         options = [c.strip(" '\"") for c in choices.group(1).split(",")]
-        hint = _suggest(value, options)
+        hint = suggest(value, options)
     f = known.get(key)
     ftype = getattr(f, "type", None) if f is not None else None
     tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", None)
@@ -231,6 +223,16 @@ class Recipe:
 
         self.model.use_peft = True
         return get_peft_config(self.model)
+
+    def load_tasks(self, tokenizer=None, *, local_only: bool = False) -> list:
+        """The recipe's tasks (`slice_trl.tasks.build_tasks`); a data problem is one `RecipeError`
+        naming the task. With a tokenizer the examples are fitted to ``max_length``; without one
+        they are not (a dry run reads and checks the data only). ``local_only`` skips tasks read
+        from the Hub."""
+        from .tasks import build_tasks
+
+        max_length = self.training.max_length if tokenizer is not None else None
+        return build_tasks(self.task_specs, tokenizer, max_length, local_only=local_only, error=RecipeError)
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | None = None,
@@ -277,7 +279,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     allowed = set(known) | set(SECTIONS) | {"tasks"}
     for key in merged:
         if key not in allowed:
-            raise RecipeError(f"{where}: unknown key {key!r}.{_suggest(key, allowed)} Run `python -m slice_trl.run "
+            raise RecipeError(f"{where}: unknown key {key!r}.{suggest(key, allowed)} Run `python -m slice_trl.run "
                               "--help` for every key.")
     for key, value in merged.items():  # argparse checks choices of command-line values, not of defaults
         choices = getattr(known.get(key), "metadata", {}).get("choices")
@@ -285,7 +287,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
             continue
         choices = [c for c in choices if not (key == "dtype" and c == "auto")]  # the loader needs a real dtype
         if value not in choices:
-            raise RecipeError(f"{where}: {key}={value!r} is not valid.{_suggest(str(value), choices)} "
+            raise RecipeError(f"{where}: {key}={value!r} is not valid.{suggest(value, choices)} "
                               f"Choose one of {choices}.")
     for name, cls in SECTIONS.items():
         section = merged.get(name)
@@ -321,7 +323,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         except (TypeError, ValueError) as err:
             raise RecipeError(f"{where}: tasks[{i}] ({item.get('name', '?')}): {err}") from None
     names = [s.display_name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = duplicate_names(names)
     if dupes:
         raise RecipeError(f"{where}: duplicate task names {dupes}; every task needs a unique 'name'.")
 

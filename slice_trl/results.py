@@ -29,6 +29,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .settings import duplicate_names
+
 __all__ = ["ResultsMatrix", "write_json_atomic"]
 
 
@@ -92,8 +94,8 @@ class ResultsMatrix:
         names = [str(n) for n in task_names]
         if not names:
             raise ValueError("ResultsMatrix needs at least one task name.")
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicate_names(names)
+        if dupes:
             raise ValueError(f"Task names must be unique; repeated: {dupes}.")
         self.task_names = names
         self._rows: list[list[float]] = []
@@ -349,7 +351,7 @@ class ResultsMatrix:
         task, as the paper's heatmaps do (needs R_0; blank where R_0 is 0). Uses matplotlib's Agg
         backend, so no display is needed. Returns the path.
 
-        ``general``: {row i: GP/IP after stage i+1, a `slice_trl.general.summarize` dict}; when
+        ``general``: {row i: GP/IP after stage i+1, a `slice_trl.evaluation.general.summarize` dict}; when
         given, a second panel shows GP and IP per stage as the change from the base model (x100,
         as the paper's figures do), blank where they were not measured."""
         import matplotlib

@@ -51,57 +51,6 @@ def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
     return [a for a in argv if a not in flags], {a for a in argv if a in flags}
 
 
-def check_data(recipe: Recipe) -> list[str]:
-    """One line per task: name, source, location (the specs were checked on load)."""
-    return [f"  {i + 1}. {s.display_name}: source={s.source} "
-            f"{'path=' + s.path if s.path else 'dataset_id=' + str(s.dataset_id) if s.dataset_id else ''}".rstrip()
-            for i, s in enumerate(recipe.task_specs)]
-
-
-_NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "RemoteProtocolError", "TimeoutException",
-                   "ConnectionError", "Timeout", "ProtocolError", "NewConnectionError", "MaxRetryError"}
-
-
-def _is_network_error(err: BaseException) -> bool:
-    """A transport-level failure (refused/dropped connection, timeout) of any HTTP client, also
-    when wrapped by datasets/huggingface_hub."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if any(c.__name__ in _NETWORK_ERRORS for c in type(err).__mro__):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def build_tasks(recipe: Recipe, tokenizer, local_only: bool = False):
-    """Load every task of the recipe; data problems become one `RecipeError` naming the task.
-    Without a tokenizer the examples are not length-fitted (a dry run reads and checks the data
-    only); ``local_only`` skips tasks read from the Hub."""
-    from .recipe import RecipeError
-    from .tasks import build_task
-
-    tasks = []
-    for i, spec in enumerate(recipe.task_specs):
-        label = f"tasks[{i}] ({spec.display_name})"
-        if local_only and spec.dataset_id:
-            continue
-        try:
-            tasks.append(build_task(spec, tokenizer, recipe.training.max_length if tokenizer is not None else None))
-        except (ValueError, FileNotFoundError, ConnectionError, OSError) as err:
-            raise RecipeError(f"{label}: {err}") from None
-        except Exception as err:  # an HTTP client's own transport errors (dropped connection, timeout)
-            if not _is_network_error(err):
-                raise
-            where = f"dataset {spec.dataset_id!r}" if spec.dataset_id else "its data"
-            raise RecipeError(
-                f"{label}: could not reach the Hugging Face Hub for {where}: this machine appears offline or the "
-                f"Hub cannot be reached ({type(err).__name__}: {err}). Point the task at local files instead "
-                "(path=<local file or directory> in place of dataset_id=, relative to data_dir), or retry online."
-            ) from None
-    return tasks
-
-
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
@@ -127,10 +76,6 @@ def _publisher(recipe: Recipe):
     return publish
 
 
-_OUTPUT_STATES = {"new": "new run", "resume": "resumes the run there (same settings)",
-                  "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)"}
-
-
 def _is_main_process() -> bool:
     """Rank 0 of a launched job (torchrun/accelerate set RANK), before accelerate is initialised."""
     return os.environ.get("RANK", "0") == "0"
@@ -143,20 +88,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     from .recipe import RecipeError
 
     if dry_run:
-        notes = preflight.check_recipe(recipe)
-        build_tasks(recipe, None, local_only=True)  # reads every local task file: bad data fails here
-        state = preflight.check_previous_run(recipe)
-        n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
-        print(f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
-              f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}")
-        print("\n".join(check_data(recipe)))
-        if recipe.missing_data:
-            print(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
-            print("\n".join(f"  {m}" for m in recipe.missing_data))
-        print(f"output_dir: {_OUTPUT_STATES[state]} (task data is compared with the previous run's on a real run)"
-              if state == "resume" else f"output_dir: {_OUTPUT_STATES[state]}")
-        for note in notes:
-            print(f"note: {note}")
+        print("\n".join(preflight.dry_run_report(recipe)))
         return None
     publish = _publisher(recipe)
     if push_only:
@@ -180,10 +112,11 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     except (OSError, ValueError) as err:  # a wrong name/path, or offline without the model in the cache
         raise RecipeError(f"model_name_or_path={m.model_name_or_path!r}: the tokenizer could not be loaded "
                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a Hub id, "
-                          "a local checkpoint directory or 'smollm2-135m-instruct' (the bundled offline model).") from None
+                          "a local checkpoint directory or 'smollm2-135m-instruct' (the bundled offline "
+                          "model).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tasks = build_tasks(recipe, tokenizer)
+    tasks = recipe.load_tasks(tokenizer)
     state = preflight.check_previous_run(recipe, tasks)  # nothing in output_dir is written before this
     if state == "replace" and _is_main_process():
         from .integrity import move_aside
@@ -221,9 +154,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     if trainer.accelerator.is_main_process:
         print(out.results.table())
         if out.general:
-            from .general import summary_line
-
-            print(summary_line(out.general))
+            print(console.summary_line(out.general))
         print(f"results: {recipe.training.output_dir}/results.json, heatmap: "
               f"{recipe.training.output_dir}/results_heatmap.png")
     return out

@@ -28,6 +28,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from . import distributed
+from .results import write_json_atomic
 
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
@@ -40,9 +41,15 @@ _WEIGHTS = WEIGHTS
 _DIRNAME_RE = re.compile(r"^(\d+)-(.+)$")
 
 
+def safe_name(task_name: str) -> str:
+    """A task name as a folder name, locally and on the Hub: runs of other characters become '_',
+    and no leading/trailing '.' or '_' (no hidden folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", task_name).strip("._") or "task"
+
+
 def stage_dirname(stage: int, task_name: str) -> str:
     """'01-task088' for stage index 0 (0-indexed in code, 1-indexed on disk)."""
-    return f"{stage + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task_name)}"
+    return f"{stage + 1:02d}-{safe_name(task_name)}"
 
 
 def parse_stage_dirname(name: str) -> tuple[int, str] | None:
@@ -53,6 +60,25 @@ def parse_stage_dirname(name: str) -> tuple[int, str] | None:
 
 def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
     return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
+
+
+def base_measurement(path: Path, identity: dict, measure, reuse: bool = True) -> dict:
+    """THE reuse rule of ``output_dir/base/``: the record at ``path`` is reused when ``reuse`` is
+    set and its identity keys equal ``identity`` (the settings it was measured with); otherwise
+    ``measure()`` (a dict) runs on every process (evaluation is collective) and the main process
+    writes ``{**identity, **measure()}``. Returns the record, the same on every process."""
+    cached = None
+    if distributed.rank_and_world()[0] == 0 and reuse and path.is_file():
+        cached = json.loads(path.read_text())
+        cached = cached if all(cached.get(k) == v for k, v in identity.items()) else None
+    cached = distributed.broadcast_object(cached)
+    if cached is not None:
+        return cached
+    record = {**identity, **measure()}
+    if distributed.rank_and_world()[0] == 0:
+        write_json_atomic(path, record)
+    distributed.barrier()
+    return record
 
 
 def is_finished(path: Path) -> bool:
@@ -149,18 +175,18 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
 
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from .initializers import lora_layers, write_and_absorb
+    from .lora import ADAPTER, lora_layers, write_and_absorb
 
     peft_model = get_peft_model(base_model, copy.deepcopy(lora_config))
     init = _adapter_tensors(path / INIT)
-    layers = lora_layers(peft_model, "default")
+    layers = lora_layers(peft_model, ADAPTER)
     for name, layer in layers.items():
         prefix = f"base_model.model.{name}"
         a0 = init[f"{prefix}.lora_A.weight"]
         b0 = init[f"{prefix}.lora_B.weight"]
-        write_and_absorb(layer, "default", a0.to(layer.lora_A["default"].weight.device),
-                         b0.to(layer.lora_B["default"].weight.device))
-    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name="default")
+        write_and_absorb(layer, ADAPTER, a0.to(layer.lora_A[ADAPTER].weight.device),
+                         b0.to(layer.lora_B[ADAPTER].weight.device))
+    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name=ADAPTER)
     if result.unexpected_keys:
         raise ValueError(f"{path / RAW} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
     return merge_into_base(peft_model) if merge else peft_model

@@ -27,87 +27,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from datasets import Dataset, concatenate_datasets
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 from trl import SFTTrainer
 
 from . import console, distributed, integrity, stages
-from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .batching import sample_batches
 from .config import ContinualSFTConfig
 from .evaluation import evaluate_general, evaluate_task
 from .initializers import InitReport, build_initializer, warn_if_far_from_paper
+from .lora import ADAPTER
 from .replay import ReplaySampleProvider, stage_seed
 from .results import ResultsMatrix, write_json_atomic
-from .tasks.base import Task
+from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
+from .strategies import StageContext, StepHooks, build_strategy, load_state, save_state
+from .tasks.base import Task, validate_tasks
 
 logger = logging.getLogger(__name__)
-
-ADAPTER = "default"
-
-
-class _StrategyStepCallback(TrainerCallback):
-    """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
-    Trainer fires these events once per ``optimizer.step()``, after gradient accumulation and clipping)."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def _timed(self, hook) -> None:
-        t0 = time.perf_counter()
-        hook(self.trainer, self.trainer.model)
-        self.trainer.strategy_step_seconds += time.perf_counter() - t0
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self._timed(self.trainer.strategy.pre_step)
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self._timed(self.trainer.strategy.post_step)
-
 
 @dataclass
 class ContinualTrainOutput:
     results: ResultsMatrix
     records: list[dict]
     general: dict | None = None
-
-
-def _example_format(example: dict) -> str:
-    if "prompt" in example and "completion" in example:
-        return "conversational" if isinstance(example["prompt"], list) else "prompt_completion"
-    if "messages" in example:
-        return "messages"
-    if "text" in example:
-        return "text"
-    return "unknown"
-
-
-def validate_tasks(tasks: Sequence[Task]) -> None:
-    """Every error a task list can hold, raised before any model work."""
-    if not tasks:
-        raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
-    names = [t.name for t in tasks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
-    formats = set()
-    for task in tasks:
-        for split in ("train", "eval"):
-            ds = getattr(task, split)
-            if ds is None or len(ds) == 0:
-                raise ValueError(f"Task {task.name!r} has an empty {split} split; give it at least one example.")
-            fmt = _example_format(ds[0])
-            if fmt not in ("conversational", "prompt_completion"):
-                raise ValueError(
-                    f"Task {task.name!r} ({split}) has fields {sorted(ds.column_names)}; expected 'prompt' and "
-                    "'completion' (strings, or chat messages lists). Map your fields with a generic task "
-                    "source (fields: {prompt: ..., completion: ...})."
-                )
-            formats.add(fmt)
-    if len(formats) > 1:
-        raise ValueError(f"Tasks mix data formats {sorted(formats)}; use one format (all conversational or all "
-                         "plain prompt/completion) so every stage trains with the same loss.")
 
 
 class ContinualSFTTrainer(SFTTrainer):
@@ -160,12 +102,14 @@ class ContinualSFTTrainer(SFTTrainer):
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
         self.strategy = None
-        self.strategy_step_seconds = 0.0
+        self.step_hooks = None  # the strategy's per-step hooks (a TrainerCallback)
+        self.stage_context = StageContext(tasks=self.tasks, prepared_train=lambda t: self.prepared_train(self.tasks[t]),
+                                          collate=lambda rows: self.data_collator(rows),
+                                          attach_adapter=self.attach_adapter, current_model=lambda: self.model)
         if args.strategy is not None:
-            from .strategies import build_strategy
-
             self.strategy = build_strategy(args.strategy)
-            self.add_callback(_StrategyStepCallback(self))
+            self.step_hooks = StepHooks(self.strategy, self.stage_context)
+            self.add_callback(self.step_hooks)
         warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
@@ -203,7 +147,7 @@ class ContinualSFTTrainer(SFTTrainer):
         cfg = self.args.init
         return sample_batches(ds, self.data_collator, cfg.batch_size, n_batches, seed)
 
-    def _attach_adapter(self):
+    def attach_adapter(self):
         from peft import get_peft_model
 
         kwargs = {}
@@ -235,7 +179,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
             if isinstance(self.model, PeftModel):  # adapter-space strategies keep the deployed adapter
                 self.model = self.model_wrapped = self.model.unload()  # base untouched
-        peft_model = self._attach_adapter()
+        peft_model = self.attach_adapter()
         cfg = self.args.init
         seed = stage_seed(cfg.seed, t)
         current = self._batches(self.prepared_train(self.tasks[t]), cfg.cur_steps, seed)
@@ -245,7 +189,7 @@ class ContinualSFTTrainer(SFTTrainer):
             previous.extend(self._batches(self._prepare(sample, f"replay-{t}-{j}"), cfg.prev_steps, seed + j + 1))
         report = self.initializer(peft_model, ADAPTER, current, previous or None)
         if self.strategy is not None:
-            self.strategy.before_task(self, t, peft_model)
+            self.strategy.before_task(self.stage_context, t, peft_model)
         return report
 
     def train_stage(self, t: int):
@@ -258,9 +202,9 @@ class ContinualSFTTrainer(SFTTrainer):
                 seed=stage_seed(self.args.seed, t, 3))
         self.train_dataset = train
         self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
-        self.strategy_step_seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
         if self.strategy is not None:
-            self.strategy.before_training(self, t)
+            self.step_hooks.seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
+            self.strategy.before_training(self.stage_context, t)
         set_seed(stage_seed(self.args.seed, t))
         return super().train()
 
@@ -278,17 +222,15 @@ class ContinualSFTTrainer(SFTTrainer):
         """``before_save``, save the trained adapter, ``after_task``, save the strategy state, then merge into
         the base (``merge == "base"``) or keep the strategy's deployed adapter (``"adapter"``: the
         base is never changed; ``adapter_original_base`` then holds the deployed adapter)."""
-        from .strategies.base import save_state
-
         strategy = self.strategy
-        strategy.before_save(self, t)
+        strategy.before_save(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.RAW), selected_adapters=[ADAPTER], safe_serialization=True)
             else:
                 stages.save_trained(self.model, ADAPTER, path)
         distributed.barrier()
-        strategy.after_task(self, t)
+        strategy.after_task(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.CONVERTED), selected_adapters=[ADAPTER],
@@ -311,35 +253,30 @@ class ContinualSFTTrainer(SFTTrainer):
                 for task in bar}
 
     def evaluate_general_ability(self, stage: int) -> dict | None:
-        """GP/IP (`slice_trl.general.summarize`) of the model as it stands after ``stage`` (0 =
+        """GP/IP (`slice_trl.evaluation.general.summarize`) of the model as it stands after ``stage`` (0 =
         the base model, before stage 1), with the change from the base model; None when
         ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
         cached in ``output_dir/base/general.json`` (reused on resume while the base model and the
         GP/IP settings are the same)."""
-        from . import general
+        from .evaluation import general
 
         cfg = self.args.evaluation
         if not cfg.lm_eval_tasks:
             return None
         path = self.output_path / stages.BASE / stages.BASE_GENERAL
-        if stage > 0:
-            base = self._base_general if self._base_general is not None else json.loads(path.read_text())["scores"]
-            scores = evaluate_general(self.model, self.processing_class, cfg)
-            return general.summarize(scores, base, stage)
-        model_id = self.run_info.get("base_model") or getattr(self.model, "name_or_path", None)
-        cached = None
-        if self.accelerator.is_main_process and path.is_file():
-            cached = json.loads(path.read_text())
-            cached = cached if general.same_settings(cached, cfg) and cached.get("base_model") == model_id else None
-        cached = distributed.broadcast_object(cached)
-        if cached is None:
-            logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
-            cached = {"base_model": model_id, "settings": general.settings(cfg),
-                      "scores": evaluate_general(self.model, self.processing_class, cfg)}
-            if self.accelerator.is_main_process:
-                write_json_atomic(path, cached)
-        self._base_general = cached["scores"]
-        return general.summarize(self._base_general, self._base_general, 0)
+        if stage == 0:
+            identity = {"base_model": self.run_info.get("base_model") or getattr(self.model, "name_or_path", None),
+                        "settings": general.settings(cfg)}
+
+            def measure() -> dict:
+                logger.info("Scoring the base model's general ability (GP/IP) on %s", cfg.lm_eval_tasks)
+                return {"scores": evaluate_general(self.model, self.processing_class, cfg)}
+
+            self._base_general = stages.base_measurement(path, identity, measure, self.args.resume)["scores"]
+            return general.summarize(self._base_general, self._base_general, 0)
+        if self._base_general is None:  # asked without stage 0 first: the base model's scores are on disk
+            self._base_general = json.loads(path.read_text())["scores"]
+        return general.summarize(evaluate_general(self.model, self.processing_class, cfg), self._base_general, stage)
 
     def evaluate_base(self) -> dict | None:
         """R_0 (``evaluation.score_base``): score the base model on every task before stage 1 and
@@ -347,22 +284,19 @@ class ContinualSFTTrainer(SFTTrainer):
         settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
         if not self.args.evaluation.score_base:
             return None
-        path = self.output_path / stages.BASE / stages.RECORD
-        names = [t.name for t in self.tasks]
-        settings = {k: v for k, v in self.args.evaluation.to_dict().items() if not k.startswith("lm_eval")}
-        old = json.loads(path.read_text()) if self.args.resume and path.is_file() else None
-        if old is not None and old.get("task_names") == names and old.get("evaluation") == settings:
-            return old
-        t0 = time.perf_counter()
-        scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
-        record = {"task_names": names, "evaluation": settings,
-                  "scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-                  "samples": {n: s.samples for n, s in scores.items()},
-                  "timings": {"eval": time.perf_counter() - t0}}
-        if self.accelerator.is_main_process:
-            write_json_atomic(path, record)
-        distributed.barrier()
-        return record
+        identity = {"task_names": [t.name for t in self.tasks],
+                    "evaluation": {k: v for k, v in self.args.evaluation.to_dict().items()
+                                   if not k.startswith("lm_eval")}}
+
+        def measure() -> dict:
+            t0 = time.perf_counter()
+            scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
+            return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+                    "samples": {n: s.samples for n, s in scores.items()},
+                    "timings": {"eval": time.perf_counter() - t0}}
+
+        return stages.base_measurement(self.output_path / stages.BASE / stages.RECORD, identity, measure,
+                                       self.args.resume)
 
     # -------------------------------------------------------------- the loop
     def _write_run_info(self) -> None:
@@ -400,23 +334,14 @@ class ContinualSFTTrainer(SFTTrainer):
             records.append(record)
             logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
         if self.strategy is not None and done:
-            from .strategies.base import load_state
-
             self.strategy.load_state_dict(load_state(self.stage_path(done - 1)))
-            self.strategy.on_resume(self, done)
+            self.strategy.on_resume(self.stage_context, done)
         self.model_wrapped = self.model
         return done, records
 
     def _stage_record(self, t: int, report: InitReport, train_out, scores: dict, results: ResultsMatrix,
                       timings: dict, replay_sizes: list[int]) -> dict:
-        record = self._base_record(t, report, train_out, scores, results, timings, replay_sizes)
-        if self.strategy is not None:
-            record["strategy"] = {"name": self.strategy.name,
-                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
-        return record
-
-    def _base_record(self, t, report, train_out, scores, results, timings, replay_sizes) -> dict:
-        return {
+        record = {
             "stage": t + 1,
             "task": self.tasks[t].name,
             "scores": {name: s.score for name, s in scores.items()},
@@ -429,10 +354,16 @@ class ContinualSFTTrainer(SFTTrainer):
             "train_metrics": dict(train_out.metrics) if train_out is not None else {},
             "timings": timings,
         }
+        if self.strategy is not None:
+            record["strategy"] = {"name": self.strategy.name,
+                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
+        return record
 
-    def _write_results(self, results: ResultsMatrix, general: dict | None = None, records: Sequence[dict] = ()) -> None:
+    def _write_results(self, results: ResultsMatrix, records: Sequence[dict], general: dict | None = None) -> None:
+        """results.json and the heatmap; ``general``: GP/IP of the final model (default: the last record's)."""
         if not self.accelerator.is_main_process:
             return
+        general = general if general is not None else (records[-1].get("general") if records else None)
         payload = {**results.to_dict(), **results.summary()}  # AP, FP, forgetting (+ learned, retained with R_0)
         if general is not None:
             payload["general"] = general
@@ -475,7 +406,7 @@ class ContinualSFTTrainer(SFTTrainer):
             train_out = self.train_stage(t)
             timings["train"] = time.perf_counter() - t0
             if self.strategy is not None:
-                timings["strategy_step_hooks"] = self.strategy_step_seconds
+                timings["strategy_step_hooks"] = self.step_hooks.seconds
             t0 = time.perf_counter()
             self.finish_stage(t)
             timings["save_merge"] = time.perf_counter() - t0
@@ -491,7 +422,7 @@ class ContinualSFTTrainer(SFTTrainer):
             records.append(record)
             if self.accelerator.is_main_process:
                 # results.json first: record.json marks the stage finished, so it is written last
-                self._write_results(results, records[-1].get("general"), records)
+                self._write_results(results, records)
                 write_json_atomic(path / stages.RECORD, record)
                 logger.info(console.stage_line(record, len(self.tasks)))
             distributed.barrier()
@@ -500,7 +431,7 @@ class ContinualSFTTrainer(SFTTrainer):
         general = records[-1].get("general") if records else None
         if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
             general = self.evaluate_general_ability(len(self.tasks))
-        self._write_results(results, general, records)
+        self._write_results(results, records, general)
         if general is not None:
             self._publish()  # the final commit: results.json and the card gain GP/IP
         return ContinualTrainOutput(results, records, general)

@@ -127,8 +127,8 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
     from transformers.integrations import HfDeepSpeedConfig
 
     from slice_trl.config import InitConfig
-    from slice_trl.gradients import estimate_mean_gradients, target_weights
     from slice_trl.initializers import SliceInitializer
+    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
     from slice_trl.trainer import merge_into_base
 
     torch.set_num_threads(1)
@@ -173,7 +173,7 @@ def bench_svd(hidden: int = 512, intermediate: int = 1408, kv: int = 128, layers
 
     import torch.distributed as dist
 
-    from slice_trl.decompose import lora_ga_slices, module_seed
+    from slice_trl.kernels.decompose import lora_ga_slices, module_seed
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

@@ -68,20 +68,18 @@ def test_from_dict_still_validates_values():
 
 
 @pytest.mark.parametrize(
-    "kwargs, uses_grads, uses_prev",
+    "kwargs, uses_grads",
     [
-        ({"method": "slice"}, True, True),
-        ({"method": "slice", "c": 0.0}, True, False),
-        ({"method": "slice", "prev_steps": 0}, True, False),
-        ({"method": "lora_ga"}, True, False),
-        ({"method": "loram"}, False, False),
-        ({"method": "vanilla"}, False, False),
+        ({"method": "slice"}, True),
+        ({"method": "slice", "c": 0.0}, True),
+        ({"method": "lora_ga"}, True),
+        ({"method": "loram"}, False),
+        ({"method": "vanilla"}, False),
     ],
 )
-def test_which_data_a_method_needs(kwargs, uses_grads, uses_prev):
+def test_which_data_a_method_needs(kwargs, uses_grads):
     cfg = InitConfig(**kwargs)
     assert cfg.uses_gradients is uses_grads
-    assert cfg.uses_previous_tasks is uses_prev
 
 
 def test_invalid_choice_suggests_the_closest_name():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from slice_trl.decompose import (
+from slice_trl.kernels.decompose import (
     dst1_basis,
     lora_ga_slices,
     loram_bases,
@@ -16,7 +16,6 @@ from slice_trl.decompose import (
     rank_factor,
     variance_matched_beta,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,6 @@ The factor-sharing decision in `_RescaledInitializer._finish` was measured with
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import socket
@@ -286,7 +285,7 @@ def _tiny_peft():
 
 def _grads(model):
     from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
     from slice_trl.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -299,7 +298,7 @@ def _grads(model):
 
 
 def _lora_params(model):
-    from slice_trl.initializers import lora_layers
+    from slice_trl.lora import lora_layers
 
     for name, layer in lora_layers(model, "default").items():
         yield f"{name}.base", layer.get_base_layer().weight
@@ -314,7 +313,8 @@ def _full(model) -> dict:
 def test_zero3_init_and_merge_write_through_the_gather_like_the_unpartitioned_path(zero3, monkeypatch):
     from slice_trl import distributed
     from slice_trl.config import InitConfig
-    from slice_trl.initializers import InitReport, SliceInitializer, lora_layers
+    from slice_trl.initializers import InitReport, SliceInitializer
+    from slice_trl.lora import lora_layers
     from slice_trl.trainer import merge_into_base
 
     model = _tiny_peft()
@@ -373,7 +373,7 @@ def test_zero3_gradient_estimate_keeps_ranks_in_lockstep(zero3, monkeypatch):
     shape even for partitioned weights."""
     from slice_trl import distributed
     from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
     from slice_trl.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -408,7 +408,7 @@ def test_unsharded_estimate_runs_no_collective(monkeypatch):
     """shard_across_processes=False: every rank computes the whole mean alone (it used to be
     all-reduced anyway, i.e. multiplied by the world size)."""
     from slice_trl import distributed
-    from slice_trl.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
 
     model = _tiny_peft()
     calls = []
@@ -427,7 +427,8 @@ def test_factors_are_computed_by_one_owner_per_module_and_broadcast(monkeypatch)
     with what one process computes, bit for bit."""
     from slice_trl import distributed
     from slice_trl.config import InitConfig
-    from slice_trl.initializers import InitReport, SliceInitializer, lora_layers
+    from slice_trl.initializers import InitReport, SliceInitializer
+    from slice_trl.lora import lora_layers
 
     model = _tiny_peft()
     grads = _grads(model)

@@ -376,12 +376,12 @@ def test_unreachable_lm_eval_data_names_the_task_and_the_local_yaml(tmp_path, wh
 def test_unknown_lm_eval_task_is_a_clear_error(tmp_path):
     from lm_eval.tasks import TaskManager
 
-    from slice_trl.evaluation import _load_task
+    from slice_trl.evaluation import load_task
 
     # built-in tasks are left out only to keep the test fast (indexing them takes ~30 s)
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     with pytest.raises(ValueError, match=r"(?s)'no_such_task_xyz' is not a built-in task.*data_files"):
-        _load_task(manager, "no_such_task_xyz")
+        load_task(manager, "no_such_task_xyz")
 
 
 def test_missing_lm_eval_says_how_to_install(monkeypatch):
@@ -398,3 +398,11 @@ def test_eval_config_lm_eval_fields():
     with pytest.raises(ValueError, match=">= 0"):
         EvalConfig(lm_eval_tasks=["a"], lm_eval_fewshot_overrides={"a": -1})
     assert EvalConfig.from_dict({"lm_eval_tasks": "hellaswag"}).lm_eval_tasks == ["hellaswag"]
+
+
+def test_every_task_metric_has_a_scorer():
+    # tasks.base.METRICS (validated when a task is built) and the scorers must name the same metrics
+    from slice_trl.evaluation.metrics import METRIC_FUNCTIONS
+    from slice_trl.tasks.base import METRICS
+
+    assert sorted(METRIC_FUNCTIONS) == sorted(METRICS)

@@ -15,7 +15,7 @@ from test_evaluation import DOCS, write_task, zero_shot_by_hand
 
 from slice_trl.config import EvalConfig
 from slice_trl.evaluation import evaluate_general_lm
-from slice_trl.general import LOCAL_TEMPLATES, PAPER_BENCHMARKS, package_task_dir
+from slice_trl.evaluation.general import LOCAL_TEMPLATES, PAPER_BENCHMARKS, package_task_dir
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
@@ -92,7 +92,7 @@ def test_alpaca_task_scores_a_hand_computed_rouge_l_case(tmp_path):
 def test_alpaca_fixed_sample_is_seeded_and_capped():
     from datasets import Dataset
 
-    from slice_trl.general import ALPACA_SAMPLE, alpaca_docs
+    from slice_trl.evaluation.general import ALPACA_SAMPLE, alpaca_docs
 
     big = Dataset.from_list([{"instruction": str(i), "input": "", "output": str(i)} for i in range(ALPACA_SAMPLE + 50)])
     first, again = alpaca_docs(big), alpaca_docs(big)
@@ -249,15 +249,24 @@ def test_without_every_stage_only_the_last_stage_carries_gp_ip(tmp_path, counted
     assert out.general["change"]["GP"] == out.general["GP"] - out.general["base"]["GP"]
 
 
-def test_cached_base_scores_match_only_the_same_settings():
-    """A cached base result measured with other GP/IP settings is not reused."""
-    from slice_trl import general
+def test_cached_base_scores_match_only_the_same_settings(tmp_path):
+    """A cached base result measured with other GP/IP settings is not reused (the trainer's rule:
+    `stages.base_measurement` keyed by `general.settings`)."""
+    from slice_trl import stages
+    from slice_trl.evaluation import general
+
+    path, measured = tmp_path / "general.json", []
+
+    def reused(cfg) -> bool:
+        n = len(measured)
+        stages.base_measurement(path, {"settings": general.settings(cfg)}, lambda: measured.append(1) or {"scores": {}})
+        return len(measured) == n
 
     cfg = EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=5)
-    cached = {"settings": general.settings(cfg), "scores": {}}
-    assert general.same_settings(cached, cfg)
-    assert not general.same_settings(cached, EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=3))
-    assert not general.same_settings(cached, EvalConfig(lm_eval_tasks=["a", "b"], lm_eval_num_fewshot=5))
+    assert not reused(cfg)  # nothing cached yet
+    assert reused(cfg)
+    assert not reused(EvalConfig(lm_eval_tasks=["a"], lm_eval_num_fewshot=3))
+    assert not reused(EvalConfig(lm_eval_tasks=["a", "b"], lm_eval_num_fewshot=5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +353,7 @@ def test_bad_local_data_settings(bad, message):
 
 
 def test_local_data_for_a_benchmark_without_template(tmp_path):
-    from slice_trl.general import write_local_tasks
+    from slice_trl.evaluation.general import write_local_tasks
 
     data = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
     with pytest.raises(ValueError, match=r"lm_eval_local_data\['arc_easy'\]: no local template"):

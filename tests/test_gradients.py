@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from slice_trl.gradients import (
+from slice_trl.kernels.gradients import (
     DEFAULT_TARGETS,
     canonical_name,
     check_finite,

@@ -14,7 +14,9 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
+import uuid
 import zlib
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from slice_trl import hub as shub
-from slice_trl.general import summarize
+from slice_trl.evaluation.general import summarize
 from slice_trl.testing import tiny_llama, tiny_tokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -54,6 +56,42 @@ def _absorb_nonzero_init(peft_model, name: str, gen: torch.Generator) -> None:
                 module.get_base_layer().weight -= module.scaling[name] * (B0 @ A0)
                 A.copy_(A0)
                 B.copy_(B0)
+
+
+def convert_stage_adapter(peft_model, adapter_name: str, init_dir: Path, out_dir: Path) -> Path:
+    """The in-memory reference of `slice_trl.hub.convert_adapter_files`: PEFT's own conversion,
+    ``save_pretrained(..., path_initial_model_for_weight_conversion=...)`` of the live adapter, into
+    ``out_dir`` (adapter_config.json + adapter_model.safetensors only). PEFT overwrites the init
+    adapter's config and deletes the adapter it loads from there, so it gets a staged copy under a
+    unique name (with ``init_lora_weights`` True: PEFT refuses or re-runs a named initialisation);
+    the active adapter and train/eval mode are restored afterwards."""
+    init_dir = Path(init_dir)
+    if not (init_dir / "adapter_config.json").is_file():  # PEFT saves a non-"default" adapter in a sub-folder
+        (init_dir,) = [p for p in init_dir.iterdir() if (p / "adapter_config.json").is_file()]
+    was_training, active = peft_model.training, list(peft_model.active_adapters)
+    with tempfile.TemporaryDirectory() as tmp:
+        init_name = f"reference_init_{uuid.uuid4().hex[:8]}"
+        staged = Path(tmp) / init_name
+        staged.mkdir()
+        shutil.copyfile(init_dir / "adapter_model.safetensors", staged / "adapter_model.safetensors")
+        init_cfg = json.loads((init_dir / "adapter_config.json").read_text())
+        (staged / "adapter_config.json").write_text(json.dumps({**init_cfg, "init_lora_weights": True}))
+        save_dir = Path(tmp) / "converted"
+        try:
+            peft_model.save_pretrained(str(save_dir), selected_adapters=[adapter_name],
+                                       path_initial_model_for_weight_conversion=str(staged))
+        finally:
+            if init_name in peft_model.peft_config:
+                peft_model.delete_adapter(init_name)
+            if list(peft_model.active_adapters) != active:
+                peft_model.base_model.set_adapter(active if len(active) > 1 else active[0])
+            peft_model.train(was_training)
+        produced = save_dir if adapter_name == "default" else save_dir / adapter_name
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(produced / name, out_dir / name)
+    return out_dir
 
 
 def _fake_training(peft_model, name: str, gen: torch.Generator) -> None:
@@ -108,7 +146,7 @@ def built_run(tmp_path_factory):
         _fake_training(pm, name, gen)
         pm.save_pretrained(sdir / "adapter", selected_adapters=[name])
         if k == 1:
-            shub.convert_stage_adapter(pm, name, sdir / "init_adapter", sdir / "adapter_original_base")
+            convert_stage_adapter(pm, name, sdir / "init_adapter", sdir / "adapter_original_base")
         expected[k] = _logits(pm)
         model = pm.merge_and_unload()
         (sdir / "record.json").write_text(json.dumps({"stage": k, "task": task, "init": {"method": "slice"}}))
@@ -146,7 +184,7 @@ def test_convert_stage_adapter_reproduces_logits_on_fresh_base(tmp_path, rslora)
     expected = _logits(pm)
     pm.train()
 
-    out = shub.convert_stage_adapter(pm, "task_x", tmp_path / "init_adapter", tmp_path / "adapter_original_base")
+    out = convert_stage_adapter(pm, "task_x", tmp_path / "init_adapter", tmp_path / "adapter_original_base")
     # the live model is as it was: same adapters, active adapter, mode and trainable parameters
     assert list(pm.peft_config) == ["task_x"] and pm.active_adapters == ["task_x"] and pm.training
     assert all(p.requires_grad for n, p in pm.named_parameters() if "lora_" in n)

@@ -16,8 +16,6 @@ from peft import LoraConfig, get_peft_model
 from slice_trl import initializers as init_mod
 from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
 from slice_trl.config import InitConfig
-from slice_trl.decompose import lora_ga_slices, module_seed
-from slice_trl.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
 from slice_trl.initializers import (
     LoraGAInitializer,
     LoramInitializer,
@@ -27,6 +25,8 @@ from slice_trl.initializers import (
     lora_layers,
     write_and_absorb,
 )
+from slice_trl.kernels.decompose import lora_ga_slices, module_seed
+from slice_trl.kernels.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
 from slice_trl.testing import tiny_llama, tiny_tokenizer
 
 WORDS = ["apple", "stone", "river", "cloud", "maple", "tiger", "olive", "piano"]
@@ -497,10 +497,12 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
     """s * sqrt(ln r / ln m) against hand-computed values; the warning fires only far above 0.19."""
     import logging
 
-    from peft import LoraConfig as _LoraConfig, get_peft_model as _get_peft_model
+    from peft import LoraConfig as _LoraConfig
+    from peft import get_peft_model as _get_peft_model
 
     from slice_trl.config import InitConfig as _InitConfig
-    from slice_trl.initializers import lora_layers as _layers, relative_magnitudes, warn_if_far_from_paper
+    from slice_trl.initializers import relative_magnitudes, warn_if_far_from_paper
+    from slice_trl.lora import lora_layers as _layers
 
     class Two(torch.nn.Module):
         def __init__(self):
@@ -531,3 +533,11 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
             pytest.approx(k)
         assert warn_if_far_from_paper(peft(8, 8), "default", _InitConfig(method="vanilla")) is None
         assert len(caplog.records) == 1
+
+
+def test_every_configurable_method_has_an_initializer():
+    # settings.INIT_METHODS (validated before a model loads) and the registry must name the same methods
+    from slice_trl.initializers import INITIALIZERS
+    from slice_trl.settings import INIT_METHODS
+
+    assert sorted(INITIALIZERS) == sorted(INIT_METHODS)

@@ -23,7 +23,6 @@ from slice_trl.mining import (
     PoolError,
     best_order,
     cosine_matrix,
-    exact_cosine,
     iter_subset_scores,
     load_pool,
     top_subsets,
@@ -116,7 +115,8 @@ def test_sketch_hashes_are_exact_field_arithmetic_and_uniform():
     (so it cannot overflow int64 on any device), and buckets/signs are balanced."""
     import random
 
-    from slice_trl.mining import _HASH_PRIME, _poly_hash
+    from slice_trl.mining.sketch import HASH_PRIME as _HASH_PRIME
+    from slice_trl.mining.sketch import _poly_hash
 
     rng = random.Random(0)
     idx = [0, 1, 2**30 - 1] + [rng.randrange(2**30) for _ in range(2000)]
@@ -145,13 +145,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def exact_cosine(a, b) -> float:
+    """The exact reference for the sketch: cosine of two whole-model gradient dicts (all modules
+    flattened into one vector), in float64."""
+    if set(a) != set(b):
+        raise ValueError("The two gradient dicts hold different modules.")
+    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a)
+    na = sum(float(a[n].double().pow(2).sum()) for n in a)
+    nb = sum(float(b[n].double().pow(2).sum()) for n in b)
+    return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else 0.0
+
+
 def test_sketch_cosine_tracks_exact_cosine_on_real_gradients(one_thread):
     """Real mean gradients of a tiny Llama (61,440 target weights) on four tasks, at the random
     base (all cosines positive) and after a short fit to the yes/no mixture (the two tasks'
     gradients then oppose: strongly negative, and mildly negative against the others). With
     k = 16,384 every sketch cosine is within 0.05 of the exact one."""
     from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.gradients import estimate_mean_gradients, summed_token_loss, target_weights
+    from slice_trl.kernels.gradients import estimate_mean_gradients, summed_token_loss, target_weights
     from slice_trl.testing import tiny_llama, tiny_tokenizer
 
     torch.manual_seed(0)

@@ -21,10 +21,9 @@ import uuid
 from pathlib import Path
 
 import conftest_hub  # noqa: F401  (starts the loopback Hub and sets HF_ENDPOINT before the imports below)
-from conftest_hub import TEST_HUB_TOKEN
-
 import pytest
 import torch
+from conftest_hub import TEST_HUB_TOKEN
 
 from slice_trl import hub as shub
 from slice_trl import run as run_mod
@@ -270,3 +269,24 @@ def test_token_and_local_paths_never_published(published_run, hub):
     assert TEST_HUB_TOKEN not in run["log"]
     assert run["token_in_requests"] == []  # only ever sent in the Authorization header
     assert [f for f in hub.list_files(repo) if secret in hub.read_file(repo, f)] == []
+
+
+def test_compare_reads_the_published_run_as_the_local_folder(published_run, tmp_path, monkeypatch):
+    from slice_trl import compare
+
+    run = published_run
+    assert shub.push_pending(run["out_dir"], run["repo"]).ok  # idempotent: whichever test runs first
+    monkeypatch.chdir(tmp_path)  # no local path of that name: RUN is the Hub repo
+    remote = compare.load_run(run["repo"])
+    local = compare.summarise_run(run["out_dir"])
+    assert remote["complete"] and remote["R"] == local["R"] and len(remote["gate"]) == 2
+    for key in ("label", "seed", "task_names", "AP", "FP", "forgetting", "gate", "timings", "n_scored", "train_loss"):
+        assert remote[key] == local[key], key
+    # only the JSON files are downloaded, never the adapters
+    folder, records = shub.download_run_records(run["repo"], cache_dir=tmp_path / "cache")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert files == ["base/general.json", "results.json", "run.json", "stage-01-first/record.json",
+                     "stage-02-last/record.json"]
+    assert [p.parent.name for p in records] == ["stage-01-first", "stage-02-last"]
+    with pytest.raises(ValueError, match="neither a local path nor a readable Hub run repo"):
+        compare.load_run(f"{run['repo']}-missing")

@@ -3,7 +3,6 @@ key and the fix, before any model (or tokenizer) is loaded; overrides, section m
 
 from __future__ import annotations
 
-import logging
 import os
 import textwrap
 
@@ -187,8 +186,8 @@ def test_dry_run_of_a_valid_recipe_loads_nothing(tmp_path, capsys):
 # ------------------------------------------------------------------ task data from the Hub, offline
 def _hub_recipe(tmp_path, source: str):
     extra = ", task: task088" if source == "superni" else ""
-    return load_recipe(write(tmp_path, f"model_name_or_path: m\nmax_length: 128\ntasks:\n"
-                                       f"  - {{name: t1, source: {source}, dataset_id: nobody/no-such-dataset{extra}}}\n"))
+    return load_recipe(write(tmp_path, f"model_name_or_path: m\nmax_length: 128\ntasks:\n  - {{name: t1, "
+                                       f"source: {source}, dataset_id: nobody/no-such-dataset{extra}}}\n"))
 
 
 @pytest.mark.parametrize("source", ["superni", "generic"])
@@ -198,7 +197,7 @@ def test_unreachable_hub_dataset_says_so_and_how_to_use_local_files(hub, tmp_pat
     recipe = _hub_recipe(tmp_path, source)  # valid: the Hub is only contacted when the tasks are built
     # the loopback Hub answers 404: the dataset cannot be reached
     with pytest.raises(RecipeError) as info:
-        run_mod.build_tasks(recipe, tiny_tokenizer())
+        recipe.load_tasks(tiny_tokenizer())
     message = str(info.value)
     assert "tasks[0] (t1)" in message and "nobody/no-such-dataset" in message
     assert "cannot be accessed" in message or "cannot be reached" in message
@@ -207,7 +206,7 @@ def test_unreachable_hub_dataset_says_so_and_how_to_use_local_files(hub, tmp_pat
     # the machine is offline (every connection is dropped)
     hub.set_down(True, status=None)
     with pytest.raises(RecipeError) as info:
-        run_mod.build_tasks(recipe, tiny_tokenizer())
+        recipe.load_tasks(tiny_tokenizer())
     message = str(info.value)
     assert "tasks[0] (t1)" in message and "appears offline" in message
     assert "local files" in message and "path=" in message

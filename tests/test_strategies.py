@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_trainer import constant_task, lora, make_config
 
 from slice_trl.config import ContinualSFTConfig
-from slice_trl.initializers import lora_layers
+from slice_trl.lora import lora_layers
 from slice_trl.recipe import SECTIONS
 from slice_trl.strategies import StrategyConfig
 from slice_trl.strategies.base import STATE_FILE
@@ -81,7 +81,7 @@ def test_slice_plus_olora_three_tasks_penalty_once_per_optimizer_step(tmp_path, 
         if name in strategy.state:  # the penalty's gradient was added exactly once
             expected = 0.5 * penalty_grad(a.detach(), strategy.state[name])
             torch.testing.assert_close(a.grad - before, expected, rtol=1e-5, atol=1e-6)
-        calls.append((tr._stage, tr.state.global_step))
+        calls.append((trainer._stage, trainer.state.global_step))
 
     strategy.pre_step = checked_pre_step
     trainer.training_step = counting_training_step
@@ -331,7 +331,7 @@ class EBRecorder(ContinualSFTTrainer):
                 for name, layer in lora_layers(model, "default").items():
                     a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
                     F = strategy.state.get(name, torch.zeros(a.shape[1], 0))
-                    self.checks.append((tr._stage, _absmax(a @ a.T - torch.eye(a.shape[0])),
+                    self.checks.append((self._stage, _absmax(a @ a.T - torch.eye(a.shape[0])),
                                         _absmax(b.T @ b - torch.eye(b.shape[1])), _absmax(a @ F), F.shape[1]))
 
             strategy.post_step = checked_post_step

@@ -1,9 +1,9 @@
-"""slice_trl.subspace: the shared extend(M, R, eps, cap) rule and the A-in-the-free-subspace helper."""
+"""slice_trl.kernels.subspace: the shared extend(M, R, eps, cap) rule and the A-in-the-free-subspace helper."""
 
 import pytest
 import torch
 
-from slice_trl.subspace import extend, orthonormal_rows_outside
+from slice_trl.kernels.subspace import extend, orthonormal_rows_outside
 
 
 def _orthonormal(M, tol=1e-5):

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from slice_trl.surgery import pcgrad_coefficient, reconcile
+from slice_trl.kernels.surgery import pcgrad_coefficient, reconcile
 
 SHAPES = {"l0.q": (6, 4), "l0.v": (3, 4), "l1.up": (8, 5), "l1.down": (5, 8)}
 

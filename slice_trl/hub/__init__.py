@@ -24,9 +24,9 @@ file, a card or a log message.
 """
 
 from .card import render_model_card
-from .convert import convert_adapter_files, convert_stage_adapter, published_adapter_dir
+from .convert import convert_adapter_files, published_adapter_dir
 from .layout import StageDir, finished_stages
-from .load import list_run, load_stage, pull
+from .load import download_run_records, list_run, load_stage, pull
 from .push import PushReport, push_pending, push_pending_in_background, push_stage
 from .splits import push_pending_splits, push_task_splits, save_pending_splits
 
@@ -34,7 +34,7 @@ __all__ = [
     "PushReport",
     "StageDir",
     "convert_adapter_files",
-    "convert_stage_adapter",
+    "download_run_records",
     "finished_stages",
     "list_run",
     "load_stage",

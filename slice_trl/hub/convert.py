@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = layout.ADAPTER_CONFIG, layout.WEIGHTS
 
+
 def _adapter_files_dir(path: str | os.PathLike) -> Path:
     """The folder holding ``adapter_config.json``: ``path`` itself, or its only sub-folder that has
     one (PEFT saves a non-"default" adapter under ``path/<adapter_name>/``)."""
@@ -96,63 +97,16 @@ def _install_adapter(files: dict[str, Path | bytes], out_dir: Path) -> Path:
     return out_dir
 
 
-def convert_stage_adapter(peft_model, adapter_name: str, init_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Convert the live adapter ``adapter_name`` of ``peft_model`` (trained on a base whose weights
-    had ``scaling * B0 @ A0`` absorbed) into an adapter for the UNMODIFIED base, with PEFT's own
-    ``save_pretrained(..., path_initial_model_for_weight_conversion=init_dir)``; writes
-    ``adapter_config.json`` + ``adapter_model.safetensors`` into ``out_dir`` and returns it.
-
-    ``init_dir`` is the PEFT save of the adapter right after initialisation (A0, B0). Call it right
-    after training, before merging. What this wrapper adds to PEFT's conversion:
-
-    - PEFT first OVERWRITES ``<init_dir>/adapter_config.json`` with the trained adapter's config,
-      then loads the init adapter under the init folder's base name and deletes it afterwards. We
-      stage a copy of the init adapter under a unique name: the trainer's ``init_adapter/`` is never
-      rewritten, the name cannot collide with (and delete) a live adapter, and an init adapter saved
-      by PEFT in a sub-folder (``init_adapter/<name>/``) works (PEFT expects the files directly).
-    - the copy's ``init_lora_weights`` is set to True (PEFT refuses, or re-runs, PiSSA/LoRA-GA/...
-      initialisations when it loads an init adapter that names them).
-    - a non-"default" adapter is saved by PEFT under ``<dir>/<adapter_name>/``; ``out_dir`` gets the
-      files directly, without PEFT's generated README.md.
-    - the active adapter(s) and train/eval mode are restored afterwards.
-    """
-    if adapter_name not in peft_model.peft_config:
-        raise ValueError(f"Adapter {adapter_name!r} is not in the model (it has {list(peft_model.peft_config)}).")
-    _check_convertible(peft_model.peft_config[adapter_name].to_dict())
-    init_src = _adapter_files_dir(init_dir)
-    was_training = peft_model.training
-    active = list(peft_model.active_adapters)
-    with tempfile.TemporaryDirectory(prefix="slice_trl_convert_") as tmp:
-        init_name = f"slice_trl_init_{uuid.uuid4().hex[:8]}"
-        staged = Path(tmp) / init_name
-        staged.mkdir()
-        shutil.copyfile(init_src / ADAPTER_WEIGHTS, staged / ADAPTER_WEIGHTS)
-        init_cfg = read_json(init_src / ADAPTER_CONFIG)
-        init_cfg["init_lora_weights"] = True
-        (staged / ADAPTER_CONFIG).write_text(json.dumps(init_cfg, indent=2))
-        save_dir = Path(tmp) / "converted"
-        try:
-            peft_model.save_pretrained(
-                str(save_dir), selected_adapters=[adapter_name], path_initial_model_for_weight_conversion=str(staged)
-            )
-        finally:
-            if init_name in peft_model.peft_config:
-                peft_model.delete_adapter(init_name)
-            if list(peft_model.active_adapters) != active:
-                peft_model.base_model.set_adapter(active if len(active) > 1 else active[0])
-            peft_model.train(was_training)
-        produced = save_dir if adapter_name == "default" else save_dir / adapter_name
-        return _install_adapter(
-            {ADAPTER_CONFIG: produced / ADAPTER_CONFIG, ADAPTER_WEIGHTS: produced / ADAPTER_WEIGHTS}, Path(out_dir)
-        )
-
-
 def convert_adapter_files(
     adapter_dir: str | os.PathLike, init_dir: str | os.PathLike, out_dir: str | os.PathLike
 ) -> Path:
-    """The same conversion as `convert_stage_adapter`, from saved files only (no model needed):
+    """Convert a saved stage adapter (trained on a base whose weights had ``scaling * B0 @ A0``
+    absorbed) into an adapter for the UNMODIFIED base, from the files only (no model needed):
     ``A' = [A; A0]``, ``B' = [B | -B0]``, ``r' = 2r``, ``alpha' = 2 alpha`` (``sqrt(2) alpha`` with
-    rsLoRA), so ``scaling' B' A' = scaling (B A - B0 A0)``. Returns ``out_dir``."""
+    rsLoRA), so ``scaling' B' A' = scaling (B A - B0 A0)``: the same adapter as PEFT's
+    ``save_pretrained(..., path_initial_model_for_weight_conversion=init_dir)`` writes (tests/test_hub.py
+    checks both). ``init_dir`` is the PEFT save of the adapter right after initialisation (A0, B0).
+    Returns ``out_dir``."""
     import torch
     from safetensors.torch import load_file, save_file
 

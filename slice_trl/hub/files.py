@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import stages as layout
 from .convert import published_adapter_dir
-from .layout import BASE_DIR, StageDir, json_bytes, read_json
+from .layout import StageDir, json_bytes, read_json
 from .redaction import LOCAL, public
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -105,9 +105,9 @@ def run_files(output_dir: Path, run: dict, secrets: list[str], card: str) -> dic
         files["results.json"] = json_bytes(public(read_json(output_dir / "results.json"), secrets))
     if (output_dir / "results_heatmap.png").is_file():
         files["results_heatmap.png"] = output_dir / "results_heatmap.png"
-    base_dir = output_dir / BASE_DIR
+    base_dir = output_dir / layout.BASE
     if base_dir.is_dir():
         for path in sorted(base_dir.rglob("*.json")):
-            files[f"{BASE_DIR}/{path.relative_to(base_dir).as_posix()}"] = json_bytes(public(read_json(path), secrets))
+            files[f"{layout.BASE}/{path.relative_to(base_dir).as_posix()}"] = json_bytes(public(read_json(path), secrets))
     files["README.md"] = card.encode("utf-8")
     return files

@@ -19,17 +19,12 @@ from .. import stages as layout
 
 REMOTE_PREFIX = "stage-"
 PUSHED_MARKER = "pushed.json"  # what this machine pushed where (informative: the Hub listing decides)
-BASE_DIR = "base"  # optional run folder with the base model's scores (small JSON files), published as is
 _REMOTE_STAGE_RE = re.compile(rf"^{REMOTE_PREFIX}(\d+)-([^/]+)$")
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
 
 
 def remote_folder(number: int, task: str) -> str:
     """The Hub folder of stage ``number`` (1-indexed): ``stage-NN-<task>``."""
-    return f"{REMOTE_PREFIX}{number:02d}-{_safe_name(task)}"
+    return f"{REMOTE_PREFIX}{number:02d}-{layout.safe_name(task)}"
 
 
 @dataclass(frozen=True)

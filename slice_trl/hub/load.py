@@ -28,6 +28,23 @@ def _download(repo_id: str, sha: str, folders: list[str], token, cache_dir=None,
                                   allow_patterns=patterns))
 
 
+def download_run_records(repo_id: str, revision: str | None = None, token: str | None = None,
+                         cache_dir: str | os.PathLike | None = None) -> tuple[Path, list[Path]]:
+    """The JSON files of a published run, all from one commit and no adapter weights: run.json,
+    results.json, ``base/*.json`` and every published stage's record.json. Returns (the local
+    snapshot folder, the stage records' paths in stage order)."""
+    from huggingface_hub import snapshot_download
+
+    info, folders = _published(repo_id, revision, token)
+    if not folders:
+        raise ValueError(f"{repo_id}@{revision or 'main'} holds no published stage (no stage-NN-<task>/ folder): "
+                         "not a slice-trl run repo, or nothing is pushed yet.")
+    patterns = ["run.json", "results.json", f"{layout.BASE}/*.json"] + [f"{f}/{layout.RECORD}" for f in folders.values()]
+    local = Path(snapshot_download(repo_id, revision=info.sha, token=token, cache_dir=cache_dir,
+                                   allow_patterns=patterns))
+    return local, [local / folders[k] / layout.RECORD for k in sorted(folders)]
+
+
 def _stages_up_to(repo_id: str, revision: str | None, stage: int, folders: dict[int, str]) -> list[str]:
     missing = [j for j in range(1, stage + 1) if j not in folders]
     if stage < 1 or missing:

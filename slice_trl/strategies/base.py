@@ -1,21 +1,23 @@
 """The continual-strategy interface of `ContinualSFTTrainer`, the registry and the config section.
 
-A strategy acts at three points of every stage (docs/strategies.md):
+A strategy acts at these points of every stage (docs/strategies.md). It sees the loop through a
+`StageContext` (the tasks, a task's prepared train split, the collator, attaching a fresh adapter,
+the current model), not the whole trainer:
 
-- ``before_task(trainer, t, peft_model)``: after the initialiser has written the fresh adapter;
+- ``before_task(ctx, t, peft_model)``: after the initialiser has written the fresh adapter;
   may write or freeze adapter parts and may use the gradient probe (`task_gradient`).
-- ``before_training(trainer, t)``: after the initial adapter is saved, right before training
+- ``before_training(ctx, t)``: after the initial adapter is saved, right before training
   (the optimiser is created after it): may add strategy-only trainable parameters.
-- ``pre_step(trainer, model)`` / ``post_step(trainer, model)``: exactly once per OPTIMISER step
+- ``pre_step(ctx, model)`` / ``post_step(ctx, model)``: exactly once per OPTIMISER step
   (whatever the gradient accumulation), right before / after ``optimizer.step()``: hooked through
   `TrainerCallback.on_pre_optimizer_step` / ``on_optimizer_step`` of transformers' Trainer. The
   gradients seen by ``pre_step`` are already clipped (``max_grad_norm``).
-- ``before_save(trainer, t)``: after training, before the trained adapter is saved: folds any
+- ``before_save(ctx, t)``: after training, before the trained adapter is saved: folds any
   strategy-only parameter into lora_A/lora_B so that every saved adapter is plain PEFT.
-- ``after_task(trainer, t)``: after the trained adapter is saved, before any merge. ``merge``
+- ``after_task(ctx, t)``: after the trained adapter is saved, before any merge. ``merge``
   (class attribute) says what the trainer does next: ``"base"`` merge into the base weights
   (`merge_and_unload`), ``"adapter"`` keep the base bitwise unchanged and deploy whatever adapter
-  the strategy left in ``trainer.model`` (evaluation uses it).
+  the strategy left in ``ctx.model`` (evaluation uses it).
 
 ``state`` (name -> tensor) is saved as ``strategy_state.safetensors`` in every finished stage
 folder and reloaded (from the last finished stage) on resume, then ``on_resume`` is called.
@@ -23,19 +25,22 @@ folder and reloaded (from the last finished stage) on resume, then ``on_resume``
 
 from __future__ import annotations
 
-import difflib
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
+from transformers import TrainerCallback
 
-from ..config import _FromDict
+from ..lora import ADAPTER
+from ..settings import FromDict, suggest
 
 STATE_FILE = "strategy_state.safetensors"
 REGISTRY: dict[str, type[Strategy]] = {}
 
 
 @dataclass
-class StrategyConfig(_FromDict):
+class StrategyConfig(FromDict):
     """Base of every per-strategy config; ``name`` selects the strategy."""
 
     name: str = field(default="", metadata={"help": "Continual strategy: one of the registered names "
@@ -47,21 +52,13 @@ class StrategyConfig(_FromDict):
         data = dict(data or {})
         if cls is not StrategyConfig:
             return super().from_dict(data)
-        return config_from_dict(data)
-
-
-def config_from_dict(data: dict):
-    from . import _load_all
-
-    _load_all()
-    name = data.get("name")
-    if not name:
-        raise ValueError(f"strategy needs a 'name': one of {sorted(REGISTRY)}, e.g. strategy: {{name: olora}}.")
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(str(name), sorted(REGISTRY), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown strategy {name!r}.{hint} Known strategies: {sorted(REGISTRY)}.")
-    return REGISTRY[name].config_cls.from_dict(data)
+        name = data.get("name")
+        if not name:
+            raise ValueError(f"strategy needs a 'name': one of {sorted(REGISTRY)}, e.g. strategy: {{name: olora}}.")
+        if name not in REGISTRY:
+            raise ValueError(f"Unknown strategy {name!r}.{suggest(name, sorted(REGISTRY), cutoff=0.5)} "
+                             f"Known strategies: {sorted(REGISTRY)}.")
+        return REGISTRY[name].config_cls.from_dict(data)
 
 
 def register(cls):
@@ -69,11 +66,28 @@ def register(cls):
     return cls
 
 
-def build_strategy(config: StrategyConfig) -> Strategy:
-    from . import _load_all
+@dataclass(frozen=True)
+class StageContext:
+    """What a strategy may use of the continual loop.
 
-    _load_all()
-    return REGISTRY[config.name](config)
+    Attributes:
+        tasks: the sequence's tasks (`slice_trl.tasks.Task`), in order.
+        prepared_train: task index -> that task's tokenized train split (cached by the trainer).
+        collate: list of prepared rows -> a batch of tensors (the trainer's data collator).
+        attach_adapter: () -> PeftModel: a fresh LoRA adapter on the current model, which becomes
+            the trainer's model.
+        current_model: () -> the trainer's model as it is now (PeftModel during a stage).
+    """
+
+    tasks: Sequence
+    prepared_train: Callable
+    collate: Callable
+    attach_adapter: Callable
+    current_model: Callable
+
+    @property
+    def model(self):
+        return self.current_model()
 
 
 class Strategy:
@@ -89,26 +103,26 @@ class Strategy:
         self.state: dict[str, torch.Tensor] = {}
         self.report: dict = {}
 
-    def before_task(self, trainer, t: int, peft_model) -> None:
+    def before_task(self, ctx, t: int, peft_model) -> None:
         pass
 
-    def before_training(self, trainer, t: int) -> None:
+    def before_training(self, ctx, t: int) -> None:
         pass
 
-    def pre_step(self, trainer, model) -> None:
+    def pre_step(self, ctx, model) -> None:
         pass
 
-    def post_step(self, trainer, model) -> None:
+    def post_step(self, ctx, model) -> None:
         pass
 
-    def before_save(self, trainer, t: int) -> None:
+    def before_save(self, ctx, t: int) -> None:
         """After training, before the trained adapter is saved: fold any strategy-only parameter
         into lora_A/lora_B, so the saved adapter loads with plain PEFT (EBLoRA's sigma)."""
 
-    def after_task(self, trainer, t: int) -> None:
+    def after_task(self, ctx, t: int) -> None:
         pass
 
-    def on_resume(self, trainer, done: int) -> None:
+    def on_resume(self, ctx, done: int) -> None:
         pass
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -116,6 +130,26 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = dict(state)
+
+
+class StepHooks(TrainerCallback):
+    """Calls the strategy's ``pre_step``/``post_step`` exactly once per optimiser step (transformers'
+    Trainer fires these events once per ``optimizer.step()``, after gradient accumulation and
+    clipping). ``seconds``: time spent in them since it was last reset."""
+
+    def __init__(self, strategy: Strategy, ctx: StageContext):
+        self.strategy, self.ctx, self.seconds = strategy, ctx, 0.0
+
+    def _timed(self, hook: str) -> None:
+        t0 = time.perf_counter()
+        getattr(self.strategy, hook)(self.ctx, self.ctx.model)  # looked up per call: a hook may be replaced
+        self.seconds += time.perf_counter() - t0
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._timed("pre_step")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._timed("post_step")
 
 
 def save_state(strategy: Strategy, folder) -> None:
@@ -170,30 +204,30 @@ class ProbeConfig(StrategyConfig):
 
     def cap_for(self, layer) -> int:
         """The column cap of one LoRA layer's subspace: ``cap`` or d_in - r."""
-        return layer.in_features - layer.r["default"] if self.cap is None else int(self.cap)
+        return layer.in_features - layer.r[ADAPTER] if self.cap is None else int(self.cap)
 
 
-def probe_batches(trainer, t: int, rho: float, batch_size: int) -> list[dict]:
+def probe_batches(ctx, t: int, rho: float, batch_size: int) -> list[dict]:
     """Collated batches of a fraction ``rho`` of task t's prepared train split (evenly spaced
     examples, the same subset every time it is asked for)."""
-    ds = trainer.prepared_train(trainer.tasks[t])
+    ds = ctx.prepared_train(t)
     n = max(1, min(len(ds), round(rho * len(ds))))
     idx = [int(i * len(ds) / n) for i in range(n)]
     keep = [c for c in ("input_ids", "labels", "completion_mask") if c in ds.column_names]
     rows = ds.select(idx).select_columns(keep)
-    return [trainer.data_collator([rows[j] for j in range(i, min(i + batch_size, n))])
+    return [ctx.collate([rows[j] for j in range(i, min(i + batch_size, n))])
             for i in range(0, n, batch_size)]
 
 
-def task_gradient(trainer, t: int, peft_model, rho: float, batch_size: int, micro_batch_size: int | None):
+def task_gradient(ctx, t: int, peft_model, rho: float, batch_size: int, micro_batch_size: int | None):
     """THE gradient probe (`estimate_mean_gradients`) on a fraction ``rho`` of task t's prepared
     train split (evenly spaced examples), at the model's current effective weights: on a
     PeftModel the gradient w.r.t. the frozen base weight equals dL/dW at W + s B A.
     Returns {canonical module name: G (d_out, d_in), fp32}."""
-    from ..gradients import check_finite, estimate_mean_gradients, target_weights
+    from ..kernels.gradients import check_finite, estimate_mean_gradients, target_weights
 
-    batches = probe_batches(trainer, t, rho, batch_size)
-    weights = target_weights(peft_model, adapter_name="default")
+    batches = probe_batches(ctx, t, rho, batch_size)
+    weights = target_weights(peft_model, adapter_name=ADAPTER)
     grads, _ = estimate_mean_gradients(peft_model, batches, weights, micro_batch_size)
-    check_finite(grads, f"{trainer.tasks[t].name} (strategy probe)")
+    check_finite(grads, f"{ctx.tasks[t].name} (strategy probe)")
     return grads

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..initializers import lora_layers, write_and_absorb
-from ..subspace import extend, orthonormal_rows_outside, project_out
+from ..kernels.subspace import extend, orthonormal_rows_outside, project_out
+from ..lora import ADAPTER, lora_layers, write_and_absorb
 from .base import ProbeConfig, Strategy, register, task_gradient
 
 SIGMA = "eb_sigma"  # not containing "lora_": PEFT's adapter state dict must not pick it up
@@ -90,39 +90,39 @@ class EBLoRA(Strategy):
     defines_init = True
     merge = "base"
 
-    def before_task(self, trainer, t, peft_model):
+    def before_task(self, ctx, t, peft_model):
         cfg = self.config
-        self._layers = lora_layers(peft_model, "default")
+        self._layers = lora_layers(peft_model, ADAPTER)
         self._pending, self._old, self._hooks, self._unit_b = {}, {}, [], {}
         self.report = {"k_before": {}, "extend": {}, "steps": 0, "max_orthonormality_error": 0.0,
                        "max_F_leak": 0.0, "sigma": {}}
-        grads = task_gradient(trainer, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
+        grads = task_gradient(ctx, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
         with torch.no_grad():
             for name, layer in self._layers.items():
-                lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                lora_a, lora_b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
                 g = grads.pop(name)  # (d_out, d_in)
                 F = self.state.get(name)
                 F = None if F is None else F.to(g.device)
                 self.report["k_before"][name] = 0 if F is None else int(F.shape[1])
-                a = orthonormal_rows_outside(F, g.T, layer.r["default"], where=f"EBLoRA {name}")
+                a = orthonormal_rows_outside(F, g.T, layer.r[ADAPTER], where=f"EBLoRA {name}")
                 b = polar(g @ a.T)  # G' V = Q S for the top directions: its polar factor is Q
                 # the initial adapter is (A, sigma0 U): absorbed into the base and saved as such;
                 # before training lora_B becomes the unit U and sigma0 moves into eb_sigma
-                write_and_absorb(layer, "default", a.to(lora_a.device), (cfg.sigma_init * b).to(lora_b.device))
+                write_and_absorb(layer, ADAPTER, a.to(lora_a.device), (cfg.sigma_init * b).to(lora_b.device))
                 self._unit_b[name] = b
                 F_next, info = extend(F, g.T, cfg.eps, cfg.cap_for(layer))
                 self._pending[name] = F_next.cpu()
                 self.report["extend"][name] = info
 
     @torch.no_grad()
-    def before_training(self, trainer, t):
+    def before_training(self, ctx, t):
         for name, layer in self._layers.items():
-            lora_b = layer.lora_B["default"].weight
+            lora_b = layer.lora_B[ADAPTER].weight
             lora_b.data.copy_(self._unit_b.pop(name).to(lora_b.device, lora_b.dtype))
             self._add_sigma(layer, float(self.config.sigma_init))
 
     def _add_sigma(self, layer, value: float) -> None:
-        lora_b = layer.lora_B["default"]
+        lora_b = layer.lora_B[ADAPTER]
         sigma = torch.nn.Parameter(torch.tensor(value, dtype=torch.float32, device=lora_b.weight.device))
         layer.register_parameter(SIGMA, sigma)
         self._hooks.append(lora_b.register_forward_hook(lambda _m, _inp, out: out * sigma.to(out.dtype)))
@@ -132,9 +132,9 @@ class EBLoRA(Strategy):
         return None if F is None else F.to(device)
 
     @torch.no_grad()
-    def pre_step(self, trainer, model):
+    def pre_step(self, ctx, model):
         for name, layer in self._layers.items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             self._old[name] = (a.detach().float().clone(), b.detach().float().clone())
             if a.grad is not None:
                 a.grad.copy_(tangent_rows(a, a.grad, self._F(name, a.device)).to(a.grad.dtype))
@@ -142,10 +142,10 @@ class EBLoRA(Strategy):
                 b.grad.copy_(tangent_cols(b, b.grad).to(b.grad.dtype))
 
     @torch.no_grad()
-    def post_step(self, trainer, model):
+    def post_step(self, ctx, model):
         err, leak = 0.0, 0.0
         for name, layer in self._layers.items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             a_old, b_old = self._old.pop(name)
             F = self._F(name, a.device)
             a_new = retract_rows(a_old, a.detach().float() - a_old, F)
@@ -161,16 +161,16 @@ class EBLoRA(Strategy):
         self.report["max_F_leak"] = max(self.report["max_F_leak"], leak)
 
     @torch.no_grad()
-    def before_save(self, trainer, t):
+    def before_save(self, ctx, t):
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        for name, layer in lora_layers(trainer.model, "default").items():
+        for name, layer in lora_layers(ctx.model, ADAPTER).items():
             sigma = layer._parameters.pop(SIGMA)
             self.report["sigma"][name] = float(sigma)
-            lora_b = layer.lora_B["default"].weight
+            lora_b = layer.lora_B[ADAPTER].weight
             lora_b.data.mul_(sigma.detach().to(lora_b.dtype))  # delta W = s (sigma B) A: plain LoRA
 
-    def after_task(self, trainer, t):
+    def after_task(self, ctx, t):
         self.state.update(self._pending)
         self._pending = {}

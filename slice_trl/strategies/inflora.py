@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..initializers import lora_layers, write_and_absorb
-from ..subspace import extend, orthonormal_rows_outside
+from ..kernels.subspace import extend, orthonormal_rows_outside
+from ..lora import ADAPTER, eval_mode, lora_layers, write_and_absorb
 from .base import Strategy, StrategyConfig, check_config_fields, probe_batches, register
 
 
@@ -42,7 +42,7 @@ class InfLoRAConfig(StrategyConfig):
 
 
 @torch.no_grad()
-def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dict[str, torch.Tensor]:
+def input_covariance(ctx, t: int, model, rho: float, batch_size: int) -> dict[str, torch.Tensor]:
     """{module: mean over non-padding tokens of x x^T (d_in x d_in, fp32)} of each LoRA layer's input.
 
     Modules called on the same input tensor (a Llama's q/k/v and gate/up projections) get ONE
@@ -50,8 +50,8 @@ def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dic
     that callers can also decompose it once (``_Memo``). Sharing is decided by object identity
     in every forward pass (a weak reference, so a freed input whose address is reused never
     matches); modules whose input is a fresh tensor each time simply get their own matrix."""
-    batches = probe_batches(trainer, t, rho, batch_size)
-    layers = lora_layers(model, "default")
+    batches = probe_batches(ctx, t, rho, batch_size)
+    layers = lora_layers(model, ADAPTER)
     acc: dict[str, torch.Tensor] = {}
     alias: dict[str, str] = {}  # module -> the module whose input it shares (decided in the first batch)
     # seen (per forward): id(x) -> (weakref(x), the first module called on x); no tensors are held
@@ -78,20 +78,18 @@ def input_covariance(trainer, t: int, model, rho: float, batch_size: int) -> dic
         return hook
 
     handles = [layer.get_base_layer().register_forward_hook(hook_for(name)) for name, layer in layers.items()]
-    was_training = model.training
-    model.eval()
     try:
-        device = next(model.parameters()).device
-        for b, batch in enumerate(batches):
-            ids = batch["input_ids"].to(device)
-            mask = batch.get("attention_mask", torch.ones_like(ids)).to(device).bool()
-            state.update(mask=mask, seen={}, batch=b)
-            state["tokens"] += int(mask.sum())
-            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+        with eval_mode(model):
+            device = next(model.parameters()).device
+            for b, batch in enumerate(batches):
+                ids = batch["input_ids"].to(device)
+                mask = batch.get("attention_mask", torch.ones_like(ids)).to(device).bool()
+                state.update(mask=mask, seen={}, batch=b)
+                state["tokens"] += int(mask.sum())
+                model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     covs = {name: c / max(1, state["tokens"]) for name, c in acc.items()}
     return {name: covs[alias.get(name, name)] for name in layers if alias.get(name, name) in covs}
 
@@ -126,32 +124,32 @@ class InfLoRA(Strategy):
     defines_init = True
     merge = "base"
 
-    def before_task(self, trainer, t, peft_model):
+    def before_task(self, ctx, t, peft_model):
         cfg = self.config
-        covs = input_covariance(trainer, t, peft_model, cfg.rho, cfg.batch_size)
+        covs = input_covariance(ctx, t, peft_model, cfg.rho, cfg.batch_size)
         self.report = {"k_before": {}}
         memo = _Memo()
         with torch.no_grad():
-            for name, layer in lora_layers(peft_model, "default").items():
-                lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            for name, layer in lora_layers(peft_model, ADAPTER).items():
+                lora_a, lora_b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
                 M = self.state.get(name)
                 M = None if M is None else M.to(lora_a.device)
                 self.report["k_before"][name] = 0 if M is None else int(M.shape[1])
-                r = layer.r["default"]
+                r = layer.r[ADAPTER]
                 a, _ = memo.get(covs[name], M, r, compute=lambda: cfg.a_scale * orthonormal_rows_outside(
                     M, covs[name], r, where=f"InfLoRA {name}"))
-                write_and_absorb(layer, "default", a.to(lora_a.device), torch.zeros_like(lora_b))
+                write_and_absorb(layer, ADAPTER, a.to(lora_a.device), torch.zeros_like(lora_b))
                 lora_a.requires_grad_(False)
 
-    def after_task(self, trainer, t):
+    def after_task(self, ctx, t):
         cfg = self.config
-        n = len(trainer.tasks)
+        n = len(ctx.tasks)
         eps = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * (t / (n - 1) if n > 1 else 1.0)
-        covs = input_covariance(trainer, t, trainer.model, cfg.rho, cfg.batch_size)
+        covs = input_covariance(ctx, t, ctx.model, cfg.rho, cfg.batch_size)
         self.report["extend"] = {}
         roots, extended = _Memo(), _Memo()
-        for name, layer in lora_layers(trainer.model, "default").items():
-            M, cov, cap = self.state.get(name), covs[name], layer.in_features - layer.r["default"]
+        for name, layer in lora_layers(ctx.model, ADAPTER).items():
+            M, cov, cap = self.state.get(name), covs[name], layer.in_features - layer.r[ADAPTER]
             root, _ = roots.get(cov, None, compute=lambda: _sqrt_psd(cov))
             (M_new, info), shared = extended.get(cov, M, cap, compute=lambda: extend(M, root, eps, cap))
             # a state entry of its own: safetensors refuses tensors that share memory

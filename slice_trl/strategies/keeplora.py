@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..initializers import lora_layers, write_and_absorb
-from ..subspace import extend, orthonormal_rows_outside, project_out
+from ..kernels.subspace import extend, orthonormal_rows_outside, project_out
+from ..lora import ADAPTER, lora_layers, write_and_absorb
 from .base import ProbeConfig, Strategy, register, task_gradient
 
 logger = logging.getLogger(__name__)
@@ -45,30 +45,30 @@ class KeepLoRA(Strategy):
             logger.warning("KeepLoRA: module %s: subspace capped at k=%d", name, info["k"])
         return info
 
-    def before_task(self, trainer, t, peft_model):
-        layers = lora_layers(peft_model, "default")
+    def before_task(self, ctx, t, peft_model):
+        layers = lora_layers(peft_model, ADAPTER)
         self.report = {"k_before": {}, "extend_w0": {}}
         if t == 0 and not self.state:
             for name, layer in layers.items():
                 w = layer.get_base_layer().weight
                 self.report["extend_w0"][name] = self._extend(name, layer, w.detach().float().T, self.config.eps_w)
         cfg = self.config
-        grads = task_gradient(trainer, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
+        grads = task_gradient(ctx, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
         with torch.no_grad():
             for name, layer in layers.items():
-                lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                lora_a, lora_b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
                 M = self.state.get(name)
                 M = None if M is None else M.to(lora_a.device)
                 self.report["k_before"][name] = 0 if M is None else int(M.shape[1])
-                a = orthonormal_rows_outside(M, grads.pop(name).T, layer.r["default"], where=f"KeepLoRA {name}")
-                write_and_absorb(layer, "default", a.to(lora_a.device), torch.zeros_like(lora_b))
+                a = orthonormal_rows_outside(M, grads.pop(name).T, layer.r[ADAPTER], where=f"KeepLoRA {name}")
+                write_and_absorb(layer, ADAPTER, a.to(lora_a.device), torch.zeros_like(lora_b))
                 lora_a.requires_grad_(False)  # frozen: every B step stays inside span(A), orthogonal to M
 
-    def after_task(self, trainer, t):
+    def after_task(self, ctx, t):
         cfg = self.config
-        peft_model = trainer.model
-        layers = lora_layers(peft_model, "default")
-        grads = task_gradient(trainer, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
+        peft_model = ctx.model
+        layers = lora_layers(peft_model, ADAPTER)
+        grads = task_gradient(ctx, t, peft_model, cfg.rho, cfg.batch_size, cfg.micro_batch_size)
         self.report["extend_task"] = {}
         for name, layer in layers.items():
             g = grads.pop(name)

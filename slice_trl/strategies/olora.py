@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..initializers import lora_layers
+from ..lora import ADAPTER, lora_layers
 from .base import Strategy, StrategyConfig, register
 
 
@@ -46,15 +46,15 @@ class OLoRA(Strategy):
     config_cls = OLoRAConfig
     merge = "base"
 
-    def before_task(self, trainer, t, peft_model):
-        self._layers = lora_layers(peft_model, "default")
+    def before_task(self, ctx, t, peft_model):
+        self._layers = lora_layers(peft_model, ADAPTER)
         self.report = {"stored_rows": {n: int(self.state[n].shape[0]) for n in self.state}, "steps": 0}
 
     @torch.no_grad()
-    def pre_step(self, trainer, model):
+    def pre_step(self, ctx, model):
         cfg = self.config
         for name, layer in self._layers.items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             if a.grad is not None and cfg.lambda1 and name in self.state:
                 a.grad.add_((cfg.lambda1 * penalty_grad(a, self.state[name].to(a.device))).to(a.grad.dtype))
             if cfg.lambda2:
@@ -64,7 +64,7 @@ class OLoRA(Strategy):
         self.report["steps"] += 1
 
     @torch.no_grad()
-    def after_task(self, trainer, t):
-        for name, layer in lora_layers(trainer.model, "default").items():
-            a = layer.lora_A["default"].weight.detach().float().cpu()
+    def after_task(self, ctx, t):
+        for name, layer in lora_layers(ctx.model, ADAPTER).items():
+            a = layer.lora_A[ADAPTER].weight.detach().float().cpu()
             self.state[name] = torch.cat([self.state[name], a]) if name in self.state else a.clone()

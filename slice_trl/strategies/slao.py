@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..initializers import lora_layers
+from ..lora import ADAPTER, lora_layers
 from .base import Strategy, StrategyConfig, register
 
 
@@ -47,22 +47,22 @@ class SLAO(Strategy):
     merge = "adapter"
 
     @torch.no_grad()
-    def before_task(self, trainer, t, peft_model):
+    def before_task(self, ctx, t, peft_model):
         self.report = {"merge_coefficients": merge_coefficients(t + 1)}
         if t == 0:
             return  # task 1: the vanilla init
-        for name, layer in lora_layers(peft_model, "default").items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        for name, layer in lora_layers(peft_model, ADAPTER).items():
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             # written directly (no absorption): the base stays W0, bitwise
             a.copy_(orthonormal_like(self.state[f"{name}.A_prev"]).to(a))
             b.copy_(self.state[f"{name}.B_prev"].to(b))
 
     @torch.no_grad()
-    def after_task(self, trainer, t):
+    def after_task(self, ctx, t):
         i = t + 1
         lam = 1.0 / math.sqrt(i)
-        for name, layer in lora_layers(trainer.model, "default").items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        for name, layer in lora_layers(ctx.model, ADAPTER).items():
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             a_i, b_i = a.detach().float().cpu().clone(), b.detach().float().cpu().clone()
             b_mg = b_i if t == 0 else self.state[f"{name}.B_mg"] + lam * (b_i - self.state[f"{name}.B_mg"])
             self.state.update({f"{name}.A_mg": a_i, f"{name}.B_mg": b_mg,
@@ -71,10 +71,10 @@ class SLAO(Strategy):
             b.copy_(b_mg.to(b))
         self.state["tasks_done"] = torch.tensor([i])
 
-    def on_resume(self, trainer, done):
+    def on_resume(self, ctx, done):
         """Rebuild the deployed model W0 + s B_mg A_mg."""
-        peft_model = trainer._attach_adapter()
+        peft_model = ctx.attach_adapter()
         with torch.no_grad():
-            for name, layer in lora_layers(peft_model, "default").items():
-                layer.lora_A["default"].weight.copy_(self.state[f"{name}.A_mg"])
-                layer.lora_B["default"].weight.copy_(self.state[f"{name}.B_mg"])
+            for name, layer in lora_layers(peft_model, ADAPTER).items():
+                layer.lora_A[ADAPTER].weight.copy_(self.state[f"{name}.A_mg"])
+                layer.lora_B[ADAPTER].weight.copy_(self.state[f"{name}.B_mg"])

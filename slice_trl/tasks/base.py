@@ -1,10 +1,15 @@
-"""The task record every loader returns and the trainer consumes."""
+"""What every task loader shares: the `Task` record the trainer consumes and the check of a whole
+sequence (`validate_tasks`), the options a loader takes (`LoadOptions`), the paper's split, length
+fitting, and Hub reads with a clear offline error."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from datasets import Dataset
+
+from ..settings import duplicate_names
 
 METRICS = ("exact_match", "rougeL")
 
@@ -30,6 +35,32 @@ class Task:
             raise ValueError(f"Task {self.name!r}: metric={self.metric!r} is unknown; use one of {METRICS}.")
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a loader names, scores, splits, caps and length-fits a task: the `TaskSpec` fields the
+    loaders share (see its help texts), plus the tokenizer and token budget of length fitting
+    (both or neither). ``name``/``metric`` None: the loader's default; ``max_eval`` None (hub_splits
+    only): the pushed eval split whole."""
+
+    name: str | None = None
+    metric: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    seed: int = 42
+    max_eval: int | None = 200
+    max_train: int | None = None
+    tokenizer: object = None
+    max_length: int | None = None
+    min_keep_tokens: int = 32
+
+    @classmethod
+    def of(cls, options: LoadOptions | None = None, **overrides) -> LoadOptions:
+        """``options`` (default `LoadOptions()`) with ``overrides`` applied, so that a loader can be
+        called as ``load_x(path, max_eval=3)`` or with a whole `LoadOptions`. An unknown keyword is
+        a TypeError, as for any function."""
+        return replace(options if options is not None else cls(), **overrides)
+
+
 def read_json(file, lines: bool = False):
     """A JSON file (``lines``: one JSON value a line, blank lines skipped), read with Python's
     json (it accepts the NaN some natural-instructions files hold). Malformed JSON is a
@@ -41,7 +72,8 @@ def read_json(file, lines: bool = False):
             try:
                 return json.load(fh)
             except json.JSONDecodeError as err:
-                raise ValueError(f"task file {str(file)!r} is not valid JSON ({err}); fix or replace the file.") from None
+                raise ValueError(f"task file {str(file)!r} is not valid JSON ({err}); fix or replace "
+                                 "the file.") from None
         rows = []
         for n, line in enumerate(fh, 1):
             if line.strip():
@@ -91,6 +123,44 @@ SHORTEN_MARKER = " ... "
 
 def is_conversational(example: dict) -> bool:
     return isinstance(example.get("prompt"), list)
+
+
+def _example_format(example: dict) -> str:
+    if "prompt" in example and "completion" in example:
+        return "conversational" if isinstance(example["prompt"], list) else "prompt_completion"
+    if "messages" in example:
+        return "messages"
+    if "text" in example:
+        return "text"
+    return "unknown"
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """Every error a task sequence can hold (empty, repeated names, empty splits, fields that are
+    not TRL's prompt/completion, mixed formats), raised before any model work."""
+    if not tasks:
+        raise ValueError("tasks is empty: give at least one Task (name, train, eval, metric).")
+    names = [t.name for t in tasks]
+    dupes = duplicate_names(names)
+    if dupes:
+        raise ValueError(f"Duplicate task names {dupes}: every task in a sequence needs a unique name.")
+    formats = set()
+    for task in tasks:
+        for split in ("train", "eval"):
+            ds = getattr(task, split)
+            if ds is None or len(ds) == 0:
+                raise ValueError(f"Task {task.name!r} has an empty {split} split; give it at least one example.")
+            fmt = _example_format(ds[0])
+            if fmt not in ("conversational", "prompt_completion"):
+                raise ValueError(
+                    f"Task {task.name!r} ({split}) has fields {sorted(ds.column_names)}; expected 'prompt' and "
+                    "'completion' (strings, or chat messages lists). Map your fields with a generic task "
+                    "source (fields: {prompt: ..., completion: ...})."
+                )
+            formats.add(fmt)
+    if len(formats) > 1:
+        raise ValueError(f"Tasks mix data formats {sorted(formats)}; use one format (all conversational or all "
+                         "plain prompt/completion) so every stage trains with the same loss.")
 
 
 def user_prompt_example(prompt: str, completion: str, system: str | None = None) -> dict:
@@ -254,19 +324,11 @@ def _check_budget(tokenizer, max_length) -> None:
         raise ValueError(f"max_length={max_length!r} must be a positive integer (the paper uses 256).")
 
 
-def make_task(
-    name: str,
-    train_rows,
-    eval_rows,
-    to_parts,
-    metric: str,
-    info: dict,
-    tokenizer=None,
-    max_length: int | None = None,
-    max_train: int | None = None,
-    min_keep_tokens: int = 32,
-) -> Task:
+def make_task(name: str, train_rows, eval_rows, to_parts, metric: str, info: dict,
+              options: LoadOptions = LoadOptions()) -> Task:
     """Shared tail of every loader: cap train, render and fit both splits, record the counts.
+    ``options`` gives the cap (``max_train``) and the fitting (``tokenizer``, ``max_length``,
+    ``min_keep_tokens``); its other fields are the loader's business.
 
     ``max_train`` caps the training rows BEFORE fitting, so the same instances are chosen
     whatever the tokenizer. Both splits are fitted: evaluating on prompts the model was never
@@ -274,14 +336,15 @@ def make_task(
     score. ``info["length_fit"]`` = ``{"max_length": int | None, "train": stats, "eval": stats}``
     with stats from `fit_examples`.
     """
+    tokenizer, max_length, max_train = options.tokenizer, options.max_length, options.max_train
     _check_budget(tokenizer, max_length)
     train_rows = list(train_rows)
     if max_train is not None:
         if max_train < 1:
             raise ValueError(f"max_train={max_train!r} must be >= 1 or None (no cap).")
         train_rows = train_rows[:max_train]
-    train, train_stats = fit_examples(train_rows, to_parts, tokenizer, max_length, min_keep_tokens)
-    evals, eval_stats = fit_examples(eval_rows, to_parts, tokenizer, max_length, min_keep_tokens)
+    train, train_stats = fit_examples(train_rows, to_parts, tokenizer, max_length, options.min_keep_tokens)
+    evals, eval_stats = fit_examples(eval_rows, to_parts, tokenizer, max_length, options.min_keep_tokens)
     if not train or not evals:
         which = "train" if not train else "eval"
         raise ValueError(
@@ -318,3 +381,21 @@ def load_hub_dataset(dataset_id: str, local_hint: str, **kwargs):
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
             raise ValueError(f"Dataset {dataset_id!r} was not found ({text}). {local_hint}") from exc
         raise
+
+
+# Transport-level failures of the HTTP clients under datasets/huggingface_hub (httpx, requests,
+# urllib3), by class name: none of these libraries is imported to check them.
+NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "RemoteProtocolError", "TimeoutException",
+                  "ConnectionError", "Timeout", "ProtocolError", "NewConnectionError", "MaxRetryError"}
+
+
+def is_network_error(err: BaseException) -> bool:
+    """A transport-level failure (refused/dropped connection, timeout) of any HTTP client, also
+    when wrapped by datasets/huggingface_hub."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if any(c.__name__ in NETWORK_ERRORS for c in type(err).__mro__):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import random
 
-from .base import Task, make_task, user_prompt_example
+from ..settings import suggest
+from .base import LoadOptions, Task, make_task, user_prompt_example
 
 # Common nouns that SmolLM2's tokenizer keeps as one token, with or without a leading space.
 WORDS = (
@@ -73,11 +74,8 @@ def builtin_task(
 ) -> Task:
     """One built-in task (see the module docstring); ``name`` is a key of `BUILTIN_TASKS`."""
     if name not in BUILTIN_TASKS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(BUILTIN_TASKS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown built-in task {name!r}.{hint} Built-in tasks: {list(BUILTIN_TASKS)}.")
+        raise ValueError(f"Unknown built-in task {name!r}.{suggest(name, BUILTIN_TASKS)} "
+                         f"Built-in tasks: {list(BUILTIN_TASKS)}.")
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"n_train={n_train!r} and n_eval={n_eval!r} must both be >= 1.")
     instruction, answer = BUILTIN_TASKS[name]
@@ -91,7 +89,8 @@ def builtin_task(
         return [builtin_prompt(words, instruction)], render
 
     info = {"source": "builtin", "task": name, "instruction": instruction, "seed": seed}
-    return make_task(name, train_in, eval_in, to_parts, "exact_match", info, tokenizer=tokenizer, max_length=max_length)
+    return make_task(name, train_in, eval_in, to_parts, "exact_match", info,
+                     LoadOptions(tokenizer=tokenizer, max_length=max_length))
 
 
 def builtin_suite(

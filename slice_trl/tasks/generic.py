@@ -18,13 +18,13 @@ The pool is split with the paper's protocol (`split_train_eval`).
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval
+from ..settings import reject_unknown_keys, suggest
+from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval
 
 FIELD_ROLES = ("prompt", "completion", "messages", "system")
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -39,12 +39,10 @@ def check_fields(fields: dict | None) -> None:
     if fields is None:
         return
     if not isinstance(fields, dict):
-        raise ValueError(f"fields={fields!r} must be a mapping such as {{'prompt': 'question', 'completion': 'answer'}}.")
+        raise ValueError(f"fields={fields!r} must be a mapping such as "
+                         "{'prompt': 'question', 'completion': 'answer'}.")
+    reject_unknown_keys(fields, FIELD_ROLES, "fields", noun="role")
     for key, col in fields.items():
-        if key not in FIELD_ROLES:
-            close = difflib.get_close_matches(key, FIELD_ROLES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"fields has unknown role {key!r}.{hint} Roles: {list(FIELD_ROLES)}.")
         if not isinstance(col, str) or not col:
             raise ValueError(f"fields[{key!r}]={col!r} must be a column name (a non-empty string).")
     if "messages" in fields and ({"prompt", "completion"} & set(fields)):
@@ -104,7 +102,8 @@ def _turn(msg) -> dict:
     if isinstance(msg, dict) and "role" in msg:
         return {"role": str(msg["role"]), "content": "" if msg.get("content") is None else str(msg["content"])}
     if isinstance(msg, dict) and "from" in msg:
-        return {"role": _SHAREGPT_ROLES.get(str(msg["from"]).lower(), str(msg["from"])), "content": str(msg.get("value", ""))}
+        role = _SHAREGPT_ROLES.get(str(msg["from"]).lower(), str(msg["from"]))
+        return {"role": role, "content": str(msg.get("value", ""))}
     raise ValueError(f"A chat turn must be {{'role', 'content'}} or {{'from', 'value'}}; got {msg!r}.")
 
 
@@ -121,7 +120,10 @@ def to_conversation(row: dict, fields: dict) -> tuple[list[dict], list[dict]] | 
             return None
         return turns[:last], [turns[last]]
     prompt, completion = row[fields["prompt"]], row[fields["completion"]]
-    messages = [_turn(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": _as_text(prompt)}]
+    if isinstance(prompt, list):
+        messages = [_turn(m) for m in prompt]
+    else:
+        messages = [{"role": "user", "content": _as_text(prompt)}]
     if isinstance(completion, list):
         turns = [_turn(m) for m in completion]
         answer = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
@@ -167,34 +169,22 @@ def _resolve_fields(fields: dict | None, columns: list[str], where: str) -> dict
     check_fields(fields)
     for role, col in fields.items():
         if col not in columns:
-            close = difflib.get_close_matches(col, columns, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"fields[{role!r}]={col!r} is not a column of {where}.{hint} Columns: {columns}.")
+            raise ValueError(f"fields[{role!r}]={col!r} is not a column of {where}.{suggest(col, columns)} "
+                             f"Columns: {columns}.")
     return fields
 
 
-def load_generic_task(
-    name: str,
-    path: str | Path | None = None,
-    dataset_id: str | None = None,
-    *,
-    fields: dict | None = None,
-    config: str | None = None,
-    split: str | None = None,
-    revision: str | None = None,
-    metric: str = "rougeL",
-    seed: int = 42,
-    max_eval: int = 200,
-    max_train: int | None = None,
-    tokenizer=None,
-    max_length: int | None = None,
-    min_keep_tokens: int = 32,
-) -> Task:
+def load_generic_task(name: str, path: str | Path | None = None, dataset_id: str | None = None,
+                      options: LoadOptions | None = None, *, fields: dict | None = None, config: str | None = None,
+                      **kwargs) -> Task:
     """Load a prompt/completion or messages dataset as a conversational `Task`.
 
-    Length fitting shortens the prompt's turns from the middle: the last user turn first, then
-    earlier turns (latest first), the system turn last; the completion is never cut.
+    ``config`` is the Hub config; ``options`` and/or ``kwargs`` are `LoadOptions` fields
+    (``max_eval=3, tokenizer=tok, ...``); ``metric`` defaults to "rougeL". Length fitting shortens
+    the prompt's turns from the middle: the last user turn first, then earlier turns (latest
+    first), the system turn last; the completion is never cut.
     """
+    opts = LoadOptions.of(options, name=name, **kwargs)
     if (path is None) == (dataset_id is None):
         raise ValueError("Give exactly one of path= (local data files) or dataset_id= (Hub dataset).")
     check_fields(fields)
@@ -203,11 +193,11 @@ def load_generic_task(
         where = f"data at {str(path)!r}"
         info = {"source": "generic", "path": str(path)}
     else:
-        ds = load_hub_dataset(dataset_id, LOCAL_HINT, name=config, split=split or "train", revision=revision)
-        rows = list(ds)
+        split = opts.split or "train"
+        rows = list(load_hub_dataset(dataset_id, LOCAL_HINT, name=config, split=split, revision=opts.revision))
         where = f"Hub dataset {dataset_id!r}"
-        info = {"source": "generic", "dataset_id": dataset_id, "config": config, "split": split or "train",
-                "revision": revision}
+        info = {"source": "generic", "dataset_id": dataset_id, "config": config, "split": split,
+                "revision": opts.revision}
     columns = list(rows[0].keys()) if rows else []
     if not rows:
         raise ValueError(f"{where} holds no records.")
@@ -223,38 +213,24 @@ def load_generic_task(
         convs.append({"conv": json.dumps(conv)})
     if len(convs) < 2:
         raise ValueError(f"{where} has {len(convs)} usable record(s) with a completion; at least 2 are needed.")
-    train_raw, eval_raw = split_train_eval(Dataset.from_list(convs), seed=seed, max_eval=max_eval)
+    train_raw, eval_raw = split_train_eval(Dataset.from_list(convs), seed=opts.seed, max_eval=opts.max_eval)
 
     def to_parts(row):
         return conversation_parts(*json.loads(row["conv"]))
 
-    info.update(fields=dict(fields), n_records=len(rows), skipped_no_completion=skipped, split_seed=seed,
-                max_eval=max_eval)
-    return make_task(
-        name, train_raw, eval_raw, to_parts, metric, info,
-        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
-    )
+    info.update(fields=dict(fields), n_records=len(rows), skipped_no_completion=skipped, split_seed=opts.seed,
+                max_eval=opts.max_eval)
+    return make_task(opts.name, train_raw, eval_raw, to_parts, opts.metric or "rougeL", info, opts)
 
 
-def load_hub_splits_task(
-    dataset_id: str,
-    task: str,
-    *,
-    name: str | None = None,
-    metric: str | None = None,
-    revision: str | None = None,
-    max_eval: int | None = None,
-    max_train: int | None = None,
-    tokenizer=None,
-    max_length: int | None = None,
-    min_keep_tokens: int = 32,
-) -> Task:
+def load_hub_splits_task(dataset_id: str, task: str, options: LoadOptions | None = None, **kwargs) -> Task:
     """Load one task from a dataset repo of prepared splits pushed by this project.
 
     The repo has one config per task (named after it) with splits "train" and "eval" of
     prompt/completion records (conversational or strings): ``load_dataset(dataset_id,
     name=task)``. The split is used as pushed (it was made with the paper's protocol when the
-    task was loaded); ``max_eval``/``max_train`` only cap it. Length fitting applies as for the
+    task was loaded); ``max_eval``/``max_train`` only cap it (``max_eval`` default: no cap), and
+    ``seed``/``split`` are not used. Length fitting applies as for the
     other loaders (a no-op for rows pushed already fitted to the same budget). ``metric``
     defaults to the Super-NI rule (`superni.default_metric`), which gives "rougeL" to names
     it does not know; built-in task names get "exact_match".
@@ -262,24 +238,23 @@ def load_hub_splits_task(
     from .builtin import BUILTIN_TASKS
     from .superni import default_metric
 
+    opts = LoadOptions.of(options if options is not None else LoadOptions(max_eval=None), **kwargs)
     hint = ("Load the task from its original source instead (source: superni / trace / generic with a "
             "local path), or point HF_ENDPOINT at a reachable Hub.")
-    loaded = load_hub_dataset(dataset_id, hint, name=task, revision=revision)
+    loaded = load_hub_dataset(dataset_id, hint, name=task, revision=opts.revision)
     missing = [s for s in ("train", "eval") if s not in loaded]
     if missing:
-        raise ValueError(f"Hub dataset {dataset_id!r} (config {task!r}) lacks split(s) {missing}; it has {list(loaded)}.")
+        raise ValueError(f"Hub dataset {dataset_id!r} (config {task!r}) lacks split(s) {missing}; "
+                         f"it has {list(loaded)}.")
     parts = {}
     for split in ("train", "eval"):
         ds = loaded[split]
         fields = _resolve_fields(None, ds.column_names, f"split {split!r} of {dataset_id!r}/{task!r}")
         parts[split] = [c for c in (to_conversation(r, fields) for r in ds) if c is not None]
-    if max_eval is not None:
-        parts["eval"] = parts["eval"][:max_eval]
+    if opts.max_eval is not None:
+        parts["eval"] = parts["eval"][:opts.max_eval]
 
-    if metric is None:
-        metric = "exact_match" if task in BUILTIN_TASKS else default_metric(task)
-    info = {"source": "hub_splits", "dataset_id": dataset_id, "task": task, "revision": revision}
-    return make_task(
-        name or task, parts["train"], parts["eval"], lambda conv: conversation_parts(*conv), metric, info,
-        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
-    )
+    metric = opts.metric or ("exact_match" if task in BUILTIN_TASKS else default_metric(task))
+    info = {"source": "hub_splits", "dataset_id": dataset_id, "task": task, "revision": opts.revision}
+    return make_task(opts.name or task, parts["train"], parts["eval"], lambda conv: conversation_parts(*conv), metric,
+                     info, opts)

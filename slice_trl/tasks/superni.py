@@ -18,13 +18,13 @@ negative examples are not used: the paper trains zero-shot prompts.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
+from ..settings import suggest
+from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
 
 # docs/method.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
 # every other Super-NI task by ROUGE-L.
@@ -130,10 +130,9 @@ def resolve_task_file(path: str | Path, task: str | None = None) -> Path:
             f"Super-NI task {task!r} matches several files in {str(path)!r}: "
             f"{[m.name for m in matches]}; give the full task name."
         )
-    close = difflib.get_close_matches(stem, available, n=3, cutoff=0.5)
-    hint = f" Did you mean {close}?" if close else ""
     raise FileNotFoundError(
-        f"No Super-NI task file for {task!r} in {str(path)!r}.{hint} Available: {available[:20]}"
+        f"No Super-NI task file for {task!r} in {str(path)!r}.{suggest(stem, available, n=3, cutoff=0.5)} "
+        f"Available: {available[:20]}"
         f"{' ...' if len(available) > 20 else ''}"
     )
 
@@ -149,7 +148,8 @@ def read_task_file(file: str | Path) -> tuple[str, list[dict]]:
             f"'Definition' and 'Instances' keys, found {keys}."
         )
     instances = data["Instances"]
-    if not isinstance(instances, list) or not all(isinstance(x, dict) and "input" in x and "output" in x for x in instances):
+    if not isinstance(instances, list) or not all(isinstance(x, dict) and "input" in x and "output" in x
+                                                  for x in instances):
         raise ValueError(f"{str(file)!r}: every entry of 'Instances' must be an object with 'input' and 'output'.")
     return _text(data["Definition"]), instances
 
@@ -167,19 +167,21 @@ def _hub_rows(dataset_id: str, task: str, split: str | None, revision: str | Non
         for c in options:
             if c in cols:
                 return c
-        raise ValueError(f"Hub dataset {dataset_id!r} has no {what} column (looked for {list(options)}; it has {cols}).")
+        raise ValueError(f"Hub dataset {dataset_id!r} has no {what} column (looked for {list(options)}; "
+                         f"it has {cols}).")
 
     task_col = pick(("task_name", "task"), "task-name")
     def_col = pick(("definition", "Definition"), "definition")
     in_col = pick(("inputs", "input"), "input")
     out_col = pick(("targets", "output", "outputs"), "output")
     names = ds.unique(task_col)
-    full = [n for n in names if n == task] or [n for n in names if short_id(n) == short_id(task) and task.startswith("task")]
+    full = [n for n in names if n == task]
+    if not full and task.startswith("task"):  # a short id such as task088
+        full = [n for n in names if short_id(n) == short_id(task)]
     if len(full) != 1:
-        close = difflib.get_close_matches(task, names, n=3, cutoff=0.5)
         raise ValueError(
             f"Task {task!r} is {'ambiguous' if full else 'not'} in Hub dataset {dataset_id!r}"
-            f"{' (' + ', '.join(full) + ')' if full else ''}.{' Did you mean ' + str(close) + '?' if close else ''}"
+            f"{' (' + ', '.join(full) + ')' if full else ''}.{suggest(task, names, n=3, cutoff=0.5)}"
         )
     ds = ds.filter(lambda name: name == full[0], input_columns=task_col)
     definition = _text(ds[0][def_col]) if len(ds) else ""
@@ -187,25 +189,12 @@ def _hub_rows(dataset_id: str, task: str, split: str | None, revision: str | Non
     return full[0], definition, rows
 
 
-def load_superni_task(
-    path: str | Path | None = None,
-    task: str | None = None,
-    dataset_id: str | None = None,
-    *,
-    name: str | None = None,
-    metric: str | None = None,
-    split: str | None = None,
-    revision: str | None = None,
-    seed: int = 42,
-    max_eval: int = 200,
-    max_train: int | None = None,
-    tokenizer=None,
-    max_length: int | None = None,
-    min_keep_tokens: int = 32,
-) -> Task:
+def load_superni_task(path: str | Path | None = None, task: str | None = None, dataset_id: str | None = None,
+                      options: LoadOptions | None = None, **kwargs) -> Task:
     """Load one Super-NI task as a `Task` (conversational prompt/completion records).
 
     Give ``path`` (a task file, or a directory with ``task``), or ``dataset_id`` with ``task``.
+    ``options`` and/or ``kwargs`` are `LoadOptions` fields (``max_eval=3, tokenizer=tok, ...``).
     The instances are split with `split_train_eval` (seed 42, ``min(max_eval, n-1)`` held out);
     ``max_train`` caps the training rows; with ``tokenizer`` and ``max_length`` every example is
     fitted to the budget (input shortened first, then the definition; see `fit_prompt`).
@@ -213,6 +202,7 @@ def load_superni_task(
     says why). ``name`` defaults to the full task
     name. ``info`` records the source, the split sizes, skipped instances and the fitting counts.
     """
+    opts = LoadOptions.of(options, **kwargs)
     if (path is None) == (dataset_id is None):
         raise ValueError("Give exactly one of path= (local natural-instructions files) or dataset_id= (Hub dataset).")
     if path is not None:
@@ -223,8 +213,8 @@ def load_superni_task(
     else:
         if not task:
             raise ValueError(f"Loading Super-NI from Hub dataset {dataset_id!r} needs task=<task name>, e.g. task088.")
-        task_name, definition, instances = _hub_rows(dataset_id, task, split, revision)
-        info = {"source": "superni", "dataset_id": dataset_id, "split": split, "revision": revision}
+        task_name, definition, instances = _hub_rows(dataset_id, task, opts.split, opts.revision)
+        info = {"source": "superni", "dataset_id": dataset_id, "split": opts.split, "revision": opts.revision}
 
     rows, skipped = [], 0
     for inst in instances:
@@ -235,7 +225,7 @@ def load_superni_task(
         rows.append({"input": _text(inst.get("input")), "output": out})
     if len(rows) < 2:
         raise ValueError(f"Super-NI task {task_name!r} has {len(rows)} usable instance(s); at least 2 are needed.")
-    train_raw, eval_raw = split_train_eval(Dataset.from_list(rows), seed=seed, max_eval=max_eval)
+    train_raw, eval_raw = split_train_eval(Dataset.from_list(rows), seed=opts.seed, max_eval=opts.max_eval)
 
     def to_parts(row):
         # Shortening order: the input first, then the definition; the output is never cut.
@@ -244,13 +234,10 @@ def load_superni_task(
 
         return [row["input"], definition], render
 
-    if metric is None:
+    if opts.metric is None:
         metric, why = choose_metric(task_name, [r["output"] for r in rows])
     else:
-        why = "set in the recipe"
-    info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=seed, max_eval=max_eval,
-                metric_reason=why)
-    return make_task(
-        name or task_name, train_raw, eval_raw, to_parts, metric, info,
-        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
-    )
+        metric, why = opts.metric, "set in the recipe"
+    info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=opts.seed,
+                max_eval=opts.max_eval, metric_reason=why)
+    return make_task(opts.name or task_name, train_raw, eval_raw, to_parts, metric, info, opts)

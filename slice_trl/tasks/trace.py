@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
+from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
 
 TRACE_TASKS = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm")
 DEFAULT_FILES = ("train.json",)
@@ -61,31 +61,18 @@ def read_records(file: str | Path) -> list[dict]:
     return [{"prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in data]
 
 
-def load_trace_task(
-    path: str | Path | None = None,
-    task: str | None = None,
-    dataset_id: str | None = None,
-    *,
-    files=DEFAULT_FILES,
-    name: str | None = None,
-    metric: str | None = None,
-    split: str | None = None,
-    revision: str | None = None,
-    seed: int = 42,
-    max_eval: int = 200,
-    max_train: int | None = None,
-    tokenizer=None,
-    max_length: int | None = None,
-    min_keep_tokens: int = 32,
-) -> Task:
+def load_trace_task(path: str | Path | None = None, task: str | None = None, dataset_id: str | None = None,
+                    options: LoadOptions | None = None, *, files=DEFAULT_FILES, **kwargs) -> Task:
     """Load one TRACE task as a `Task` (see the module docstring for the split).
 
     Local: ``path`` = the task directory (or a TRACE root plus ``task``, or one JSON file);
     ``files`` are the file names pooled before splitting. Hub: ``dataset_id`` (``task`` used as
     the config name if given), ``split`` default "train", columns ``prompt`` and ``answer``.
+    ``options`` and/or ``kwargs`` are `LoadOptions` fields (``max_eval=10, tokenizer=tok, ...``).
     ``metric`` defaults to "rougeL" (docs/method.md scores all six TRACE tasks by ROUGE-L). Length
     fitting shortens the prompt from its middle (its instruction head and answer cue stay).
     """
+    opts = LoadOptions.of(options, **kwargs)
     if (path is None) == (dataset_id is None):
         raise ValueError("Give exactly one of path= (local TRACE task directory) or dataset_id= (Hub dataset).")
     if path is not None:
@@ -104,15 +91,17 @@ def load_trace_task(
         task_name = task or (where.stem if where.is_file() else where.name)
         info = {"source": "trace", "path": str(where), "files": [f.name for f in used]}
     else:
-        loaded = load_hub_dataset(dataset_id, LOCAL_HINT, name=task, split=split or "train", revision=revision)
+        split = opts.split or "train"
+        loaded = load_hub_dataset(dataset_id, LOCAL_HINT, name=task, split=split, revision=opts.revision)
         missing = [c for c in ("prompt", "answer") if c not in loaded.column_names]
         if missing:
-            raise ValueError(f"Hub dataset {dataset_id!r} lacks TRACE column(s) {missing}; it has {loaded.column_names}.")
+            raise ValueError(f"Hub dataset {dataset_id!r} lacks TRACE column(s) {missing}; "
+                             f"it has {loaded.column_names}.")
         records = [{"prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in loaded]
         task_name = task or dataset_id.rsplit("/", 1)[-1]
-        info = {"source": "trace", "dataset_id": dataset_id, "split": split or "train", "revision": revision}
+        info = {"source": "trace", "dataset_id": dataset_id, "split": split, "revision": opts.revision}
 
-    train_raw, eval_raw = split_train_eval(Dataset.from_list(records), seed=seed, max_eval=max_eval)
+    train_raw, eval_raw = split_train_eval(Dataset.from_list(records), seed=opts.seed, max_eval=opts.max_eval)
 
     def to_parts(row):
         def render(pieces):
@@ -120,8 +109,5 @@ def load_trace_task(
 
         return [row["prompt"]], render
 
-    info.update(task=task_name, n_records=len(records), split_seed=seed, max_eval=max_eval)
-    return make_task(
-        name or task_name, train_raw, eval_raw, to_parts, metric or "rougeL", info,
-        tokenizer=tokenizer, max_length=max_length, max_train=max_train, min_keep_tokens=min_keep_tokens,
-    )
+    info.update(task=task_name, n_records=len(records), split_seed=opts.seed, max_eval=opts.max_eval)
+    return make_task(opts.name or task_name, train_raw, eval_raw, to_parts, opts.metric or "rougeL", info, opts)

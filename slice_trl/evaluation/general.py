@@ -9,36 +9,41 @@ them per stage as a change from the base model.
 This module holds
 
 - the paper's benchmark settings (`PAPER_BENCHMARKS`), as the recipes spell them;
-- the functions our own lm-eval task YAMLs call (``slice_trl/lm_eval_tasks/``: the Alpaca task
+- the functions our own lm-eval task YAMLs call (``lm_eval_tasks/`` here: the Alpaca task
   and the quickstart's generated smoke-check tasks);
 - local data: ``EvalConfig.lm_eval_local_data`` names a benchmark and a local JSON-lines file, and
   `task_folders` writes a task YAML that includes the shipped format-only template
-  (``slice_trl/lm_eval_local/``) and reads that file;
-- `resolve_tasks`: every benchmark built (its data loaded) before any model loads, with a
-  one-line error naming the benchmark and the fix;
-- `summarize`: GP/IP with the base model's scores and the change from them.
+  (``lm_eval_local/`` here) and reads that file;
+- `summarize`: GP/IP with the base model's scores and the change from them, and the settings
+  (`settings`) a cached base-model result must match (`slice_trl.stages.base_measurement`).
 
-The harness calls themselves are in `slice_trl.evaluation.evaluate_general`.
+This module never imports lm-eval: the harness calls (`evaluate_general`, `resolve_tasks`) are in
+`slice_trl.evaluation.harness`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import json
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+from ..settings import EvalConfig
+from ..tasks.builtin import WORDS
+from .metrics import rouge_l
+
 __all__ = [
     "PAPER_BENCHMARKS",
     "LOCAL_TEMPLATES",
     "ALPACA_SAMPLE",
     "package_task_dir",
+    "write_local_tasks",
     "task_folders",
-    "resolve_tasks",
     "summarize",
+    "settings",
     "alpaca_docs",
     "alpaca_prompt",
     "alpaca_process_results",
@@ -55,7 +60,7 @@ PAPER_BENCHMARKS = {
     "slice_alpaca": ("rougeL", 5),
 }
 
-# benchmark -> format-only template in slice_trl/lm_eval_local/ (the eval split is "test").
+# benchmark -> format-only template in lm_eval_local/ next to this module (the eval split is "test").
 LOCAL_TEMPLATES = {
     "hellaswag": "hellaswag.yaml",
     "commonsense_qa": "commonsense_qa.yaml",
@@ -68,16 +73,17 @@ ALPACA_SEED = 42
 
 
 def _package_dir(name: str) -> Path:
-    return Path(str(resources.files("slice_trl") / name))
+    """A data folder shipped in this package (pyproject.toml's package-data), as a path lm-eval can read."""
+    return Path(str(resources.files(__package__) / name))
 
 
 def package_task_dir() -> Path:
-    """``slice_trl/lm_eval_tasks``: our own lm-eval tasks, always on the harness's search path."""
+    """``slice_trl/evaluation/lm_eval_tasks``: our own lm-eval tasks, always on the harness's search path."""
     return _package_dir("lm_eval_tasks")
 
 
 # ---------------------------------------------------------------------------------------------
-# Functions called from the task YAMLs (``!function slice_trl.general.NAME``)
+# Functions called from the task YAMLs (``!function slice_trl.evaluation.general.NAME``)
 # ---------------------------------------------------------------------------------------------
 
 def alpaca_docs(dataset):
@@ -98,16 +104,12 @@ def alpaca_prompt(doc: dict) -> str:
 
 def alpaca_process_results(doc: dict, results: Sequence[str]) -> dict:
     """{"rougeL": ROUGE-L F-measure of the generated answer against the record's output}."""
-    from .evaluation import rouge_l
-
     return {"rougeL": rouge_l(results[0].strip(), str(doc["output"]))}
 
 
 def _animal_questions(n: int, seed: int) -> list[dict]:
     """Multiple-choice docs "Which of these is an animal: a, b, c?" over the built-in suite's
     words: one animal and two objects, in a seeded order."""
-    from .tasks.builtin import WORDS
-
     animals = ["bird", "cat", "dog", "fish", "fox", "horse", "lion", "mouse", "pig", "wolf"]
     things = [w for w in WORDS if w not in animals and w not in ("nest", "rose", "tree", "star", "sun", "moon")]
     rng = random.Random(seed)
@@ -119,23 +121,6 @@ def _animal_questions(n: int, seed: int) -> list[dict]:
         docs.append({"question": f"Which of these is an animal: {', '.join(choices)}?", "choices": choices,
                      "label": label})
     return docs
-
-
-class _QuietLMEvalNotes(logging.Filter):
-    """lm-eval warnings that are notes for its own command line, printed for every run and
-    expected here: "Custom kwargs can be passed to `--metadata`" (tasks built from
-    ``custom_dataset``), "Overwriting default num_fewshot" (GP and IP ask for their shots on
-    purpose), and the two notes on an in-memory model (ours is, on every process)."""
-
-    NOTES = ("Custom kwargs can be passed", "Overwriting default num_fewshot",
-             "`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(note in record.getMessage() for note in self.NOTES)
-
-
-for _name in ("lm_eval.api.task", "lm_eval.evaluator", "lm_eval.models.huggingface"):
-    logging.getLogger(_name).addFilter(_QuietLMEvalNotes())
 
 
 def smoke_choice_dataset(**_):
@@ -152,8 +137,6 @@ def smoke_alpaca_dataset(**_):
     with one-word answers ("Write the plural of the word 'cat'." -> "cats")."""
     from datasets import Dataset, DatasetDict
 
-    from .tasks.builtin import WORDS
-
     plural = {"bus": "buses", "fox": "foxes", "mouse": "mice", "fish": "fish", "wolf": "wolves"}
     countable = [w for w in WORDS if w not in ("bread", "milk", "rain")]
     words = random.Random(11).sample(countable, 9)
@@ -163,12 +146,10 @@ def smoke_alpaca_dataset(**_):
 
 
 # ---------------------------------------------------------------------------------------------
-# Task folders and resolution (before any model loads)
+# Task folders: ours, the local-data tasks, the user's
 # ---------------------------------------------------------------------------------------------
 
 def _yaml_quote(text: str) -> str:
-    import json
-
     return json.dumps(str(text))  # a JSON string is a valid double-quoted YAML scalar
 
 
@@ -192,7 +173,7 @@ def write_local_tasks(local_data: dict[str, str], folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def task_folders(cfg) -> Iterator[list[str]]:
+def task_folders(cfg: EvalConfig) -> Iterator[list[str]]:
     """The lm-eval include paths of ``cfg`` (an `EvalConfig`): our own tasks, a temporary folder
     of local-data tasks (removed afterwards), then the user's ``lm_eval_include_path``. lm-eval
     lets a later folder override an earlier one and every folder override its built-in tasks of
@@ -205,46 +186,6 @@ def task_folders(cfg) -> Iterator[list[str]]:
         if cfg.lm_eval_include_path:
             folders.append(str(cfg.lm_eval_include_path))
         yield folders  # lm-eval: later include paths override earlier ones
-
-
-def resolve_tasks(cfg) -> None:
-    """Build every ``cfg.lm_eval_tasks`` entry and load its data, before any model loads.
-
-    Raises ``ValueError`` whose message is ONE line naming the benchmark, why it cannot be
-    used and the fix (a local file, the datasets cache, or dropping it)."""
-    from .evaluation import LMEvalDataError, _load_task, _quiet_lm_eval, _require_lm_eval, _task_manager
-
-    if not cfg.lm_eval_tasks:
-        return
-    _, _, TaskManager = _require_lm_eval()
-    with task_folders(cfg) as folders, _quiet_lm_eval():
-        manager = _task_manager(TaskManager, folders, cfg.lm_eval_tasks)
-        for name in cfg.lm_eval_tasks:
-            try:
-                loaded = _load_task(manager, name)
-            except (LMEvalDataError, ValueError) as err:
-                raise ValueError(" ".join(str(err).split())) from None
-            shots = int(cfg.lm_eval_fewshot_overrides.get(name, cfg.lm_eval_num_fewshot))
-            for task in loaded:
-                _check_fewshot_pool(name, task, shots)
-
-
-def _check_fewshot_pool(name: str, task, shots: int) -> None:
-    """IP draws ``shots`` examples from the task's few-shot pool (one more when the pool is the
-    scored split: a record is never its own example); lm-eval fails mid-run on a smaller pool."""
-    config = getattr(task, "config", None)
-    if shots == 0 or config is None or not hasattr(task, "fewshot_docs"):
-        return  # a group: its subtasks are lm-eval's own, checked by lm-eval
-    docs = task.fewshot_docs()
-    if docs is None:
-        return
-    scored = config.test_split or config.validation_split
-    needed = shots + (1 if config.fewshot_split is not None and config.fewshot_split == scored else 0)
-    if len(docs) < needed:
-        raise ValueError(f"lm-eval task {name!r} has {len(docs)} few-shot examples, fewer than IP's {shots} shots "
-                         f"need ({needed}). Fix: set evaluation.lm_eval_fewshot_overrides: {{{name}: "
-                         f"{max(len(docs) - needed + shots, 0)}}} or a smaller evaluation.lm_eval_num_fewshot, or give "
-                         "the task more examples.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,28 +229,7 @@ def summarize(final: dict, base: dict | None, stage: int) -> dict:
     return out
 
 
-def change_text(g: dict) -> str:
-    """"GP 43.8 (base 45.0, -1.2)  IP 47.1 (base 46.0, +1.1)" (x100) of a `summarize` dict."""
-    parts = []
-    for key in ("GP", "IP"):
-        text = f"{key} {100 * g[key]:.1f}"
-        if g.get("change"):
-            text += f" (base {100 * g['base'][key]:.1f}, {100 * g['change'][key]:+.1f})"
-        parts.append(text)
-    return "  ".join(parts)
-
-
-def summary_line(g: dict) -> str:
-    """`change_text` + "(x100, after stage 3; tasks ...)", the console's line after R."""
-    return f"{change_text(g)}  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"
-
-
-def same_settings(cached: dict, cfg) -> bool:
-    """Whether cached base-model scores were measured with ``cfg``'s general-ability settings."""
-    return cached.get("settings") == settings(cfg)
-
-
-def settings(cfg) -> dict:
+def settings(cfg: EvalConfig) -> dict:
     """The EvalConfig fields that change GP/IP (what a cached base-model result must match)."""
     return {k: getattr(cfg, k) for k in ("lm_eval_tasks", "lm_eval_num_fewshot", "lm_eval_limit",
                                          "lm_eval_fewshot_overrides", "lm_eval_metrics", "lm_eval_local_data",

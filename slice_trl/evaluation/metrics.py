@@ -1,0 +1,62 @@
+"""Per-example metrics of seen tasks: exact match (classification-like tasks) and ROUGE-L
+(generation tasks; also the Alpaca GP/IP benchmark's metric), each a score in [0, 1]."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+__all__ = ["METRIC_FUNCTIONS", "normalize_answer", "exact_match", "rouge_l", "score_predictions"]
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, strip, and collapse every run of whitespace to one space."""
+    return " ".join(str(text).lower().split())
+
+
+def exact_match(pred: str, ref: str) -> float:
+    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
+    return float(normalize_answer(pred) == normalize_answer(ref))
+
+
+# CJK ideographs, kana and hangul: scripts written without spaces, one token per character.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_ROUGE_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+
+
+class _UnicodeRougeTokenizer:
+    """rouge_score's default tokenizer keeps only ``[a-z0-9]`` and so turns Chinese, accented or
+    Cyrillic text into nothing (every C-STANCE prediction would score 0). This one lower-cases
+    and keeps Unicode letters and digits (runs of them are words, CJK characters are one token
+    each), and is identical to the default one on ASCII text (no stemming in either)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _ROUGE_TOKEN_RE.findall(text.lower())
+
+
+_SCORER = None
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure in [0, 1] from ``rouge_score.rouge_scorer.RougeScorer(["rougeL"])``
+    (sentence-level LCS, no stemming), with a Unicode-aware tokenizer (`_UnicodeRougeTokenizer`;
+    identical to rouge_score's own on ASCII text). As in rouge_score, a text without any word
+    scores 0."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_UnicodeRougeTokenizer())
+    return float(_SCORER.score(ref, pred)["rougeL"].fmeasure)
+
+
+METRIC_FUNCTIONS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "rougeL": rouge_l}
+
+
+def score_predictions(predictions: Sequence[str], references: Sequence[str], metric: str) -> list[float]:
+    """Per-example scores in [0, 1] with ``metric`` ("exact_match" or "rougeL")."""
+    if metric not in METRIC_FUNCTIONS:
+        raise ValueError(f"Unknown metric {metric!r}; use one of {sorted(METRIC_FUNCTIONS)}.")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    fn = METRIC_FUNCTIONS[metric]
+    return [fn(p, r) for p, r in zip(predictions, references)]
