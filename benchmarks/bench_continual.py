@@ -61,7 +61,10 @@ DATA = next((p for p in (ROOT.parent / "shared" / "data" / "superni", ROOT.paren
 
 SEQUENCES = {
     "opp1": {"recipe": "benchmarks/recipes/ni_seq_opp1_paper_op.yaml", "data": True,
-             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_per_module", "lora_ga")], "paper": PAPER_OPP1},
+             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_per_module", "lora_ga"),
+                       # against the plasticity-matched control: AP (is it matched?) and forgetting, by seed
+                       ("slice_c1.0", "vanilla_lr6e-3", "AP"), ("slice_c1.0", "vanilla_lr6e-3", "forgetting"),
+                       ("lora_ga", "vanilla_lr6e-3", "forgetting")], "paper": PAPER_OPP1},
     "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "data": False, "pairs": [], "paper": {}},
     "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "data": True, "pairs": [], "paper": {}},
 }
@@ -187,7 +190,7 @@ def report(seq: str, methods: list[str], seeds: list[int], results: Path) -> str
     runs = [s for m in methods for seed in seeds if (s := finished_summary(results, seq, m, seed)) is not None]
     if not runs:
         return f"{seq}: no finished run yet"
-    pairs = [(a, b) for a, b in SEQUENCES[seq]["pairs"] if {a, b} <= {r["label"] for r in runs}]
+    pairs = [pair for pair in SEQUENCES[seq]["pairs"] if set(pair[:2]) <= {r["label"] for r in runs}]
     names = runs[0]["task_names"]
     title = f"{seq}: {' -> '.join(n.split('_')[0] for n in names)}"  # task ids: full names do not fit a plot
     out = compare_runs(runs, results, pairs, title, SEQUENCES[seq]["paper"], prefix=f"continual_{seq}_")

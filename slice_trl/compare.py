@@ -14,7 +14,7 @@ Writes into ``--out`` (default ``compare/``):
 
 - ``compare.md``: per arm AP / FP / forgetting (and learned / retained with a base row), mean ±
   sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
-  same magnitude, so the difference isolates the surgery); the per-stage gate log of every
+  same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another metric); the per-stage gate log of every
   SLICE run (global cosine, gamma, fired, fraction of modules with a negative cosine);
 - ``compare.json``: the same numbers;
 - ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
@@ -257,7 +257,7 @@ def fp_vs_ap(summary: dict[str, dict], path: Path, title: str, reference: dict[s
     return path
 
 
-def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, str]] = (), title: str = "",
+def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, ...]] = (), title: str = "",
             reference: dict[str, tuple[float, float]] | None = None, prefix: str = "") -> dict:
     """Tables, heatmaps and the FP-vs-AP plot for ``runs`` (summaries) into ``out``; returns the
     JSON payload (also written to ``<prefix>compare.json``)."""
@@ -266,7 +266,7 @@ def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, str]] = ()
     summary = arm_summary(arms)
     if not summary:
         raise ValueError("No run is complete yet: nothing to compare.")
-    pair_rows = [paired(arms, a, b) for a, b in pairs]
+    pair_rows = [paired(arms, *pair) for pair in pairs]  # (a, b) or (a, b, metric)
     text = tables(arms, summary, pair_rows)
     out.mkdir(parents=True, exist_ok=True)
     names = runs[0]["task_names"]
@@ -298,12 +298,12 @@ def _reference_point(text: str) -> tuple[str, tuple[float, float]]:
     return label, (ap, fp)
 
 
-def _pair(text: str) -> tuple[str, str]:
-    a, sep, b = text.partition(":")
-    if not sep or not a or not b:
-        raise argparse.ArgumentTypeError(f"--pair {text!r} must look like 'ARM_A:ARM_B', e.g. "
-                                         "'slice_c1.0_global:lora_ga'.")
-    return a, b
+def _pair(text: str) -> tuple[str, ...]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and parts[2] not in METRICS):
+        raise argparse.ArgumentTypeError(f"--pair {text!r} must look like 'ARM_A:ARM_B' (FP) or 'ARM_A:ARM_B:METRIC' "
+                                         f"with METRIC one of {list(METRICS)}, e.g. 'slice_c1.0_global:lora_ga'.")
+    return tuple(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run folder, summary JSON or Hub repo (user/repo[@revision]), optionally LABEL=RUN")
     p.add_argument("--out", default="compare", help="output folder (default: compare/)")
-    p.add_argument("--pair", action="append", type=_pair, default=[], metavar="A:B",
-                   help="paired FP difference A - B by seed (repeatable)")
+    p.add_argument("--pair", action="append", type=_pair, default=[], metavar="A:B[:METRIC]",
+                   help="paired difference METRIC(A) - METRIC(B) by seed, FP by default (repeatable)")
     p.add_argument("--title", default="")
     p.add_argument("--paper-opp1", action="store_true", help="draw the paper's NI-Seq-Opp1 points (docs/method.md)")
     p.add_argument("--reference-point", action="append", type=_reference_point, default=[],

@@ -85,3 +85,14 @@ def test_cli_reads_summary_files_with_labels(tmp_path, capsys):
     assert main([*one, "--out", str(tmp_path / "one"), "--pair", "slice:lora_ga"]) == 0
     text = capsys.readouterr().out
     assert "| slice | 1 | 80.0 | 50.0 |" in text and "| +20.0 |" in text  # one seed: no ± 0.0
+
+
+def test_pair_on_another_metric_by_hand(tmp_path):
+    # forgetting = AP - FP per run (see `run`): slice 80-50 = 30 and 90-70 = 20, lora_ga 70-30 = 40 and 90-60 = 30
+    out = compare(runs(), tmp_path, pairs=[("slice", "lora_ga", "forgetting")])
+    pair = out["pairs"][0]
+    assert pair["metric"] == "forgetting" and pair["diffs"] == pytest.approx([-10.0, -10.0])
+    assert "| forgetting(slice) - forgetting(lora_ga) | [0, 1] | -10.0, -10.0 | -10.0 ± 0.0 |" in (
+        tmp_path / "compare.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["x", "--pair", "slice:lora_ga:not_a_metric"])
