@@ -4,9 +4,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ContinualSFTConfig": "slice_trl.config",
-    "InitConfig": "slice_trl.config",
-    "ReplayConfig": "slice_trl.config",
-    "EvalConfig": "slice_trl.config",
+    "InitConfig": "slice_trl.settings",
+    "ReplayConfig": "slice_trl.settings",
+    "EvalConfig": "slice_trl.settings",
+    "StageContext": "slice_trl.strategies",
+    "Strategy": "slice_trl.strategies",
     "ContinualSFTTrainer": "slice_trl.trainer",
     "SliceInitializer": "slice_trl.initializers",
     "LoraGAInitializer": "slice_trl.initializers",
