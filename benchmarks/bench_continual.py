@@ -61,7 +61,7 @@ DATA = next((p for p in (ROOT.parent / "shared" / "data" / "superni", ROOT.paren
 
 SEQUENCES = {
     "opp1": {"recipe": "benchmarks/recipes/ni_seq_opp1_paper_op.yaml", "data": True,
-             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_per_module", "lora_ga"),
+             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_per_module", "lora_ga"), ("slice_c0.5", "lora_ga"),
                        # against the plasticity-matched control: AP (is it matched?) and forgetting, by seed
                        ("slice_c1.0", "vanilla_lr6e-3", "AP"), ("slice_c1.0", "vanilla_lr6e-3", "forgetting"),
                        ("lora_ga", "vanilla_lr6e-3", "forgetting")], "paper": PAPER_OPP1},
@@ -91,7 +91,8 @@ METHODS = {
 }
 GROUPS = {
     # issue 17: go/no-go pair first, then the rest of the arms (run seed by seed)
-    "evidence": ["slice_c1.0", "lora_ga", "vanilla", "vanilla_lr6e-3", "loram", "slice_c1.0_per_module"],
+    "evidence": ["slice_c1.0", "lora_ga", "vanilla", "vanilla_lr6e-3", "loram", "slice_c1.0_per_module",
+                 "slice_c0.5"],
     "initialisers": ["vanilla", "lora_ga", "loram", "slice_c0.5", "slice_c0.75", "slice_c1.0"],
     "strategies": ["keeplora", "eblora", "slao", "olora", "inflora"],
 }
