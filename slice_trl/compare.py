@@ -14,8 +14,9 @@ Writes into ``--out`` (default ``compare/``):
 
 - ``compare.md``: per arm AP / FP / forgetting (and learned / retained with a base row), mean ±
   sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
-  same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another metric); the per-stage gate log of every
-  SLICE run (global cosine, gamma, fired, fraction of modules with a negative cosine);
+  same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another
+  metric); the per-stage gate log of every SLICE run (global cosine, gamma, fired, fraction of
+  modules with a negative cosine);
 - ``compare.json``: the same numbers;
 - ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
   base model's score, as the paper's heatmaps), ``fp_vs_ap.png`` (with ``--paper-opp1`` or

@@ -52,6 +52,12 @@ class ContinualTrainOutput:
     general: dict | None = None
 
 
+def _score_fields(scores: dict) -> dict:
+    """{task: TaskScore} -> the "scores", "n_scored" and "samples" entries of a stage or base record."""
+    return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+            "samples": {n: s.samples for n, s in scores.items()}}
+
+
 class ContinualSFTTrainer(SFTTrainer):
     """Continual LoRA fine-tuning over ``tasks`` with a data-driven initialiser before each task.
 
@@ -291,9 +297,7 @@ class ContinualSFTTrainer(SFTTrainer):
         def measure() -> dict:
             t0 = time.perf_counter()
             scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
-            return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-                    "samples": {n: s.samples for n, s in scores.items()},
-                    "timings": {"eval": time.perf_counter() - t0}}
+            return {**_score_fields(scores), "timings": {"eval": time.perf_counter() - t0}}
 
         return stages.base_measurement(self.output_path / stages.BASE / stages.RECORD, identity, measure,
                                        self.args.resume)
@@ -344,9 +348,7 @@ class ContinualSFTTrainer(SFTTrainer):
         record = {
             "stage": t + 1,
             "task": self.tasks[t].name,
-            "scores": {name: s.score for name, s in scores.items()},
-            "n_scored": {name: s.n for name, s in scores.items()},
-            "samples": {name: s.samples for name, s in scores.items()},
+            **_score_fields(scores),
             "R": results.to_dict()["R"],
             "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
             "init": report.to_dict(),

@@ -20,10 +20,13 @@ def _published(repo_id: str, revision: str | None, token):
     return info, stage_folders(s.rfilename for s in info.siblings or [])
 
 
-def _download(repo_id: str, sha: str, folders: list[str], token, cache_dir=None, local_dir=None) -> Path:
+def _download(repo_id: str, sha: str, folders: list[str], token, cache_dir=None, local_dir=None,
+              in_folders: str = "*", extra: tuple[str, ...] = ()) -> Path:
+    """run.json, results.json, the files ``in_folders`` (a glob) of each stage folder in ``folders``
+    and the ``extra`` patterns, all from commit ``sha``."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["run.json", "results.json"] + [f"{f}/*" for f in folders]
+    patterns = ["run.json", "results.json", *extra] + [f"{f}/{in_folders}" for f in folders]
     return Path(snapshot_download(repo_id, revision=sha, token=token, cache_dir=cache_dir, local_dir=local_dir,
                                   allow_patterns=patterns))
 
@@ -33,15 +36,12 @@ def download_run_records(repo_id: str, revision: str | None = None, token: str |
     """The JSON files of a published run, all from one commit and no adapter weights: run.json,
     results.json, ``base/*.json`` and every published stage's record.json. Returns (the local
     snapshot folder, the stage records' paths in stage order)."""
-    from huggingface_hub import snapshot_download
-
     info, folders = _published(repo_id, revision, token)
     if not folders:
         raise ValueError(f"{repo_id}@{revision or 'main'} holds no published stage (no stage-NN-<task>/ folder): "
                          "not a slice-trl run repo, or nothing is pushed yet.")
-    patterns = ["run.json", "results.json", f"{layout.BASE}/*.json"] + [f"{f}/{layout.RECORD}" for f in folders.values()]
-    local = Path(snapshot_download(repo_id, revision=info.sha, token=token, cache_dir=cache_dir,
-                                   allow_patterns=patterns))
+    local = _download(repo_id, info.sha, list(folders.values()), token, cache_dir=cache_dir,
+                      in_folders=layout.RECORD, extra=(f"{layout.BASE}/*.json",))
     return local, [local / folders[k] / layout.RECORD for k in sorted(folders)]
 
 
