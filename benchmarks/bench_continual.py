@@ -61,7 +61,8 @@ DATA = next((p for p in (ROOT.parent / "shared" / "data" / "superni", ROOT.paren
 
 SEQUENCES = {
     "opp1": {"recipe": "benchmarks/recipes/ni_seq_opp1_paper_op.yaml", "data": True,
-             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_per_module", "lora_ga"), ("slice_c0.5", "lora_ga"),
+             "pairs": [("slice_c1.0", "lora_ga"), ("slice_c1.0_each_task", "lora_ga"),
+                       ("slice_c1.0_per_module", "lora_ga"), ("slice_c0.5", "lora_ga"),
                        # against the plasticity-matched control: AP (is it matched?) and forgetting, by seed
                        ("slice_c1.0", "vanilla_lr6e-3", "AP"), ("slice_c1.0", "vanilla_lr6e-3", "forgetting"),
                        ("lora_ga", "vanilla_lr6e-3", "forgetting")], "paper": PAPER_OPP1},
@@ -82,6 +83,10 @@ METHODS = {
     "slice_c0.75": ["--init.method", "slice", "--init.c", "0.75"],
     "slice_c1.0": ["--init.method", "slice", "--init.c", "1.0"],
     "slice_c1.0_per_module": ["--init.method", "slice", "--init.c", "1.0", "--init.projection", "per_module"],
+    # issue 30: the paper's (and the project's default) probe weighting: G_prev is the mean over
+    # earlier tasks of each task's own mean gradient, prev_steps batches per earlier task (32 examples
+    # each), instead of the recipe's pooled mix
+    "slice_c1.0_each_task": ["--init.method", "slice", "--init.c", "1.0", "--init.prev_batching", "each_task"],
     "keeplora": ["--init.method", "vanilla", "--strategy.name", "keeplora"],
     "eblora": ["--init.method", "vanilla", "--strategy.name", "eblora"],
     "slao": ["--init.method", "vanilla", "--strategy.name", "slao"],
@@ -92,7 +97,7 @@ METHODS = {
 GROUPS = {
     # issue 17: go/no-go pair first, then the rest of the arms (run seed by seed)
     "evidence": ["slice_c1.0", "lora_ga", "vanilla", "vanilla_lr6e-3", "loram", "slice_c1.0_per_module",
-                 "slice_c0.5"],
+                 "slice_c0.5", "slice_c1.0_each_task"],
     "initialisers": ["vanilla", "lora_ga", "loram", "slice_c0.5", "slice_c0.75", "slice_c1.0"],
     "strategies": ["keeplora", "eblora", "slao", "olora", "inflora"],
 }

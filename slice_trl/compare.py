@@ -78,6 +78,9 @@ def summarise_run(folder: str | Path, records: list[Path] | None = None) -> dict
         "base_timings": base["timings"] if base is not None else None,
         "n_scored": [r.get("n_scored") for r in records],
         "train_loss": [r.get("train_metrics", {}).get("train_loss") for r in records],
+        # every scored example per stage and task (records written before predictions were kept: None)
+        "predictions": [r.get("predictions") for r in records],
+        "base_predictions": base.get("predictions") if base is not None else None,
         "settings": {k: info.get(k) for k in ("base_model", "lora", "init", "strategy", "recipe", "tasks")},
     }
 

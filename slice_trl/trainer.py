@@ -53,9 +53,11 @@ class ContinualTrainOutput:
 
 
 def _score_fields(scores: dict) -> dict:
-    """{task: TaskScore} -> the "scores", "n_scored" and "samples" entries of a stage or base record."""
+    """{task: TaskScore} -> the "scores", "n_scored", "samples" and "predictions" (every scored
+    example) entries of a stage or base record."""
     return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-            "samples": {n: s.samples for n, s in scores.items()}}
+            "samples": {n: s.samples for n, s in scores.items()},
+            "predictions": {n: s.predictions for n, s in scores.items()}}
 
 
 class ContinualSFTTrainer(SFTTrainer):

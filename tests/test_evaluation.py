@@ -282,6 +282,10 @@ def test_evaluate_task_scores_first_max_samples():
     assert len(scripted.seen) == 3 and tuple(tok(rendered[3], add_special_tokens=False)["input_ids"]) \
         not in scripted.seen
     assert score.samples[0] == {"prompt": rendered[0], "prediction": "yes", "reference": "yes"}
+    # every scored example is kept, with its position in the held-out split and its own score
+    assert score.predictions == [{"i": 0, "prediction": "yes", "reference": "yes", "score": 1.0},
+                                 {"i": 1, "prediction": " YES\n", "reference": "Yes", "score": 1.0},
+                                 {"i": 2, "prediction": "yes", "reference": "no", "score": 0.0}]
     json.dumps(score.to_dict())
 
 

@@ -210,6 +210,9 @@ class TaskScore:
 
     ``score``: mean per-example metric in [0, 1] over the ``n`` scored examples. ``samples``:
     the first few ``{"prompt": str, "prediction": str, "reference": str}`` for the stage record.
+    ``predictions``: every scored example, ``{"i": position in the task's held-out split,
+    "prediction": str, "reference": str, "score": float}``, so a claim about what a task learned
+    (e.g. a constant answer) can be checked from the record.
     """
 
     task: str
@@ -217,9 +220,11 @@ class TaskScore:
     score: float
     n: int
     samples: list[dict] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "metric": self.metric, "score": self.score, "n": self.n, "samples": self.samples}
+        return {"task": self.task, "metric": self.metric, "score": self.score, "n": self.n, "samples": self.samples,
+                "predictions": self.predictions}
 
 
 def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, accelerator=None) -> TaskScore:
@@ -237,4 +242,7 @@ def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, a
     scores = score_predictions(predictions, references, task.metric)
     samples = [{"prompt": render_prompt(ex, tokenizer), "prediction": p, "reference": r}
                for ex, p, r in list(zip(examples, predictions, references))[:N_SAMPLES]]
-    return TaskScore(task=task.name, metric=task.metric, score=sum(scores) / n, n=n, samples=samples)
+    every = [{"i": i, "prediction": p, "reference": r, "score": float(s)}
+             for i, (p, r, s) in enumerate(zip(predictions, references, scores))]
+    return TaskScore(task=task.name, metric=task.metric, score=sum(scores) / n, n=n, samples=samples,
+                     predictions=every)
