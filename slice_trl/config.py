@@ -84,7 +84,9 @@ class ContinualSFTConfig(SFTConfig):
                   "stage is saved by the continual loop itself)."},
     )
     report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Integrations to report each stage's training logs to."}
+        default="none", metadata={"help": "Trackers (transformers' integrations: tensorboard, trackio, wandb, mlflow, "
+                                  "...) that receive the whole sequence as one run: training logs, R, AP/FP/forgetting, "
+                                  "GP/IP and the SLICE gate (README, 'Tracking')."}
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of each stage (paper: 1e-4)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule of each stage (paper: linear)."})
@@ -135,6 +137,9 @@ class ContinualSFTConfig(SFTConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
+        from .tracking import validate_report_to  # one line naming the trackers transformers supports
+
+        validate_report_to(self.report_to)
 
     def _apply_warmup_ratio(self) -> None:
         if self.warmup_ratio is None:

@@ -80,8 +80,10 @@ def stage_line(record: dict, n_stages: int) -> str:
         detail = f"cos {cos:+.3f}, gamma {gamma:.3f}" if isinstance(cos, float) and isinstance(gamma, float) else ""
         what += f", projection {'fired' if surgery.get('fired') else 'did not fire'}"
         what += f" ({detail})" if detail else ""
-    elif surgery is not None or init.get("method") == "slice":
-        what += ", projection not applied (no earlier task)"
+    elif init.get("method") == "slice":  # only SLICE projects; LoRA-GA & co. never do (no clause for them)
+        c = (surgery or {}).get("c")
+        why = "no earlier task" if record.get("stage") == 1 else "c = 0" if c == 0 else "no replay batches"
+        what += f", projection not applied ({why})"
     scores = "  ".join(f"{name} {100 * s:.1f}" for name, s in record.get("scores", {}).items() if s is not None)
     general = ""
     if record.get("general"):  # GP/IP measured after this stage (the last one, or every one when asked)
@@ -104,3 +106,38 @@ def change_text(g: dict) -> str:
 def summary_line(g: dict) -> str:
     """`change_text` + "(x100, after stage 3; tasks ...)", the console's line after R."""
     return f"{change_text(g)}  (x100, after stage {g['stage']}; {', '.join(g['tasks'])})"
+
+
+def duration(seconds: float) -> str:
+    """"42 s", "3 min 20 s", "1 h 02 min"."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def seconds_left(records: list[dict], n_stages: int) -> float | None:
+    """Estimate of the time the stages after ``records`` (the finished ones, in order) will take,
+    from their ``timings``: a stage costs its fixed part (init, train, save/merge, GP/IP: the mean
+    over finished stages) plus the seen-task evaluation, which grows with the number of tasks it
+    scores (stage k scores k tasks: the mean seconds per scored task times k). None before any
+    stage has finished."""
+    timed = [r for r in records if r.get("timings")]
+    if not timed:
+        return None
+    fixed = sum(sum(v for k, v in r["timings"].items() if k not in ("eval", "strategy_step_hooks"))
+                for r in timed) / len(timed)
+    per_task = sum(r["timings"].get("eval", 0.0) / r["stage"] for r in timed) / len(timed)
+    return sum(fixed + per_task * k for k in range(len(records) + 1, n_stages + 1))
+
+
+def progress_line(records: list[dict], n_stages: int, elapsed: float) -> str:
+    """The overall line after each stage: "progress: 2/15 stages done, 3 min 20 s elapsed, about
+    41 min 5 s left" (``elapsed``: seconds since this process started the sequence)."""
+    line = f"progress: {len(records)}/{n_stages} stages done, {duration(elapsed)} elapsed"
+    left = seconds_left(records, n_stages)
+    if len(records) < n_stages and left is not None:
+        line += f", about {duration(left)} left"
+    return line

@@ -72,6 +72,16 @@ def check_output_path(output_dir: str) -> None:
               "choose a writable --output_dir")
 
 
+def check_trackers(recipe: Recipe) -> None:
+    """Every report_to tracker is installed here (its name is checked with the config)."""
+    from .tracking import check_installed
+
+    try:
+        check_installed(recipe.training.report_to)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+
+
 def check_repo_ids(recipe: Recipe) -> None:
     """Hub repo ids, by huggingface_hub's own validator."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -161,6 +171,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     """Every check above, in order; raises the first problem as a `RecipeError`. Returns notes
     (one line each) on what could not be checked on this machine."""
     check_training(recipe)
+    check_trackers(recipe)
     check_repo_ids(recipe)
     check_output_path(recipe.training.output_dir)
     check_general_tasks(recipe)

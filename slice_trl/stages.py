@@ -58,6 +58,14 @@ def parse_stage_dirname(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
+def score_fields(scores: dict) -> dict:
+    """{task: TaskScore} -> the "scores", "n_scored", "samples" and "predictions" (every scored
+    example) entries of a stage or base record."""
+    return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
+            "samples": {n: s.samples for n, s in scores.items()},
+            "predictions": {n: s.predictions for n, s in scores.items()}}
+
+
 def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
     return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
 

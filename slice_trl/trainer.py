@@ -42,6 +42,7 @@ from .results import ResultsMatrix, write_json_atomic
 from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from .strategies import StageContext, StepHooks, build_strategy, load_state, save_state
 from .tasks.base import Task, validate_tasks
+from .tracking import ContinualTracking
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ class ContinualTrainOutput:
     results: ResultsMatrix
     records: list[dict]
     general: dict | None = None
-
-
-def _score_fields(scores: dict) -> dict:
-    """{task: TaskScore} -> the "scores", "n_scored", "samples" and "predictions" (every scored
-    example) entries of a stage or base record."""
-    return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-            "samples": {n: s.samples for n, s in scores.items()},
-            "predictions": {n: s.predictions for n, s in scores.items()}}
 
 
 class ContinualSFTTrainer(SFTTrainer):
@@ -118,6 +111,7 @@ class ContinualSFTTrainer(SFTTrainer):
             self.strategy = build_strategy(args.strategy)
             self.step_hooks = StepHooks(self.strategy, self.stage_context)
             self.add_callback(self.step_hooks)
+        self.tracking = ContinualTracking(self)  # report_to: one tracker run for the whole sequence
         warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
         self.model = self.model_wrapped = self.model.unload()
@@ -299,7 +293,7 @@ class ContinualSFTTrainer(SFTTrainer):
         def measure() -> dict:
             t0 = time.perf_counter()
             scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
-            return {**_score_fields(scores), "timings": {"eval": time.perf_counter() - t0}}
+            return {**stages.score_fields(scores), "timings": {"eval": time.perf_counter() - t0}}
 
         return stages.base_measurement(self.output_path / stages.BASE / stages.RECORD, identity, measure,
                                        self.args.resume)
@@ -350,7 +344,7 @@ class ContinualSFTTrainer(SFTTrainer):
         record = {
             "stage": t + 1,
             "task": self.tasks[t].name,
-            **_score_fields(scores),
+            **stages.score_fields(scores),
             "R": results.to_dict()["R"],
             "AP": results.ap(), "FP": results.fp(), "forgetting": results.forgetting(),
             "init": report.to_dict(),
@@ -391,8 +385,9 @@ class ContinualSFTTrainer(SFTTrainer):
         base = self.evaluate_base()  # the base model: before _resume merges finished stages into it
         if base is not None:
             results.set_base(base["scores"])
-        self.evaluate_general_ability(0)  # base-model GP/IP (cached in output_dir/base/general.json)
+        general0 = self.evaluate_general_ability(0)  # base-model GP/IP (cached in output_dir/base/general.json)
         start, records = self._resume(results)
+        self.tracking.start(results, base, general0, start)
         for t in range(start, len(self.tasks)):
             self._stage = t
             path = self.stage_path(t)
@@ -401,6 +396,7 @@ class ContinualSFTTrainer(SFTTrainer):
             set_seed(stage_seed(self.args.seed, t))
             replay = self.build_replay_sample(t)
             report = self.initialize_adapter(t, replay)
+            self.tracking.stage_begin(t, report)
             replay_sizes = [len(d) for d in replay]
             del replay  # used once for initialisation, then dropped (the paper's protocol)
             if self.accelerator.is_main_process:
@@ -428,7 +424,7 @@ class ContinualSFTTrainer(SFTTrainer):
                 # results.json first: record.json marks the stage finished, so it is written last
                 self._write_results(results, records)
                 write_json_atomic(path / stages.RECORD, record)
-                logger.info(console.stage_line(record, len(self.tasks)))
+                self.tracking.stage_end(t, record, results, records)  # trackers, stage and progress lines
             distributed.barrier()
             self.after_stage(t, record)
         self._stage = -1
@@ -436,6 +432,7 @@ class ContinualSFTTrainer(SFTTrainer):
         if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
             general = self.evaluate_general_ability(len(self.tasks))
         self._write_results(results, records, general)
+        self.tracking.finish(results, general, self.output_path / "results_heatmap.png")
         if general is not None:
             self._publish()  # the final commit: results.json and the card gain GP/IP
         return ContinualTrainOutput(results, records, general)

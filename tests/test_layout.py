@@ -20,7 +20,7 @@ LAYERS = [
     ("kernels", {"kernels", "kernels.gradients", "kernels.surgery", "kernels.decompose", "kernels.subspace"}),
     ("lora", {"lora"}),
     ("continual loop", {"config", "batching", "replay", "initializers", "stages", "integrity", "models", "trainer",
-                        "tasks", "strategies", "evaluation"}),  # a package name covers its modules
+                        "tracking", "tasks", "strategies", "evaluation"}),  # a package name covers its modules
     ("applications", {"recipe", "preflight", "run", "hub", "mining", "mine", "compare", ""}),
 ]
 
