@@ -304,9 +304,12 @@ class ContinualTracking:
         self._persist()
 
     def stage_begin(self, t: int, report) -> None:
-        """The initialiser's record, at the step the stage starts from."""
-        if self.callback is not None:
+        """The initialiser's record, at the step the stage starts from; once per stage and tracker
+        run (a stage killed and rerun is initialised identically: same seed, same data)."""
+        if self.callback is not None and t + 1 not in self.entry.setdefault("init_logged", []):
             self._log(init_logs(report.to_dict()), self.callback.last_step)
+            self.entry["init_logged"].append(t + 1)
+            self._persist()
 
     def stage_end(self, t: int, record: dict, results, records: list[dict]) -> None:
         """Main process, once stage t is scored: its scores, R's summary and GP/IP (when measured)

@@ -496,5 +496,6 @@ def test_stage_line_says_whether_the_projection_fired():
                                             "scores x100: first 25.0  last 100.0")
     assert "projection did not fire (cos +0.300, gamma 0.000)" in stage_line(
         record({"cosine": 0.3, "gamma": 0.0, "fired": False}), 3)
-    assert "projection not applied (no earlier task)" in stage_line(record({"cosine": None, "fired": False}), 3)
+    assert "projection not applied (no earlier task)" in stage_line(
+        {**record({"cosine": None, "fired": False}), "stage": 1}, 3)
     assert stage_line(record(None, "vanilla"), 3).startswith("stage 2/3 last [vanilla]  scores")
