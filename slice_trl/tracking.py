@@ -163,8 +163,8 @@ for _event in ("on_epoch_begin", "on_epoch_end", "on_step_begin", "on_pre_optimi
 
 
 def _scalars(prefix: str, values: dict) -> dict:
-    """{prefix + key: number} of a dict's numbers, one level of nested dicts as key/sub; None and
-    non-numbers are left out (bools become 0/1)."""
+    """{prefix + key: number} of a dict's numbers (bools as 0/1, nested dicts as key/sub); None and
+    non-numbers are left out."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
@@ -200,13 +200,13 @@ class ContinualTracking:
     def __init__(self, trainer):
         self.trainer = trainer
         self.t0 = time.perf_counter()
-        kinds = tuple(hf_integrations.get_reporting_integration_callbacks(trainer.args.report_to))
+        # every integration the Trainer built from report_to, and any the user passed in callbacks=
+        kinds = tuple(set(hf_integrations.INTEGRATION_TO_CALLBACK.values()))
         handler = trainer.callback_handler
-        integrations = [cb for cb in handler.callbacks if kinds and isinstance(cb, kinds)]
+        integrations = [cb for cb in handler.callbacks if isinstance(cb, kinds)]
         previous = None
         if trainer.args.resume and (trainer.output_path / RUN_JSON).is_file():
             previous = json.loads((trainer.output_path / RUN_JSON).read_text()).get(TRACKING)
-        self.resumed = previous is not None
         self.entry = previous or {}
         self.callback = None
         if not integrations:
@@ -229,11 +229,10 @@ class ContinualTracking:
     def main(self) -> bool:
         return self.trainer.accelerator.is_main_process
 
-    def _client(self, kind):
-        for cb in self.callback.integrations if self.callback else ():
-            if type(cb).__name__ == kind:
-                return cb
-        return None
+    def _client(self, name: str):
+        """The wrapped integration callback of that transformers class (e.g. "TensorBoardCallback")."""
+        kind = getattr(hf_integrations, name)
+        return next((cb for cb in (self.callback.integrations if self.callback else ()) if isinstance(cb, kind)), None)
 
     def _save_step(self, step: int) -> None:
         if step != self.entry.get("last_step"):
@@ -255,7 +254,7 @@ class ContinualTracking:
     def start(self, results, base: dict | None, general: dict | None, first_stage: int) -> None:
         """Start the trackers (once per process, on the run recorded in run.json when resuming) and
         log what the base model scored at step 0, unless this tracker run has it already."""
-        if self.callback is None:
+        if self.callback is None or self.entry.get("final_logged"):  # a finished run, rerun: nothing new to log
             return
         trainer, cb = self.trainer, self.callback
         env = self._resume_env()
@@ -334,6 +333,8 @@ class ContinualTracking:
                 {k: general.get(k) for k in ("GP", "IP")} if general else {})})
             self._log(summary, step)
             self._media(results, heatmap, step)
+            self.entry["final_logged"] = True
+            self._persist()
         cb.forward("on_train_end", self.trainer.args, self.trainer.state, self.trainer.control, step=step,
                    model=self.trainer.model, processing_class=self.trainer.processing_class)
 

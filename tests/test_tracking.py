@@ -182,6 +182,10 @@ def test_any_integration_gets_one_run_and_one_step_axis(tmp_path, monkeypatch):
     tracking = json.loads((tmp_path / "run.json").read_text())["tracking"]
     assert tracking["report_to"] == ["recorder"] and tracking["last_step"] == 2 * STEPS
     assert tracking["run_name"].startswith(tmp_path.name)
+    # the finished run, rerun: resumes every stage and logs nothing again
+    build(tmp_path, tasks=three_tasks()[:2], report_to=["recorder"], logging_steps=2,
+          init={"method": "lora_ga", "cur_steps": 1, "batch_size": 4}).train()
+    assert Recorder.instances[1].events == []
 
 
 def test_unknown_report_to_is_one_line_naming_the_valid_ones(tmp_path, capsys, no_model_loading,
