@@ -36,7 +36,8 @@ def draw(run_dir: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = read(run_dir)
-    tasks = json.loads((run_dir / "run.json").read_text())["task_names"]
+    run = json.loads((run_dir / "run.json").read_text())
+    tasks = run["task_names"]
     ends = [step for step, _ in s["eval/AP"]]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for ax in axes.flat:
@@ -48,7 +49,7 @@ def draw(run_dir: Path, out: Path) -> None:
         ax.grid(alpha=0.3)
     ax = axes[0, 0]
     ax.plot(*zip(*s["train/loss"]), lw=1)
-    ax.set_title("train/loss (shaded: stages)")
+    ax.set_title("train/loss (stages: white, grey, white, ...)")
     ax = axes[0, 1]
     for name in tasks:
         ax.plot(*zip(*[(x, 100 * y) for x, y in s[f"eval/{name}"]]), marker="o", label=f"eval/{name}")
@@ -60,13 +61,18 @@ def draw(run_dir: Path, out: Path) -> None:
     ax.set_title("AP / FP / forgetting after each stage (x100)")
     ax.legend(fontsize=8)
     ax = axes[1, 1]
-    for key in ("cosine", "gamma"):
-        if f"train/init/{key}" in s:
-            ax.plot(*zip(*s[f"train/init/{key}"]), marker="s", ls="--", label=f"train/init/{key}")
+    if "train/init/cosine" in s:  # SLICE only (from stage 2: it needs an earlier task)
+        ax.plot(*zip(*s["train/init/cosine"]), marker="s", ls="--", color="C0", label="train/init/cosine")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_title("SLICE gate at each stage's start")
-    ax.legend(fontsize=8)
-    fig.suptitle(f"TensorBoard scalars of {run_dir.name} (rendered from its event files)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("cosine(G_cur, G_prev)", color="C0")
+    twin = ax.twinx()  # gamma has its own scale (it grows as ||G_prev|| shrinks)
+    twin.plot(*zip(*s["train/init/gamma"]), marker="^", ls=":", color="C3", label="train/init/gamma")
+    twin.set_ylabel("gamma", color="C3")
+    for step, fired in s["train/init/fired"]:
+        ax.annotate("fired" if fired else "not fired", (step, -0.95), fontsize=8, ha="center")
+    ax.set_title("SLICE gate at each stage's start (train/init/...)")
+    fig.suptitle(f"TensorBoard scalars of a quickstart run ({run['init']['method']}), rendered from its event files")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
