@@ -84,9 +84,10 @@ class ContinualSFTConfig(SFTConfig):
                   "stage is saved by the continual loop itself)."},
     )
     report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Trackers (transformers' integrations: tensorboard, trackio, wandb, mlflow, "
-                                  "...) that receive the whole sequence as one run: training logs, R, AP/FP/forgetting, "
-                                  "GP/IP and the SLICE gate (README, 'Tracking')."}
+        default="none",
+        metadata={"help": "Trackers (transformers' integrations: tensorboard, trackio, wandb, mlflow, ...) that "
+                  "receive the whole sequence as one run: training logs, R, AP/FP/forgetting, GP/IP and the SLICE "
+                  "gate (README, 'Tracking')."}
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of each stage (paper: 1e-4)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule of each stage (paper: linear)."})

@@ -344,12 +344,13 @@ class ContinualTracking:
         rows += [[f"stage {i + 1} ({results.task_names[i]})", *results.matrix[i]] for i in range(results.completed)]
         tb = self._client("TensorBoardCallback")
         if tb is not None and tb.tb_writer is not None:
-            table = "\n".join("| " + " | ".join("" if v is None else v if isinstance(v, str) else f"{100 * v:.1f}"
-                                                for v in row) + " |" for row in [columns, ["---"] * len(columns), *rows])
+            cells = [[v if isinstance(v, str) else "" if v is None else f"{100 * v:.1f}" for v in row]
+                     for row in [columns, ["---"] * len(columns), *rows]]
+            table = "\n".join("| " + " | ".join(row) + " |" for row in cells)
             tb.tb_writer.add_text("results/R", "R (x100)\n\n" + table, step)
             if heatmap.is_file():
-                from PIL import Image
                 import numpy as np
+                from PIL import Image
 
                 tb.tb_writer.add_image("results/heatmap", np.asarray(Image.open(heatmap).convert("RGB")), step,
                                        dataformats="HWC")

@@ -83,7 +83,8 @@ def check_continual_quantities(get, run_dir: Path, last_steps: list[int]):
     results = json.loads((run_dir / "results.json").read_text())
     recs = records(run_dir)
     for j, name in enumerate(NAMES):
-        same(get(f"eval/{name}"), [(0, results["base"][j])] + [(last_steps[t], results["R"][t][j]) for t in range(j, 3)])
+        expected = [(0, results["base"][j])] + [(last_steps[t], results["R"][t][j]) for t in range(j, 3)]
+        same(get(f"eval/{name}"), expected)
     for key in ("AP", "FP", "forgetting"):
         same(get(f"eval/{key}"), [(last_steps[t], recs[t][key]) for t in range(3)])
         same(get(f"eval/final/{key}"), [(last_steps[-1], results[key])])
@@ -197,7 +198,8 @@ def test_unknown_report_to_is_one_line_naming_the_valid_ones(tmp_path, capsys, n
         ContinualSFTConfig(output_dir=str(tmp_path), report_to=["tensorbord"])
     quickstart = ROOT / "recipes" / "quickstart.yaml"
     for flags in (["--dry-run"], []):
-        assert run_mod.main([str(quickstart), *flags, "--output_dir", str(tmp_path / "o"), "--report_to", "wandbb"]) == 2
+        argv = [str(quickstart), *flags, "--output_dir", str(tmp_path / "o"), "--report_to", "wandbb"]
+        assert run_mod.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "report_to='wandbb'" in err[0] and "Did you mean 'wandb'?" in err[0]
 
@@ -219,7 +221,8 @@ def test_progress_line_estimates_the_time_left_from_the_finished_stages():
             for k in (1, 2)]
     # stages 3, 4, 5 left: 3 x 100 + 5 x (3 + 4 + 5) = 360 s
     assert console.seconds_left(recs, 5) == pytest.approx(360.0)
-    assert console.progress_line(recs, 5, 215.0) == "progress: 2/5 stages done, 3 min 35 s elapsed, about 6 min 0 s left"
+    assert console.progress_line(recs, 5, 215.0) == ("progress: 2/5 stages done, 3 min 35 s elapsed, "
+                                                     "about 6 min 0 s left")
     assert console.progress_line(recs, 2, 4000.0) == "progress: 2/2 stages done, 1 h 06 min elapsed"
 
 
