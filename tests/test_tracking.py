@@ -236,3 +236,19 @@ def test_stage_line_of_initialisers_without_surgery_claims_no_projection():
     assert "projection not applied (no earlier task)" in line("slice", 1)
     assert "projection not applied (c = 0)" in line("slice", 3, c=0.0)
     assert "projection not applied (no replay batches)" in line("slice", 3)
+
+
+def test_tracking_changes_nothing_in_training(tmp_path, monkeypatch):
+    """The same 2-task run with and without trackers: bitwise equal weights and R."""
+    import torch
+    from test_trainer import build, three_tasks
+
+    monkeypatch.setitem(integration_utils.INTEGRATION_TO_CALLBACK, "recorder", Recorder)
+    runs = []
+    for report_to in ([], ["tensorboard", "recorder"]):
+        trainer = build(tmp_path / str(len(report_to)), tasks=three_tasks()[:2], report_to=report_to)
+        runs.append((trainer.train().results.to_dict(), trainer.model.state_dict()))
+    (r0, w0), (r1, w1) = runs
+    assert r0 == r1 and w0.keys() == w1.keys()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert list((tmp_path / "2").rglob("events.out.tfevents*")) and not list((tmp_path / "0").rglob("events*"))
