@@ -34,7 +34,7 @@ def resolve_benchmark_dir(path: str | Path, task: str | None = None, origin: str
     file is a FileNotFoundError naming it and where the benchmark comes from (``origin``)."""
     path = Path(path)
     where = path / task if task and not (path / "train.json").is_file() else path
-    get = f" Get the benchmark from {origin}." if origin else ""
+    get = f" Get the data from {origin}." if origin else ""
     if not where.is_dir():
         raise FileNotFoundError(f"task folder {str(where)!r} does not exist.{get}")
     for name in REQUIRED_FILES:

@@ -101,8 +101,8 @@ def lookup(name) -> tuple[Benchmark, str]:
                          "(python -m slice_trl.run --list-sequences).")
     orders = BENCHMARKS[bench].orders
     if order not in orders:
-        raise ValueError(f"sequence={name!r}: {bench} has no order {order!r}; its orders are "
-                         f"{[f'{bench}/{o}' for o in orders]}.")
+        known = [f"{bench}/{o}" for o in orders]
+        raise ValueError(f"sequence={name!r}: {bench} has no order {order!r}.{suggest(name, known)} Its orders: {known}.")
     return BENCHMARKS[bench], order
 
 
