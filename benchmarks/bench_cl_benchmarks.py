@@ -103,8 +103,8 @@ def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs
     with open(out / "log.txt", "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall, ok = time.perf_counter() - t0, proc.returncode == 0
-    print(f"[{time.strftime('%H:%M:%S')}] {bench} {arm} seed {seed}: "
-          f"{'ok' if ok else f'FAILED (exit {proc.returncode}, see {out / 'log.txt'})'} in {wall:.0f} s", flush=True)
+    status = "ok" if ok else f"FAILED (exit {proc.returncode}, see {out / 'log.txt'})"
+    print(f"[{time.strftime('%H:%M:%S')}] {bench} {arm} seed {seed}: {status} in {wall:.0f} s", flush=True)
     if ok:
         records = sorted((out / "stages").glob("*/record.json"))
         evaluated = [len(json.loads(p.read_text())["scores"]) for p in records]
