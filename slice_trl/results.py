@@ -401,9 +401,9 @@ class ResultsMatrix:
                             va="center", color="white" if data[i, j] < 0.6 * vmax else "black", fontsize=9)
         if title is None:
             title = "R as % of the base model" if relative else "R"
-        off = self.base is not None  # above the diagonal: task i before it was trained; "-": not scored
-        for (i, j), text in [((i - 1, i), f"({100 * v:.1f})") for i, v in self.upcoming.items()] + [
-                (ij, "-") for ij in self.unscored]:
+        off = self.base is not None  # above the diagonal: task i before it was trained (raw scores only)
+        for (i, j), text in [((i - 1, i), f"({100 * v:.1f})") for i, v in self.upcoming.items() if not relative] + [
+                (ij, "not\nscored") for ij in self.unscored]:
             ax.text(j, i + off, text, ha="center", va="center", fontsize=8, style="italic", color="grey")
         if self.completed:
             title += f"\nAP {_x100(self.ap())}  FP {_x100(self.fp())}  Fgt {_x100(self.forgetting(), 1, '+')}"

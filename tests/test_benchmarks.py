@@ -247,3 +247,32 @@ def test_score_upcoming_gives_fwt_and_every_marks_unscored(tmp_path):
     assert saved["upcoming"] == [None, Probe.direct[1], Probe.direct[2]]
     assert saved["FWT"] == pytest.approx(((Probe.direct[1] - base[1]) + (Probe.direct[2] - base[2])) / 2)
     assert out.results.summary()["FWT"] == pytest.approx(saved["FWT"]) and saved["Avg"] is None
+
+
+def test_bad_folder_and_labels_are_one_line_before_any_model(tmp_path, capsys):
+    from slice_trl.recipe import RecipeError, load_recipe
+    from slice_trl.run import main
+
+    good = {"Definition": ["d"], "Instances": [{"input": f"x{i}", "output": "a"} for i in range(3)]}
+    for name in ("t1", "t2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test.json").write_text(json.dumps(good))
+    (tmp_path / "t2" / "train.json").write_text(json.dumps(good))
+    (tmp_path / "t2" / "labels.json").write_text('"a"')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "smollm2-135m-instruct", "data_dir": str(tmp_path),
+                                      "output_dir": str(tmp_path / "out"),
+                                      "tasks": [{"source": "cl_benchmark", "path": "t1"}]}))
+    with pytest.raises(RecipeError, match="t1' has no train.json"):
+        load_recipe(recipe)
+    recipe.write_text(recipe.read_text().replace("path: t1", "path: t2"))
+    assert main([str(recipe), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "labels.json' must be a JSON list" in err and len(err.splitlines()) == 1
+
+
+def test_stage_line_marks_the_score_before_training():
+    from slice_trl.console import stage_line
+
+    line = stage_line({"stage": 1, "task": "a", "scores": {"a": 0.5, "b": 0.25}, "init": {"method": "vanilla"}}, 3)
+    assert line.endswith("a 50.0  b 25.0 (before training)")

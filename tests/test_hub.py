@@ -268,6 +268,7 @@ def test_push_and_load_stages_in_fresh_process(hub_modes, hub_repo_name, run, tm
     assert card.data.base_model is None and card.data.license == "unknown"
     for needle in ("stage-02-beta_task", "load_stage", "merge_and_unload", "results_heatmap.png",
                    "| AP | 62.5 |", "| FP | 50.0 |", "| Forgetting | +12.5 |", "| 2 (beta_task) | 25.0 | 75.0 |",
+                   "| Last (SAPT's AP) | 50.0 |", "| FWT | n/a |",  # the field's metrics; FWT not measured
                    "| target modules | " + ", ".join(sorted(TARGETS)) + " |", "**License:** unknown",
                    f"python -m slice_trl.hub pull {repo} --stage 2 --merge"):
         assert needle in card.text, needle
