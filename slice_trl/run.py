@@ -127,8 +127,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     for task in tasks:
         fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
         why = f" ({task.info['metric_reason']})" if task.info.get("metric_reason") else ""
-        logger.info("task %s: %d train / %d eval, metric %s%s %s", task.name, len(task.train), len(task.eval),
-                    task.metric, why, fit or "")
+        logger.info("task %s: %d train / %d eval, metric %s%s %s%s", task.name, len(task.train), len(task.eval),
+                    task.metric, why, fit or "", "".join(f"; note: {n}" for n in task.info.get("notes", [])))
     if recipe.run.push_dataset_repo_id:
         from . import hub
 

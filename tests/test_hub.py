@@ -156,7 +156,8 @@ def built_run(tmp_path_factory):
         "lora": json.loads(json.dumps(lora.to_dict(), default=_json_default)),
     }))
     (out / "results.json").write_text(json.dumps({
-        "task_names": TASKS, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125}))
+        "task_names": TASKS, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125,
+        "Last": 0.5, "FWT": None}))  # two of the field's metrics (docs/benchmarks.md); FWT not measured
     (out / "results_heatmap.png").write_bytes(_png())
     return {"out": out, "base_dir": base_dir, "expected": expected}
 
