@@ -9,7 +9,8 @@ its own process with one thread, one run at a time. Arms (the same settings for 
 - ``lora_ga``, ``slice_c1.0``: the rescaled inits at the recipe's 6e-4;
 - ``slao``: Merge-before-Forget (vanilla-initialised adapters, merged in adapter space) at 6e-3, as vanilla.
 
-Resumable like bench_continual.py: a finished run's summary (R, base row, scores before training,
+The base row R_0 (the untrained model on every task) is scored by the first run and copied to the
+others (the trainer checks that the tasks and evaluation settings match). Resumable like bench_continual.py: a finished run's summary (R, base row, scores before training,
 every metric, per-stage timings, settings) goes to ``<results>/<benchmark>/runs/<arm>_seed<S>.json``
 (committed); a run whose summary is there with the same settings is not run again, an unfinished
 run folder resumes from its last finished stage. After every finished run `slice_trl.compare` writes
@@ -30,7 +31,7 @@ import hashlib
 import json
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
 import time
@@ -94,6 +95,12 @@ def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs
         return {"ok": True, "reused": True}
     out = runs / bench / f"{arm}_seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    # R_0 is the same untrained model on the same tasks for every arm: copy it from a finished run (the
+    # trainer reuses it only when the tasks and evaluation settings match, and rescores otherwise)
+    shared = sorted(p for p in (runs / bench).glob("*/base/record.json") if p.parent.parent != out)
+    if shared and not (out / "base" / "record.json").is_file():
+        (out / "base").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared[0], out / "base" / "record.json")
     cmd = [sys.executable, "-m", "slice_trl.run", str(recipe), "--data_dir", str(SHARED / BENCHMARKS[bench]["data"]),
            *ARMS[arm], *extra, "--seed", str(seed), "--init.seed", str(seed), "--output_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
