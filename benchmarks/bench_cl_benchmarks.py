@@ -10,7 +10,9 @@ its own process with one thread, one run at a time. Arms (the same settings for 
 - ``slao``: Merge-before-Forget (vanilla-initialised adapters, merged in adapter space) at 6e-3, as vanilla.
 
 The base row R_0 (the untrained model on every task) is scored by the first run and copied to the
-others (the trainer checks that the tasks and evaluation settings match). Resumable like bench_continual.py: a finished run's summary (R, base row, scores before training,
+others (the trainer checks that the tasks and evaluation settings match).
+
+Resumable like bench_continual.py: a finished run's summary (R, base row, scores before training,
 every metric, per-stage timings, settings) goes to ``<results>/<benchmark>/runs/<arm>_seed<S>.json``
 (committed); a run whose summary is there with the same settings is not run again, an unfinished
 run folder resumes from its last finished stage. After every finished run `slice_trl.compare` writes
@@ -125,7 +127,8 @@ def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs
 
 def stage_table(runs: list[dict]) -> str:
     """Seconds per stage, run by run: init, train, eval, and the task evaluations of that stage."""
-    lines = ["| arm | stage | init s | train s | eval s | tasks scored | eval s per task |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | stage | init s | train s | eval s | tasks scored | eval s per task |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         for i, (t, n) in enumerate(zip(r["timings"], r.get("tasks_evaluated") or [None] * len(r["timings"]))):
             per = f"{t['eval'] / n:.1f}" if n else "–"

@@ -202,7 +202,7 @@ def dry_run_report(recipe: Recipe) -> list[str]:
     from .evaluation.schedule import task_evaluations
 
     notes = check_recipe(recipe)
-    loaded = {t.name: t for t in recipe.load_tasks(local_only=True)}  # reads every local task file: bad data fails here
+    loaded = {t.name: t for t in recipe.load_tasks(local_only=True)}  # reads every local task file: bad data fails
     state = check_previous_run(recipe)
     n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
     ev = recipe.training.evaluation

@@ -310,7 +310,8 @@ class ResultsMatrix:
             footer = (f"AP {_x100(self.ap(), digits)}  FP {_x100(self.fp(), digits)}  "
                       f"Fgt {_x100(self.forgetting(), digits, '+')}  (x100, after stage {self.completed})")
             if self.base is not None:
-                footer += f"  learned {_x100(self.learned(), digits, '+')}  retained {_x100(self.retained(), digits, '+')}"
+                footer += (f"  learned {_x100(self.learned(), digits, '+')}  "
+                           f"retained {_x100(self.retained(), digits, '+')}")
             field = field_metrics(self._rows, self.base, self.upcoming)
             footer += "\n" + "  ".join(f"{FIELD_METRICS[k]} {_x100(v, digits, '+' if 'WT' in k else '')}"
                                        for k, v in field.items() if k != "BWT_SAPT")  # BWT (SAPT) = -Fgt

@@ -155,10 +155,21 @@ def test_superni15_task_uses_the_benchmarks_own_split():
     assert len(capped.train) == 10 and len(capped.eval) == 43 and "fewer than max_eval=200" in capped.info["notes"][0]
 
 
+def test_off_label_predictions_are_counted_and_score_zero():
+    from test_trainer import constant_task
+
+    from slice_trl.evaluation import evaluate_task
+    from slice_trl.testing import tiny_llama, tiny_tokenizer
+
+    task = constant_task("yn", "yes", n_train=2, n_eval=6)
+    task.metric, task.info["labels"] = "sni_exact_match", ["Yes", "no"]
+    score = evaluate_task(tiny_llama(seed=1), tiny_tokenizer(), task, EvalConfig(max_samples=6, max_new_tokens=4))
+    outside = [p for p in score.predictions if sni_normalize(p["prediction"]) not in ("yes", "no")]
+    assert score.off_label == len(outside) and all(p["score"] == 0.0 for p in outside)
+
+
 @needs_data
 def test_label_task_and_off_label_count():
-    from slice_trl.evaluation.generation import TaskScore  # noqa: F401  (off_label lives there)
-
     task = build_task(TaskSpec(source="cl_benchmark", path=str(SHARED / "long_sequence"), task="cb", max_eval=4))
     assert task.metric == "sni_exact_match" and task.info["labels"] == ["entailment", "contradiction", "neutral"]
     assert len(task.eval) == 4 and task.eval[0]["prompt"][0]["content"].endswith("\nOutput: ")

@@ -248,7 +248,8 @@ def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, a
     every = [{"i": i, "prediction": p, "reference": r, "score": float(s)}
              for i, (p, r, s) in enumerate(zip(predictions, references, scores))]
     labels = task.info.get("labels")  # a label task: an answer outside its label set is wrong, and counted
-    off = None if labels is None else sum(sni_normalize(p) not in {sni_normalize(x) for x in labels} for p in predictions)
+    allowed = None if labels is None else {sni_normalize(x) for x in labels}
+    off = None if allowed is None else sum(sni_normalize(p) not in allowed for p in predictions)
     return TaskScore(task=task.name, metric=task.metric, score=sum(scores) / n, n=n, samples=samples,
                      predictions=every, off_label=off)
 

@@ -55,7 +55,8 @@ BENCHMARKS = {b.name: b for b in (
                   "order1": _sni("1572 363 1290 181 002 1510 639 1729 073 1590 748 511 591 1687 875"),
                   "order2": _sni("748 073 1590 639 1572 1687 591 363 1510 1729 181 511 002 1290 875")}),
     Benchmark("long_sequence", "Long Sequence, 15 tasks (O-LoRA, EMNLP 2023; orders of SAPT)", "cl_benchmark",
-              "sni_exact_match", SAPT.format(folder="Long_Sequence"), "long_sequence (5 of its 15 tasks: cb, copa, wic, boolq, mnli)", {
+              "sni_exact_match", SAPT.format(folder="Long_Sequence"),
+              "long_sequence (5 of its 15 tasks: cb, copa, wic, boolq, mnli)", {
                   "order3": tuple("mnli cb wic copa qqp boolq rte imdb yelp amazon sst2 dbpedia agnews multirc "
                                   "yahoo".split()),
                   "order4": tuple("yelp amazon mnli cb copa qqp rte imdb sst2 dbpedia agnews yahoo multirc boolq "
@@ -102,7 +103,8 @@ def lookup(name) -> tuple[Benchmark, str]:
     orders = BENCHMARKS[bench].orders
     if order not in orders:
         known = [f"{bench}/{o}" for o in orders]
-        raise ValueError(f"sequence={name!r}: {bench} has no order {order!r}.{suggest(name, known)} Its orders: {known}.")
+        raise ValueError(f"sequence={name!r}: {bench} has no order {order!r}.{suggest(name, known)} "
+                         f"Its orders: {known}.")
     return BENCHMARKS[bench], order
 
 
