@@ -128,10 +128,11 @@ def test_sequences_lookup_and_errors():
     assert all(e["max_train"] == 8 and e["metric"] == "sni_exact_match" for e in entries)
 
 
-@pytest.mark.parametrize("name", ["g1", "g2", "opp1", "opp2", "opp3"])
-def test_ni_seq_orders_equal_the_recipes(name):
-    recipe = yaml.safe_load((ROOT / "recipes" / f"ni_seq_{name}.yaml").read_text())
-    assert tuple(t["path"] for t in recipe["tasks"]) == BENCHMARKS["ni_seq"].orders[name]
+@pytest.mark.parametrize("bench, order, recipe", [("ni_seq", n, f"ni_seq_{n}") for n in ("g1", "g2", "opp1", "opp2",
+                                                                                      "opp3")] + [("trace", "order1", "trace")])
+def test_paper_orders_equal_the_paper_recipes(bench, order, recipe):
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    assert tuple(t["path"] for t in recipe["tasks"]) == BENCHMARKS[bench].orders[order]
 
 
 def test_benchmark_recipes_name_their_sequence():
