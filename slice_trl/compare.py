@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import stages
 from .integrity import RUN_JSON
+from .cl_metrics import FIELD_METRICS
 from .results import ResultsMatrix, write_json_atomic
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
@@ -150,7 +151,7 @@ def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
         if not done:
             continue
         row = {"seeds": [r["seed"] for r in done]}
-        for m in METRICS:
+        for m in METRICS + tuple(FIELD_METRICS):  # a metric n/a in any run is left out ("n/a" in the table)
             if all(r.get(m) is not None for r in done):
                 row[m] = mean_sd([100 * r[m] for r in done])
         gates = [g for r in done for g in (r.get("gate") or []) if g and g.get("cosine") is not None]
@@ -178,7 +179,11 @@ def mean_matrix(runs: list[dict]) -> ResultsMatrix:
     names = runs[0]["task_names"]
     out = ResultsMatrix(names)
     for i in range(min(len([row for row in r["R"] if row[0] is not None]) for r in runs)):
-        out.set_row(i, [statistics.fmean(r["R"][i][j] for r in runs) for j in range(i + 1)])
+        cells = [[r["R"][i][j] for r in runs if r["R"][i][j] is not None] for j in range(i + 1)]
+        out.set_row(i, [statistics.fmean(c) if c else None for c in cells])  # None: unscored (evaluation.every)
+    for i in range(1, len(names)):  # the scores before training (score_upcoming), where every run has one
+        if all((r.get("upcoming") or [None] * len(names))[i] is not None for r in runs):
+            out.upcoming[i] = statistics.fmean(r["upcoming"][i] for r in runs)
     if all(r.get("base") for r in runs):
         out.set_base([statistics.fmean(r["base"][j] for r in runs) for j in range(len(names))])
     return out
@@ -205,6 +210,13 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
     incomplete = [f"{r['label']} seed {r['seed']}" for runs in arms.values() for r in runs if not r.get("complete", True)]
     if incomplete:
         text += ["", f"Not complete (left out above): {', '.join(incomplete)}."]
+    field = [k for k in FIELD_METRICS if any(k in row for row in summary.values())]
+    if field:  # the field's metrics (docs/benchmarks.md); n/a: not measurable in some run (e.g. FWT without R_0)
+        text += ["", "| arm | seeds | " + " | ".join(FIELD_METRICS[k] for k in FIELD_METRICS) + " |",
+                 "|---|---|" + "---|" * len(FIELD_METRICS)]
+        text += [f"| {label} | {len(row['seeds'])} | " + " | ".join(
+            _fmt(row[k], len(row["seeds"])) if k in row else "n/a" for k in FIELD_METRICS) + " |"
+            for label, row in summary.items()]
     if pairs:
         text += ["", "| paired difference | seeds | per seed | mean ± sd |", "|---|---|---|---|"]
         for p in pairs:
@@ -284,8 +296,8 @@ def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, ...]] = ()
                          title=f"{label}: % of the base model (mean over {len(done)} seeds)")
     fp_vs_ap(summary, out / f"{prefix}fp_vs_ap.png", title or "Stability vs plasticity", reference or {})
     payload = {"task_names": names, "summary": summary, "pairs": pair_rows,
-               "runs": {label: [{k: r.get(k) for k in ("seed", "R", "base", *METRICS, "gate", "complete")}
-                                for r in rs] for label, rs in arms.items()}}
+               "runs": {label: [{k: r.get(k) for k in ("seed", "R", "base", "upcoming", *METRICS, *FIELD_METRICS,
+                                                       "gate", "complete")} for r in rs] for label, rs in arms.items()}}
     write_json_atomic(out / f"{prefix}compare.json", payload)
     return {**payload, "text": text}
 

@@ -84,7 +84,10 @@ def stage_line(record: dict, n_stages: int) -> str:
         c = (surgery or {}).get("c")
         why = "no earlier task" if record.get("stage") == 1 else "c = 0" if c == 0 else "no replay batches"
         what += f", projection not applied ({why})"
-    scores = "  ".join(f"{name} {100 * s:.1f}" for name, s in record.get("scores", {}).items() if s is not None)
+    names = list(record.get("scores", {}))  # seen tasks in order, then the next one (evaluation.score_upcoming)
+    after = names[names.index(record.get("task")) + 1:] if record.get("task") in names else []
+    scores = "  ".join(f"{name} {100 * s:.1f}" + (" (before training)" if name in after else "")
+                       for name, s in record.get("scores", {}).items() if s is not None)
     general = ""
     if record.get("general"):  # GP/IP measured after this stage (the last one, or every one when asked)
         general = f"  {change_text(record['general'])}"

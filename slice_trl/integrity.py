@@ -54,6 +54,8 @@ IGNORED_KEYS = frozenset({
 # Fields of earlier versions that were removed without ever changing a result: left out of a stored
 # fingerprint when it is compared, so a run made before their removal still resumes.
 RETIRED_KEYS = frozenset({"merge_after_task"})  # never read: every stage merged into the base
+# Keys added later, with their defaults: a run recorded before they existed ran with the default.
+ADDED_KEYS = {"evaluation.every": 1, "evaluation.score_upcoming": False}
 
 
 # Environment variables a recipe's ``env:`` may not set: where the Hub token is read from or
@@ -215,7 +217,7 @@ def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
     missing = object()
     out = []
     for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:
-        va, vb = a.get(key, missing), b.get(key, missing)
+        va, vb = a.get(key, ADDED_KEYS.get(key, missing)), b.get(key, missing)
         if va != vb:
             out.append(f"{key}: {'(unset)' if va is missing else repr(va)} -> {'(unset)' if vb is missing else repr(vb)}")
     return out

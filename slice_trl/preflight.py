@@ -210,15 +210,23 @@ def dry_run_report(recipe: Recipe) -> list[str]:
     """``--dry-run``: every check of a real run that needs no model weights (the checks above, each
     local task file read and split, output_dir's previous run), then what the run would do, as
     the lines to print. Raises `RecipeError` on the first problem."""
+    from .evaluation.schedule import task_evaluations
+
     notes = check_recipe(recipe)
-    recipe.load_tasks(local_only=True)  # reads every local task file: bad data fails here
+    loaded = {t.name: t for t in recipe.load_tasks(local_only=True)}  # reads every local task file: bad data fails
     state = check_previous_run(recipe)
     n_tasks = len(recipe.task_specs) + len(recipe.missing_data)  # tasks without local data are listed below
+    ev = recipe.training.evaluation
     lines = [f"Recipe OK: {n_tasks} tasks, init={recipe.training.init.method}, "
-             f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}"]
+             f"model={recipe.model.model_name_or_path}, output_dir={recipe.training.output_dir}",
+             f"Evaluation: {task_evaluations(n_tasks, ev)} task evaluations of up to {ev.max_samples} examples "
+             f"(every={ev.every}, score_upcoming={ev.score_upcoming}, score_base={ev.score_base})"]
     for i, s in enumerate(recipe.task_specs):
         where = f"path={s.path}" if s.path else f"dataset_id={s.dataset_id}" if s.dataset_id else ""
-        lines.append(f"  {i + 1}. {s.display_name}: source={s.source} {where}".rstrip())
+        task = loaded.get(s.display_name)
+        sizes = f", train {len(task.train)}, eval {len(task.eval)}, metric {task.metric}" if task else ""
+        lines.append(f"  {i + 1}. {s.display_name}: source={s.source} {where}{sizes}".rstrip())
+        notes += [f"{s.display_name}: {n}" for n in (task.info.get("notes", []) if task else [])]
     if recipe.missing_data:
         lines.append(f"Task data not on this machine ({len(recipe.missing_data)}); a real run needs it (set --data_dir):")
         lines += [f"  {m}" for m in recipe.missing_data]

@@ -276,7 +276,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
                           "if you mean to.")
 
     known = flat_fields()
-    allowed = set(known) | set(SECTIONS) | {"tasks"}
+    allowed = set(known) | set(SECTIONS) | {"tasks", "sequence"}
     for key in merged:
         if key not in allowed:
             raise RecipeError(f"{where}: unknown key {key!r}.{suggest(key, allowed)} Run `python -m slice_trl.run "
@@ -302,7 +302,16 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         except ValueError as err:
             raise RecipeError(f"{where}: {name}: {err}") from None
 
-    tasks = merged.pop("tasks", None)
+    sequence, tasks = merged.pop("sequence", None), merged.pop("tasks", None)
+    if sequence is not None:  # a named benchmark order (slice_trl.tasks.sequences) instead of a task list
+        from .tasks.sequences import expand_sequence
+
+        if tasks:
+            raise RecipeError(f"{where}: give either 'sequence' ({sequence!r}) or 'tasks', not both.")
+        try:
+            tasks = expand_sequence(sequence)
+        except ValueError as err:
+            raise RecipeError(f"{where}: {err}") from None
     if not tasks:
         raise RecipeError(f"{where}: 'tasks' is missing or empty. Add a list of tasks, e.g.\n"
                           "tasks:\n  - {name: first, source: builtin}\n  - {name: last, source: builtin}")
@@ -356,7 +365,8 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from None
     model.use_peft = True
-    return Recipe(Path(path) if path else None, {**merged, "tasks": tasks}, run_args, training, model, specs, missing)
+    raw_out = {**merged, **({"sequence": sequence} if sequence is not None else {}), "tasks": tasks}
+    return Recipe(Path(path) if path else None, raw_out, run_args, training, model, specs, missing)
 
 
 def help_text() -> str:

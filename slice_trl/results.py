@@ -16,55 +16,24 @@ task before stage 1, `set_base`) adds what training changed relative to the untr
 - learned  = mean_{i <= t} (R[i][i] - R_0[i])   what each task gained while it was trained
 - retained = mean_{j <= t} (R[t][j] - R_0[j])   what is left of those gains after stage t
 
-(GEM's forward transfer, R[i-1][i] - R_0[i], needs the score on a task *before* it is trained,
-above R's diagonal, which the loop does not measure.)
+The field's metrics (Last, Avg, BWT, FWT, F.Ra; `slice_trl.cl_metrics`, docs/benchmarks.md) are in
+`summary()` too. FWT needs the score of task i before it is trained, R[i-1][i], kept apart from the
+lower-triangular R in `upcoming` (``evaluation.score_upcoming``). A cell below the diagonal of a
+completed row may be ``None``: not scored at that stage (``evaluation.every``), listed by `unscored`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .cl_metrics import FIELD_METRICS, field_metrics, last
+from .jsonio import write_json_atomic  # re-exported: the package imports it from here
 from .settings import duplicate_names
 
 __all__ = ["ResultsMatrix", "write_json_atomic"]
-
-
-def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` so that a reader sees either the old file or the whole
-    new one: write a temporary file in the same directory, fsync it, then ``os.replace`` it onto
-    ``path`` (atomic on POSIX and Windows within one file system). The directory is fsynced too
-    where the platform allows, so the rename itself survives a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent, ensure_ascii=False, allow_nan=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable; not possible on every OS (e.g. Windows)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -100,6 +69,7 @@ class ResultsMatrix:
         self.task_names = names
         self._rows: list[list[float]] = []
         self.base: list[float] | None = None  # R_0, one score per task (all T), or None
+        self.upcoming: dict[int, float] = {}  # {i: R[i-1][i]}, task i scored before it was trained
 
     # ------------------------------------------------------------------ filling
     @property
@@ -142,11 +112,30 @@ class ResultsMatrix:
             if len(values) != i + 1:
                 raise ValueError(f"Row {i} ({self.task_names[i]!r}) needs exactly {i + 1} scores (tasks 0..{i}), "
                                  f"got {len(values)}. Entries above the diagonal are not measured.")
-        row = [_score(name, v, f"row {i}") for name, v in zip(seen, values)]
+        if values[i] is None:
+            raise ValueError(f"Row {i} ({self.task_names[i]!r}) needs a score on its own task (the diagonal).")
+        # None below the diagonal: a cell not scored at this stage (evaluation.every)
+        row = [None if v is None else _score(name, v, f"row {i}") for name, v in zip(seen, values)]
         if i == self.completed:
             self._rows.append(row)
         else:
             self._rows[i] = row
+
+    def record_stage(self, i: int, scores: Mapping[str, float]) -> None:
+        """Row i from a stage's {task: score}: tasks 0..i it lacks are unscored (``evaluation.every``;
+        task i is required), task i + 1 goes to `upcoming` (``evaluation.score_upcoming``)."""
+        nxt = self.task_names[i + 1] if i + 1 < self.num_tasks else None
+        extra = sorted(set(scores) - set(self.task_names[: i + 1]) - {nxt})
+        if extra:
+            raise ValueError(f"Stage {i} cannot score {extra}: only tasks 0..{i} and the next one.")
+        self.set_row(i, {n: scores.get(n) for n in self.task_names[: i + 1]})
+        if nxt in scores:
+            self.upcoming[i + 1] = _score(nxt, scores[nxt], f"row {i} (upcoming)")
+
+    @property
+    def unscored(self) -> list[tuple[int, int]]:
+        """(i, j) of every cell of a completed row left unscored (``evaluation.every``)."""
+        return [(i, j) for i, row in enumerate(self._rows) for j, v in enumerate(row) if v is None]
 
     def set_base(self, scores: Mapping[str, float] | Sequence[float]) -> None:
         """Set R_0: the base model's score on every task (all T of them) before stage 1, as a list
@@ -188,14 +177,16 @@ class ResultsMatrix:
         t = self._require_rows("AP")
         return _mean([self._rows[i][i] for i in range(t + 1)])
 
-    def fp(self) -> float:
-        """Final performance after the last completed stage t: mean_{j <= t} R[t][j]."""
-        t = self._require_rows("FP")
-        return _mean(self._rows[t])
+    def fp(self) -> float | None:
+        """Final performance after the last completed stage t: mean_{j <= t} R[t][j] (None when row t
+        has an unscored cell, ``evaluation.every``)."""
+        self._require_rows("FP")
+        return last(self._rows)
 
-    def forgetting(self) -> float:
-        """AP - FP (positive = forgetting; negative = backward transfer)."""
-        return self.ap() - self.fp()
+    def forgetting(self) -> float | None:
+        """AP - FP (positive = forgetting; negative = backward transfer); None when FP is."""
+        fp = self.fp()
+        return None if fp is None else self.ap() - fp
 
     def _require_base(self, what: str) -> int:
         if self.base is None:
@@ -212,7 +203,8 @@ class ResultsMatrix:
         """mean_{j <= t} (R[t][j] - R_0[j]): the final model's mean gain over the base model on the
         tasks seen so far (FP minus the base's mean over the same tasks)."""
         t = self._require_base("retained")
-        return _mean([self._rows[t][j] - self.base[j] for j in range(t + 1)])
+        fp = self.fp()
+        return None if fp is None else fp - _mean(self.base[: t + 1])
 
     def relative_to_base(self) -> list[list[float | None]]:
         """T x T: R[i][j] / R_0[j] (1.0 = the base model's score); ``None`` where R is unmeasured
@@ -224,17 +216,18 @@ class ResultsMatrix:
 
     def per_task_forgetting(self) -> dict[str, float]:
         """For each task j seen before the last completed stage t (j < t): the best score it had
-        at an earlier stage minus its score now, max_{j <= i < t} R[i][j] - R[t][j]. Tasks
-        without an earlier measurement (j == t) are left out."""
+        at an earlier stage minus its score now, max_{j <= i < t} R[i][j] - R[t][j] (over the scored
+        cells). Tasks without an earlier measurement (j == t) or unscored now are left out."""
         if self.completed == 0:
             return {}
-        t = self.completed - 1
-        return {self.task_names[j]: max(self._rows[i][j] for i in range(j, t)) - self._rows[t][j]
-                for j in range(t)}
+        t, R = self.completed - 1, self._rows
+        return {self.task_names[j]: max(R[i][j] for i in range(j, t) if R[i][j] is not None) - R[t][j]
+                for j in range(t) if R[t][j] is not None}
 
     def summary(self) -> dict:
         """{"AP", "FP", "forgetting", "per_task_forgetting"} on the completed prefix (None
-        values before the first stage)."""
+        values before the first stage), and the field's metrics of `cl_metrics.FIELD_METRICS`
+        (Last, Avg, BWT, BWT_SAPT, FWT, F_Ra; None = n/a)."""
         if self.completed == 0:
             out = {"AP": None, "FP": None, "forgetting": None, "per_task_forgetting": {}}
         else:
@@ -243,15 +236,21 @@ class ResultsMatrix:
         if self.base is not None:
             out.update(learned=self.learned() if self.completed else None,
                        retained=self.retained() if self.completed else None)
-        return out
+        return {**out, **field_metrics(self._rows, self.base, self.upcoming)}
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         """``{"task_names": [...], "R": T x T list with None (JSON null) where unmeasured,
-        "completed": int}``, plus ``"base"`` (R_0, a list of T scores) when it is set."""
+        "completed": int}``, plus ``"base"`` (R_0, a list of T scores) when it is set, ``"upcoming"``
+        (T entries: task i's score before it was trained, R[i-1][i], else null) when any was scored,
+        and ``"unscored"`` ([i, j] cells of completed rows not scored) when any was left out."""
         out = {"task_names": list(self.task_names), "R": self.matrix, "completed": self.completed}
         if self.base is not None:
             out["base"] = list(self.base)
+        if self.upcoming:
+            out["upcoming"] = [self.upcoming.get(i) for i in range(self.num_tasks)]
+        if self.unscored:
+            out["unscored"] = [list(ij) for ij in self.unscored]
         return out
 
     @classmethod
@@ -268,14 +267,17 @@ class ResultsMatrix:
             above = [j for j in range(i + 1, len(row)) if row[j] is not None]
             if above:
                 raise ValueError(f"R[{i}] has values above the diagonal at columns {above}; R is lower-triangular.")
-            if row[: i + 1] == [None] * (i + 1):
-                # an unset row; everything after it must be unset too
-                if any(any(v is not None for v in later) for later in R[i + 1:]):
-                    raise ValueError(f"R row {i} is unset but later rows are set.")
+            if i >= len(row) or row[i] is None:
+                # an unset row (no diagonal score); it and everything after it must be unset
+                if any(any(v is not None for v in later) for later in R[i:]):
+                    raise ValueError(f"R row {i} has no diagonal score but scores elsewhere in it or later rows.")
                 break
             out.set_row(i, row[: i + 1])
         if data.get("base") is not None:
             out.set_base(data["base"])
+        for i, v in enumerate(data.get("upcoming") or []):
+            if v is not None:
+                out.upcoming[i] = _score(out.task_names[i], v, "upcoming")
         completed = data.get("completed")
         if completed is not None and completed != out.completed:
             raise ValueError(f"'completed'={completed} but R has {out.completed} set rows.")
@@ -297,16 +299,22 @@ class ResultsMatrix:
         # characters, too wide to head a column each.
         headers = ["after stage \\ on task"] + [str(j + 1) for j in range(self.num_tasks)]
         rows = [["0. base"] + [f"{100 * v:.{digits}f}" for v in self.base]] if self.base is not None else []
-        for i in range(self.completed):
+        for i in range(self.completed):  # "-": not scored at this stage; (x): scored before it was trained
             rows.append([f"{i + 1}. {self.task_names[i]}"] + [
-                f"{100 * v:.{digits}f}" if (v := self[i, j]) is not None else "" for j in range(self.num_tasks)])
+                f"{100 * v:.{digits}f}" if (v := self[i, j]) is not None else "-" if j <= i else
+                f"({100 * self.upcoming[j]:.{digits}f})" if j == i + 1 and j in self.upcoming else ""
+                for j in range(self.num_tasks)])
         rows += [[f"{i + 1}. {self.task_names[i]}"] + [""] * self.num_tasks
                  for i in range(self.completed, self.num_tasks)]
         if self.completed:
-            footer = (f"AP {100 * self.ap():.{digits}f}  FP {100 * self.fp():.{digits}f}  "
-                      f"Fgt {100 * self.forgetting():+.{digits}f}  (x100, after stage {self.completed})")
+            footer = (f"AP {_x100(self.ap(), digits)}  FP {_x100(self.fp(), digits)}  "
+                      f"Fgt {_x100(self.forgetting(), digits, '+')}  (x100, after stage {self.completed})")
             if self.base is not None:
-                footer += f"  learned {100 * self.learned():+.{digits}f}  retained {100 * self.retained():+.{digits}f}"
+                footer += (f"  learned {_x100(self.learned(), digits, '+')}  "
+                           f"retained {_x100(self.retained(), digits, '+')}")
+            field = field_metrics(self._rows, self.base, self.upcoming)
+            footer += "\n" + "  ".join(f"{FIELD_METRICS[k]} {_x100(v, digits, '+' if 'WT' in k else '')}"
+                                       for k, v in field.items() if k != "BWT_SAPT")  # BWT (SAPT) = -Fgt
         else:
             footer = "no completed stage yet"
         try:
@@ -394,14 +402,23 @@ class ResultsMatrix:
                             va="center", color="white" if data[i, j] < 0.6 * vmax else "black", fontsize=9)
         if title is None:
             title = "R as % of the base model" if relative else "R"
+        off = self.base is not None  # above the diagonal: task i before it was trained (raw scores only)
+        for (i, j), text in [((i - 1, i), f"({100 * v:.1f})") for i, v in self.upcoming.items() if not relative] + [
+                (ij, "not\nscored") for ij in self.unscored]:
+            ax.text(j, i + off, text, ha="center", va="center", fontsize=8, style="italic", color="grey")
         if self.completed:
-            title += f"\nAP {100 * self.ap():.1f}  FP {100 * self.fp():.1f}  Fgt {100 * self.forgetting():+.1f}"
+            title += f"\nAP {_x100(self.ap())}  FP {_x100(self.fp())}  Fgt {_x100(self.forgetting(), 1, '+')}"
         ax.set_title(title)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")  # long task names: keep the axis labels in the frame
         return path
+
+
+def _x100(v: float | None, digits: int = 1, sign: str = "") -> str:
+    """A score x100 for a footer, "n/a" when it could not be computed (never 0)."""
+    return "n/a" if v is None else f"{100 * v:{sign}.{digits}f}"
 
 
 def _general_panel(fig, ax, general: Mapping[int, Mapping], T: int) -> None:

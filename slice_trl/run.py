@@ -9,7 +9,8 @@ finished stages of ``output_dir`` that are not on the Hub yet, and task splits w
 exits 1 when something is still not on the Hub), ``--overwrite`` (start over: move the whole
 previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``; the same as
 ``--resume false``), ``--verbose`` (library logs and progress bars as they come),
-``--help`` (every recipe key with its help text).
+``--help`` (every recipe key with its help text), ``--list-sequences`` (every named benchmark
+sequence a recipe can give as ``sequence:``, its tasks and where its data comes from).
 
 A rerun in the same ``output_dir`` resumes only when everything that determines the results
 (model, LoRA, training and sub-configs, task data) is unchanged (`slice_trl.integrity`);
@@ -43,11 +44,11 @@ def __getattr__(name):
 logger = logging.getLogger("slice_trl")
 
 USAGE = ("usage: python -m slice_trl.run RECIPE.yaml [--dry-run] [--push-only] [--overwrite] [--verbose] "
-         "[--key value ...] [--section.key value ...]")
+         "[--key value ...] [--section.key value ...] | --list-sequences")
 
 
 def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
-    flags = {"--dry-run", "--push-only", "--help", "-h", "--overwrite", "--verbose"}
+    flags = {"--dry-run", "--push-only", "--help", "-h", "--overwrite", "--verbose", "--list-sequences"}
     return [a for a in argv if a not in flags], {a for a in argv if a in flags}
 
 
@@ -126,8 +127,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     for task in tasks:
         fit = {k: v for k, v in task.info.items() if k in ("shortened", "dropped")}
         why = f" ({task.info['metric_reason']})" if task.info.get("metric_reason") else ""
-        logger.info("task %s: %d train / %d eval, metric %s%s %s", task.name, len(task.train), len(task.eval),
-                    task.metric, why, fit or "")
+        logger.info("task %s: %d train / %d eval, metric %s%s %s%s", task.name, len(task.train), len(task.eval),
+                    task.metric, why, fit or "", "".join(f"; note: {n}" for n in task.info.get("notes", [])))
     if recipe.run.push_dataset_repo_id:
         from . import hub
 
@@ -186,6 +187,11 @@ def _apply_env_early(path: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, flags = _split_flags(argv)
+    if "--list-sequences" in flags:
+        from .tasks.sequences import describe
+
+        print(describe())
+        return 0
     if flags & {"--help", "-h"} or not rest:
         from .recipe import help_text
 

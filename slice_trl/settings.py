@@ -191,6 +191,17 @@ class EvalConfig(FromDict):
         metadata={"help": "Score the base model on every task before stage 1 (the base row R_0 of R), stored in "
                   "output_dir/base/record.json and reused on resume."},
     )
+    every: int = field(
+        default=1,
+        metadata={"help": "Score every seen task after every k-th stage and after the last one; the other stages "
+                  "score only the task just trained (R's diagonal), the rest of their row is marked unscored. "
+                  "1 = every stage: T(T+1)/2 task evaluations for T tasks (120 for 15)."},
+    )
+    score_upcoming: bool = field(
+        default=False,
+        metadata={"help": "After each stage also score the next task before it is trained (R[i-1][i], one more "
+                  "task evaluation per stage, T-1 in all): needed for FWT, with score_base for R_0."},
+    )
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={"help": "lm-evaluation-harness tasks for GP (0-shot) and IP (few-shot), scored for the base model "
@@ -229,8 +240,12 @@ class EvalConfig(FromDict):
         for name in ("max_samples", "batch_size", "max_new_tokens", "max_input_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{n}.{name}={getattr(self, name)!r} must be >= 1.")
-        if not isinstance(self.score_base, bool):
-            raise ValueError(f"{n}.score_base={self.score_base!r} must be true or false.")
+        for name in ("score_base", "score_upcoming"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{n}.{name}={getattr(self, name)!r} must be true or false.")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"{n}.every={self.every!r} must be an integer >= 1 (score all seen tasks every k "
+                             "stages; 1 = every stage).")
         if int(self.lm_eval_num_fewshot) < 0:
             raise ValueError(f"{n}.lm_eval_num_fewshot must be >= 0.")
         if isinstance(self.lm_eval_tasks, str):  # a single task name from the command line

@@ -59,10 +59,12 @@ def parse_stage_dirname(name: str) -> tuple[int, str] | None:
 
 
 def score_fields(scores: dict) -> dict:
-    """{task: TaskScore} -> the "scores", "n_scored", "samples" and "predictions" (every scored
-    example) entries of a stage or base record."""
+    """{task: TaskScore} -> the "scores", "n_scored", "samples", "predictions" (every scored
+    example) and, for label tasks, "off_label" (predictions outside the label set) entries of a
+    stage or base record."""
+    off = {n: s.off_label for n, s in scores.items() if s.off_label is not None}
     return {"scores": {n: s.score for n, s in scores.items()}, "n_scored": {n: s.n for n, s in scores.items()},
-            "samples": {n: s.samples for n, s in scores.items()},
+            "samples": {n: s.samples for n, s in scores.items()}, **({"off_label": off} if off else {}),
             "predictions": {n: s.predictions for n, s in scores.items()}}
 
 

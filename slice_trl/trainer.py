@@ -34,7 +34,7 @@ from trl import SFTTrainer
 from . import console, distributed, integrity, stages
 from .batching import sample_batches
 from .config import ContinualSFTConfig
-from .evaluation import evaluate_general, evaluate_task
+from .evaluation import evaluate_general, evaluate_task, tasks_to_score
 from .initializers import InitReport, build_initializer, warn_if_far_from_paper
 from .lora import ADAPTER
 from .replay import ReplaySampleProvider, stage_seed
@@ -245,11 +245,12 @@ class ContinualSFTTrainer(SFTTrainer):
             self.model_wrapped = self.model
 
     def evaluate_seen_tasks(self, t: int) -> dict:
-        """Score every task seen so far; returns {task name: TaskScore}."""
+        """Score the tasks of stage t: every seen one, or task t alone between ``evaluation.every`` stages, and
+        task t + 1 with ``score_upcoming`` (`evaluation.schedule`); returns {task name: TaskScore}."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(self.tasks[:t + 1], desc="eval", leave=False,
-                   disable=not (self.accelerator.is_main_process and console.bars_enabled()))
+        todo = [self.tasks[j] for j in tasks_to_score(t, len(self.tasks), self.args.evaluation)]
+        bar = tqdm(todo, desc="eval", leave=False, disable=not (self.accelerator.is_main_process and console.bars_enabled()))
         return {task.name: evaluate_task(self.model, self.processing_class, task, self.args.evaluation,
                                          accelerator=self.accelerator)
                 for task in bar}
@@ -287,8 +288,8 @@ class ContinualSFTTrainer(SFTTrainer):
         if not self.args.evaluation.score_base:
             return None
         identity = {"task_names": [t.name for t in self.tasks],
-                    "evaluation": {k: v for k, v in self.args.evaluation.to_dict().items()
-                                   if not k.startswith("lm_eval")}}
+                    "evaluation": {k: v for k, v in self.args.evaluation.to_dict().items()  # not what R_0 needs:
+                                   if not k.startswith("lm_eval") and k not in ("every", "score_upcoming")}}
 
         def measure() -> dict:
             t0 = time.perf_counter()
@@ -330,7 +331,7 @@ class ContinualSFTTrainer(SFTTrainer):
             if self.strategy is None or self.strategy.merge == "base":
                 self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
             record = stages.read_record(path)
-            results.set_row(t, record["scores"])
+            results.record_stage(t, record["scores"])
             records.append(record)
             logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
         if self.strategy is not None and done:
@@ -413,7 +414,7 @@ class ContinualSFTTrainer(SFTTrainer):
             t0 = time.perf_counter()
             scores = self.evaluate_seen_tasks(t)
             timings["eval"] = time.perf_counter() - t0
-            results.set_row(t, {name: s.score for name, s in scores.items()})
+            results.record_stage(t, {name: s.score for name, s in scores.items()})
             record = self._stage_record(t, report, train_out, scores, results, timings, replay_sizes)
             if self.args.evaluation.general_every_stage or t == len(self.tasks) - 1:
                 t0 = time.perf_counter()

@@ -156,7 +156,8 @@ def built_run(tmp_path_factory):
         "lora": json.loads(json.dumps(lora.to_dict(), default=_json_default)),
     }))
     (out / "results.json").write_text(json.dumps({
-        "task_names": TASKS, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125}))
+        "task_names": TASKS, "R": [[0.5, None], [0.25, 0.75]], "AP": 0.625, "FP": 0.5, "forgetting": 0.125,
+        "Last": 0.5, "FWT": None}))  # two of the field's metrics (docs/benchmarks.md); FWT not measured
     (out / "results_heatmap.png").write_bytes(_png())
     return {"out": out, "base_dir": base_dir, "expected": expected}
 
@@ -268,6 +269,7 @@ def test_push_and_load_stages_in_fresh_process(hub_modes, hub_repo_name, run, tm
     assert card.data.base_model is None and card.data.license == "unknown"
     for needle in ("stage-02-beta_task", "load_stage", "merge_and_unload", "results_heatmap.png",
                    "| AP | 62.5 |", "| FP | 50.0 |", "| Forgetting | +12.5 |", "| 2 (beta_task) | 25.0 | 75.0 |",
+                   "| Last (SAPT's AP) | 50.0 |", "| FWT | n/a |",  # the field's metrics; FWT not measured
                    "| target modules | " + ", ".join(sorted(TARGETS)) + " |", "**License:** unknown",
                    f"python -m slice_trl.hub pull {repo} --stage 2 --merge"):
         assert needle in card.text, needle

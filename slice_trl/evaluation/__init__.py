@@ -5,6 +5,7 @@ docs/method.md, "Evaluation and metrics". One module per concern:
 - `prompts`: the prompt and reference of a record, exactly as TRL's SFTTrainer trains on them;
 - `metrics`: exact match and ROUGE-L of a prediction;
 - `generation`: batched greedy generation and `evaluate_task` (one entry of R, a `TaskScore`);
+- `schedule`: which tasks a stage scores (``evaluation.every``, ``score_upcoming``) and the cost;
 - `harness`: everything that touches lm-evaluation-harness (`evaluate_general`, `resolve_tasks`);
 - `general`: GP/IP as the paper reports them: its benchmarks, our task files and local-data
   templates (package data next to it), and the base-model comparison (`general.summarize`).
@@ -15,6 +16,7 @@ from .generation import TaskScore, evaluate_task, generate, generate_tokens
 from .harness import LMEvalDataError, evaluate_general, evaluate_general_lm, load_task, resolve_tasks
 from .metrics import exact_match, normalize_answer, rouge_l, score_predictions
 from .prompts import prompt_token_ids, reference_text, render_prompt
+from .schedule import task_evaluations, tasks_to_score
 
 __all__ = [
     "TaskScore",
@@ -34,4 +36,6 @@ __all__ = [
     "evaluate_general_lm",
     "load_task",
     "resolve_tasks",
+    "tasks_to_score",
+    "task_evaluations",
 ]

@@ -23,7 +23,7 @@ from .. import distributed
 from ..lora import eval_mode
 from ..settings import EvalConfig
 from ..tasks.base import Task
-from .metrics import score_predictions
+from .metrics import score_predictions, sni_normalize
 from .prompts import prompt_token_ids, reference_text, render_prompt
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,9 @@ class TaskScore:
     the first few ``{"prompt": str, "prediction": str, "reference": str}`` for the stage record.
     ``predictions``: every scored example, ``{"i": position in the task's held-out split,
     "prediction": str, "reference": str, "score": float}``, so a claim about what a task learned
-    (e.g. a constant answer) can be checked from the record.
+    (e.g. a constant answer) can be checked from the record. ``off_label``: for a task with a label
+    set (``task.info["labels"]``, from labels.json), how many predictions are none of its labels
+    (after `sni_normalize`; they score 0), else None.
     """
 
     task: str
@@ -221,10 +223,11 @@ class TaskScore:
     n: int
     samples: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
+    off_label: int | None = None  # label tasks (task.info["labels"]): predictions outside the label set
 
     def to_dict(self) -> dict:
         return {"task": self.task, "metric": self.metric, "score": self.score, "n": self.n, "samples": self.samples,
-                "predictions": self.predictions}
+                "predictions": self.predictions, "off_label": self.off_label}
 
 
 def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, accelerator=None) -> TaskScore:
@@ -244,5 +247,9 @@ def evaluate_task(model, tokenizer, task: Task, cfg: EvalConfig | None = None, a
                for ex, p, r in list(zip(examples, predictions, references))[:N_SAMPLES]]
     every = [{"i": i, "prediction": p, "reference": r, "score": float(s)}
              for i, (p, r, s) in enumerate(zip(predictions, references, scores))]
+    labels = task.info.get("labels")  # a label task: an answer outside its label set is wrong, and counted
+    allowed = None if labels is None else {sni_normalize(x) for x in labels}
+    off = None if allowed is None else sum(sni_normalize(p) not in allowed for p in predictions)
     return TaskScore(task=task.name, metric=task.metric, score=sum(scores) / n, n=n, samples=samples,
-                     predictions=every)
+                     predictions=every, off_label=off)
+

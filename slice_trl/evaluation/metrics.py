@@ -1,12 +1,17 @@
 """Per-example metrics of seen tasks: exact match (classification-like tasks) and ROUGE-L
-(generation tasks; also the Alpaca GP/IP benchmark's metric), each a score in [0, 1]."""
+(generation tasks; also the Alpaca GP/IP benchmark's metric), each a score in [0, 1]; and the
+scorer of the continual benchmarks SuperNI-15, Long Sequence and Standard CL as their authors run
+it (``sni_exact_match``, ``sni_rougeL``: Super-NaturalInstructions' ``compute_metrics.py``, copied
+by O-LoRA and SAPT; docs/benchmarks.md lists where it differs from ours)."""
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Sequence
 
-__all__ = ["METRIC_FUNCTIONS", "normalize_answer", "exact_match", "rouge_l", "score_predictions"]
+__all__ = ["METRIC_FUNCTIONS", "normalize_answer", "exact_match", "rouge_l", "score_predictions", "sni_normalize",
+           "sni_exact_match", "sni_rouge_l"]
 
 def normalize_answer(text: str) -> str:
     """Lower-case, strip, and collapse every run of whitespace to one space."""
@@ -49,7 +54,37 @@ def rouge_l(pred: str, ref: str) -> float:
     return float(_SCORER.score(ref, pred)["rougeL"].fmeasure)
 
 
-METRIC_FUNCTIONS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "rougeL": rouge_l}
+_PUNCTUATION = set(string.punctuation)
+
+
+def sni_normalize(text: str) -> str:
+    """The benchmarks' answer normalisation (SQuAD v1.1's without removing articles): lower-case,
+    drop every ASCII punctuation character, collapse whitespace."""
+    return " ".join("".join(ch for ch in str(text).lower() if ch not in _PUNCTUATION).split())
+
+
+def sni_exact_match(pred: str, ref: str) -> float:
+    """1.0 when `sni_normalize` of the prediction equals that of the reference (a label), else 0.0."""
+    return float(sni_normalize(pred) == sni_normalize(ref))
+
+
+_SNI_SCORER = None
+
+
+def sni_rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure as the benchmarks score it: rouge_score's default tokenizer (lower-case,
+    ``[a-z0-9]`` words) with the Porter stemmer (``use_stemmer=True``), on the raw texts."""
+    global _SNI_SCORER
+    if _SNI_SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SNI_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_SNI_SCORER.score(ref, pred)["rougeL"].fmeasure)
+
+
+METRIC_FUNCTIONS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "rougeL": rouge_l,
+                                                             "sni_exact_match": sni_exact_match,
+                                                             "sni_rougeL": sni_rouge_l}
 
 
 def score_predictions(predictions: Sequence[str], references: Sequence[str], metric: str) -> list[float]:

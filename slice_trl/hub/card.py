@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stages as layout
+from ..cl_metrics import FIELD_METRICS
 from .files import BaseModel, base_model, public_run, sorted_modules
 from .layout import finished_stages, read_json
 from .redaction import known_secrets, public, scrub
@@ -170,7 +171,7 @@ def eval_results(task_names: list[str], metrics: dict, results: dict, general: d
                 task_type="text-generation", dataset_type=dataset_repo_id or f"slice-trl/{task}", dataset_name=task,
                 dataset_config=task if dataset_repo_id else None, dataset_split="eval", metric_type=metric,
                 metric_name=f"{metric} after stage {stage} (x100)", metric_value=round(100 * value, 2)))
-        for key, name in (("AP", "AP"), ("FP", "FP"), ("forgetting", "Forgetting")):
+        for key, name in (("AP", "AP"), ("FP", "FP"), ("forgetting", "Forgetting"), *FIELD_METRICS.items()):
             value = _number(results.get(key))
             if value is not None:
                 out.append(EvalResult(
@@ -241,6 +242,9 @@ def render_model_card(
     summary = [{"name": name, "value": (_signed_x100 if key == "forgetting" else x100)(results[key])}
                for key, name in (("AP", "AP"), ("FP", "FP"), ("forgetting", "Forgetting"))
                if results.get(key) is not None]
+    # the field's metrics (docs/benchmarks.md), "n/a" where the run could not measure them
+    summary += [{"name": name, "value": "n/a" if results[key] is None else (_signed_x100 if "W" in key else x100)(
+        results[key])} for key, name in FIELD_METRICS.items() if key in results]
     general = general_section(results.get("general"))
 
     lora = run.get("lora") or {}

@@ -6,7 +6,8 @@
 Sources: "superni" (natural-instructions task files or a Hub dataset), "trace" (TRACE task
 directories or a Hub dataset), "generic" (any prompt/completion or messages dataset),
 "builtin" (the offline conflicting suite of `builtin.py`), "hub_splits" (prepared splits pushed
-by this project). `TaskSpec` (spec.py) checks everything it can without loading data or a model;
+by this project), "cl_benchmark" (O-LoRA/SAPT benchmark task folders, their own train/test split).
+Named benchmark sequences (``sequence: superni15/order1``) are in `sequences.py`. `TaskSpec` (spec.py) checks everything it can without loading data or a model;
 `build_task` / `build_tasks` here load, split and fit. The loaders can also be called directly,
 with `LoadOptions` fields as keywords (base.py).
 """
@@ -26,6 +27,7 @@ from .base import (
     validate_tasks,
 )
 from .builtin import BUILTIN_TASKS, builtin_suite, builtin_task
+from .cl_benchmark import load_cl_benchmark_task
 from .generic import load_generic_task, load_hub_splits_task
 from .spec import SOURCES, MissingDataError, TaskSpec
 from .superni import default_metric, load_superni_task, resolve_task_file
@@ -35,7 +37,7 @@ __all__ = [
     "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "validate_tasks",
     "build_task", "build_tasks", "split_train_eval", "fit_prompt", "sequence_length", "sequence_lengths", "builtin_suite",
     "builtin_task", "load_superni_task", "load_trace_task", "load_generic_task", "load_hub_splits_task",
-    "default_metric", "resolve_task_file", "resolve_task_dir",
+    "default_metric", "resolve_task_file", "resolve_task_dir", "load_cl_benchmark_task",
 ]
 
 
@@ -57,6 +59,8 @@ def build_task(spec: TaskSpec, tokenizer=None, max_length: int | None = None) ->
     if spec.source == "trace":
         files = tuple(spec.files) if spec.files else DEFAULT_FILES
         return load_trace_task(spec.path, spec.task, spec.dataset_id, options, files=files)
+    if spec.source == "cl_benchmark":
+        return load_cl_benchmark_task(spec.path, spec.task, options, origin=spec.origin)
     if spec.source == "generic":
         return load_generic_task(options.name, spec.path, spec.dataset_id, options, fields=spec.fields,
                                  config=spec.task)

@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from ..settings import duplicate_names
 
-METRICS = ("exact_match", "rougeL")
+METRICS = ("exact_match", "rougeL", "sni_exact_match", "sni_rougeL")  # evaluation/metrics.py
 
 
 @dataclass

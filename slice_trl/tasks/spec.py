@@ -10,11 +10,12 @@ from pathlib import Path
 from ..settings import reject_unknown_keys, suggest
 from .base import METRICS, LoadOptions
 from .builtin import BUILTIN_TASKS
+from .cl_benchmark import resolve_benchmark_dir
 from .generic import check_fields, local_files
 from .superni import resolve_task_file
 from .trace import resolve_task_dir
 
-SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits")
+SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits", "cl_benchmark")
 
 
 class MissingDataError(ValueError):
@@ -39,7 +40,8 @@ class TaskSpec:
     path: str | None = field(
         default=None,
         metadata={"help": "Local data. superni: a task .json file, or a directory of them (with task=). "
-                  "trace: a task directory holding train.json (or a TRACE root with task=). generic: a "
+                  "trace: a task directory holding train.json (or a TRACE root with task=). cl_benchmark: an "
+                  "O-LoRA/SAPT task folder (train.json, test.json, optional labels.json). generic: a "
                   ".json/.jsonl/.csv/.parquet file, a directory or a glob. Relative paths are resolved "
                   "against the recipe's data_dir (TaskSpec.from_dict(..., base_dir=data_dir)), else the working "
                   "directory."},
@@ -82,13 +84,19 @@ class TaskSpec:
         metadata={"help": "Cap on training examples (taken from the shuffled train split); builtin: examples "
                   "generated (default 256). None = all."},
     )
-    max_eval: int = field(
+    max_eval: int | None = field(
         default=200,
-        metadata={"help": "Held-out examples: min(max_eval, n-1) (the paper: 200); builtin: examples generated."},
+        metadata={"help": "Held-out examples: min(max_eval, n-1) (the paper: 200); builtin: examples generated; "
+                  "cl_benchmark: a cap on the test split (None = all of it, the default of sequence:)."},
     )
     seed: int = field(
         default=42,
         metadata={"help": "Seed of the train/eval split (the paper: 42); builtin: the generator seed."},
+    )
+    origin: str | None = field(
+        default=None,
+        metadata={"help": "Where the task's data comes from (a URL or a repository path), named when it is missing "
+                  "on this machine (set by sequence:)."},
     )
     min_keep_tokens: int = field(
         default=32,
@@ -131,10 +139,11 @@ class TaskSpec:
         if self.metric is not None and self.metric not in METRICS:
             raise self._err(f"metric={self.metric!r} is unknown.{suggest(self.metric, METRICS)} Choose one of "
                             f"{list(METRICS)} (or leave it unset for the source's default).")
-        for name in ("max_eval", "seed", "min_keep_tokens"):
+        whole_test = self.max_eval is None and self.source == "cl_benchmark"  # the benchmark's test split, whole
+        for name in ("seed", "min_keep_tokens") + (() if whole_test else ("max_eval",)):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise self._err(f"{name}={getattr(self, name)!r} must be an integer.")
-        if self.max_eval < 1:
+        if not whole_test and self.max_eval < 1:
             raise self._err(f"max_eval={self.max_eval!r} must be >= 1 (the paper holds out 200).")
         if self.max_train is not None and (not isinstance(self.max_train, int) or self.max_train < 1):
             raise self._err(f"max_train={self.max_train!r} must be a positive integer, or unset for all examples.")
@@ -157,9 +166,10 @@ class TaskSpec:
     def _check_path_exists(self) -> None:
         p = Path(self.path)
         if not p.exists() and not any(ch in self.path for ch in "*?["):
+            get = f" Get the data from {self.origin}." if self.origin else ""
             raise MissingDataError(self._err(
                 f"path={self.path!r} does not exist; fix the path (a relative path is resolved against the "
-                f"recipe's data_dir when set, else the working directory {str(Path.cwd())!r})."
+                f"recipe's data_dir when set, else the working directory {str(Path.cwd())!r}).{get}"
             ).args[0])
 
     def _validate_superni(self) -> None:
@@ -222,6 +232,16 @@ class TaskSpec:
         if self.task not in BUILTIN_TASKS:
             raise self._err(f"task={self.task!r} is not a built-in task.{suggest(self.task, BUILTIN_TASKS)} "
                             f"Choose one of {list(BUILTIN_TASKS)}.")
+
+    def _validate_cl_benchmark(self) -> None:
+        if self.path is None or self.dataset_id is not None:
+            raise self._err("source='cl_benchmark' reads a local task folder: set path= (the folder, or the benchmark's "
+                            "root with task=) and no dataset_id=.")
+        self._check_path_exists()
+        try:
+            resolve_benchmark_dir(self.path, self.task, self.origin)
+        except FileNotFoundError as exc:
+            raise MissingDataError(self._err(str(exc)).args[0]) from None
 
     def _validate_hub_splits(self) -> None:
         if not self.dataset_id:
