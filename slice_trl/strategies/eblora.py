@@ -89,6 +89,7 @@ class EBLoRA(Strategy):
     config_cls = EBLoRAConfig
     defines_init = True
     merge = "base"
+    edits_gradients = True
 
     def before_task(self, ctx, t, peft_model):
         cfg = self.config
