@@ -107,7 +107,11 @@ def _empty_peft_model(recipe: Recipe):
         return None, None
     from peft import get_peft_model
 
-    with warnings.catch_warnings(), init_empty_weights():
+    try:  # under a ZeRO-3 launch transformers would build it inside deepspeed.zero.Init: marked as done
+        from transformers.modeling_utils import set_zero3_state as no_zero3_init
+    except ImportError:  # pragma: no cover - other transformers versions
+        from contextlib import nullcontext as no_zero3_init
+    with warnings.catch_warnings(), init_empty_weights(), no_zero3_init():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.training.trust_remote_code)
         names = [n for n, _ in model.named_modules()]

@@ -2,7 +2,7 @@
 
 ``dist_worker.py train OUTPUT_DIR DUMP_DIR PER_DEVICE_BATCH GRAD_ACCUM EPOCHS [METHOD]``
     A tiny 2-task ContinualSFTTrainer run, as one process (``python tests/dist_worker.py ...``)
-    or several (``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml --multi_gpu
+    or several (``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml
     tests/dist_worker.py ...``). The global training batch is PER_DEVICE_BATCH x GRAD_ACCUM x
     world size; the initialiser's gradient mini-batches (InitConfig.batch_size) do not depend on
     the world size (they are sharded by rank inside `estimate_mean_gradients`). Every rank dumps
@@ -266,10 +266,14 @@ def no_deepspeed_op_builds() -> None:
     vars(deepspeed.ops)["__compatible_ops__"] = {}
 
 
+def engine_lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=2, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True)  # s = 1
+
+
 def engines(dump_dir: str, out_root: str, per_device_batch: int, grad_accum: int, configs: str) -> None:
     torch.set_num_threads(1)
     no_deepspeed_op_builds()
-    lora = LoraConfig(r=4, lora_alpha=2, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True)
+    lora = engine_lora()
     tasks = [constant_task("yes", "yes", offset=0), constant_task("no", "no", offset=100)]
     for config in configs.split(","):
         trainer = CapturingTrainer(model=tiny_llama(seed=1),
