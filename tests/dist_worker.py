@@ -47,7 +47,7 @@ from peft import LoraConfig  # noqa: E402
 from slice_trl import distributed  # noqa: E402
 from slice_trl.config import ContinualSFTConfig  # noqa: E402
 from slice_trl.tasks.base import Task  # noqa: E402
-from slice_trl.testing import tiny_llama, tiny_tokenizer  # noqa: E402
+from slice_trl.testing import no_deepspeed_op_builds, tiny_llama, tiny_tokenizer  # noqa: E402
 from slice_trl.trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -251,19 +251,6 @@ def deployed_logits(model) -> torch.Tensor:
 
     with eval_mode(model):
         return model(input_ids=torch.tensor(PROBE_IDS)).logits.float().cpu()
-
-
-def no_deepspeed_op_builds() -> None:
-    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce (``deepspeed_shm_comm``:
-    g++ and ninja, cached in ~/.cache/torch_extensions) when its process group starts, after
-    probing every op with compiler runs; only ``inference_all_reduce`` uses that op, training does
-    not. Declaring no op buildable (the dict `deepspeed.ops` would probe into) skips both, so the
-    tests need no compiler. A no-op without DeepSpeed."""
-    try:
-        import deepspeed.ops
-    except ImportError:
-        return
-    vars(deepspeed.ops)["__compatible_ops__"] = {}
 
 
 def engine_lora() -> LoraConfig:
