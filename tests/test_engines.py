@@ -311,3 +311,16 @@ def test_a_launched_run_prints_on_rank_0_only():
         out[rank] = proc.stderr
     assert all(x in out["0"] for x in ("info line", "warning line", "python warning", "error line"))
     assert "error line" in out["1"] and not any(x in out["1"] for x in ("info line", "warning line", "python warning"))
+
+
+def test_ddp_is_told_that_no_trainable_parameter_is_unused(tmp_path):
+    """transformers' default for a PeftModel is find_unused_parameters=True (a graph traversal every
+    step, and PyTorch's warning on every rank); the recipe may still ask for it, and the key does not
+    change the run's fingerprint (a run started before this default resumes)."""
+    from slice_trl import integrity
+    from slice_trl.config import ContinualSFTConfig
+
+    assert ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True).ddp_find_unused_parameters is False
+    assert ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True,
+                              ddp_find_unused_parameters=True).ddp_find_unused_parameters is True
+    assert "ddp_find_unused_parameters" in integrity.IGNORED_KEYS
