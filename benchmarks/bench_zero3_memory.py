@@ -145,7 +145,7 @@ def conclude(runs: list[dict]) -> str:
     """Per G_prev dtype and run: the slope of the per-rank increase between the two sizes, in bytes
     per target weight (the constant overhead cancels): the README's table predicts 8 (fp32 G_prev)
     or 6 (bf16) for full-size sets on every rank, half that if they were sharded over 2 ranks."""
-    parts = []
+    parts, slope = [], {}
     for dtype in dict.fromkeys(r["prev_grad_dtype"] for r in runs):
         for kind in dict.fromkeys(r["run"] for r in runs):
             rs = sorted((r for r in runs if r["prev_grad_dtype"] == dtype and r["run"] == kind),
@@ -155,13 +155,19 @@ def conclude(runs: list[dict]) -> str:
             lo, hi = rs[0], rs[-1]
             slopes = [(h["increase_bytes"] - l_["increase_bytes"]) / (hi["target_weights"] - lo["target_weights"])
                       for l_, h in zip(lo["ranks"], hi["ranks"], strict=True)]
+            slope[dtype, kind] = min(slopes)
             want = 4 + (4 if dtype == "float32" else 2)
             parts.append(f"G_prev {dtype}, {kind}: {' / '.join(f'{x:.1f}' for x in slopes)} bytes per target weight "
                          f"(full sets: {want}, sharded over 2 ranks: {want / 2:g})")
-    return ("Increase of the peak between the two sizes, per rank: " + "; ".join(parts) + ". Under ZeRO-3 every rank "
-            "grows like the single process, by at least the full-size sets: G_cur and G_prev are not sharded, as the "
-            "README's table says (the rest is the SVD's and the gathers' temporaries, which also scale with the "
-            "weights).") if parts else "One size only: no slope."
+    if not parts:
+        return "One size only: no slope."
+    extra = [slope[d, k] - slope[d, "1 process"] for d, k in slope if k != "1 process" and (d, "1 process") in slope]
+    return ("Growth of the peak between the two sizes, per rank: " + "; ".join(parts) + ". Every ZeRO-3 rank grows "
+            "by more than the full-size sets per target weight (a sharded set would add half of them): G_cur and "
+            "G_prev are full-size on every rank, as the README's table says. ZeRO-3 adds "
+            + (f"{min(extra):.1f}-{max(extra):.1f}" if extra else "?") + " bytes per target weight over one process "
+            "(not attributed further here), which the table does "
+            "not count.")
 
 
 def main() -> None:
@@ -170,7 +176,15 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--prev-dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--results-dir", default=str(RESULTS))
+    ap.add_argument("--render", action="store_true", help="rewrite the .md (and conclusion) from the .json")
     args = ap.parse_args()
+    if args.render:
+        path = Path(args.results_dir) / "zero3_memory.json"
+        res = json.loads(path.read_text())
+        res["conclusion"] = conclude(res["runs"])
+        path.write_text(json.dumps(res, indent=1))
+        (path.parent / "zero3_memory.md").write_text(markdown(res))
+        return
     import tempfile
 
     load = os.getloadavg()[0]
