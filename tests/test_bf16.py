@@ -8,8 +8,10 @@ the invariants that hold in bf16 (the README's compatibility table cites these t
 - the published adapter (PEFT's converted form) on the original bf16 base reproduces the stage's
   deployed outputs to bf16 rounding;
 - the probe's gradients are accumulated in fp32 on bf16 weights (docs/method.md, step 1), and
-  G_prev stored in bf16 (``init.prev_grad_dtype: bfloat16``) gives an init within the README's
-  subspace cosine (0.99999) of the fp32-stored one, with the surgery firing.
+  G_prev stored in bf16 (``init.prev_grad_dtype: bfloat16``) gives an init within a subspace
+  cosine of 0.99 of the fp32-stored one with the surgery firing in every module (measured 0.9989
+  global, 0.9959 per module; the README's 0.99999 was measured on SmolLM2, where the projection
+  acted on 3 of 210 modules).
 
 The tasks answer 'x' * 8 and 'z' * 8 on a tiny Llama whose LM-head row of 'z' is partly opposite to
 that of 'x' (as in tests/test_initializers.py), so the two tasks' gradients conflict and SLICE's
@@ -45,7 +47,9 @@ ROWS = {  # row of the README's table -> (init section, strategy)
     "slao": ({"method": "vanilla"}, "slao"),
 }
 PROBE = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
-BF16_TOL = 0.05  # logits of order 1; bf16 keeps 8 bits (relative rounding 2^-9 per weight)
+# logits of order 1; bf16 keeps 8 bits. Measured: absorption moves them by <= 0.008 (the init itself,
+# unabsorbed, by 0.43-1.05), the published adapter is off by <= 0.008
+BF16_TOL = 0.02
 
 
 def conflicting_base() -> torch.nn.Module:
@@ -77,10 +81,8 @@ class RecordingTrainer(ContinualSFTTrainer):
         before = _logits(self.model)
         report = super().initialize_adapter(t, replay)
         self.log_.setdefault("absorption", {})[t] = float((_logits(self.model) - before).abs().max())
-        layer = next(iter(lora_layers(self.model, ADAPTER).values()))
-        s = layer.scaling[ADAPTER]
-        self.log_.setdefault("init_size", {})[t] = float(
-            (s * layer.lora_B[ADAPTER].weight.float() @ layer.lora_A[ADAPTER].weight.float()).abs().max())
+        with self.model.disable_adapter():  # the absorbed base alone: how far the init moved W
+            self.log_.setdefault("unabsorbed", {})[t] = float((_logits(self.model) - before).abs().max())
         self.log_.setdefault("init", {})[t] = {n: (m.lora_A[ADAPTER].weight.detach().clone(),
                                                   m.lora_B[ADAPTER].weight.detach().clone())
                                               for n, m in lora_layers(self.model, ADAPTER).items()}
@@ -133,7 +135,8 @@ def test_bf16_run_keeps_the_invariants(runs, row):
     for t in (0,) if row == "slao" else (0, 1):
         assert log["absorption"][t] < BF16_TOL, (row, t, log["absorption"][t])
     if ROWS[row][0]["method"] in ("slice", "lora_ga", "loram"):
-        assert log["init_size"][0] > 0.2  # the absorbed init is large: unabsorbed, the outputs would move
+        # the init moved the base by far more than the tolerance: without absorption the outputs would move
+        assert log["unabsorbed"][0] > 4 * BF16_TOL, (row, log["unabsorbed"][0])
     # the published adapter on the original base reproduces stage 1's deployed outputs
     path = trainer.stage_path(0) / stages.CONVERTED
     published = PeftModel.from_pretrained(conflicting_base(), str(path))
@@ -197,5 +200,6 @@ def test_bf16_probe_accumulates_in_fp32_and_bf16_g_prev_keeps_the_subspace(proje
                         for n, m in lora_layers(model, "default").items()}
     cos = [0.5 * (_subspace_cos(inits["bfloat16"][n][0], inits["float32"][n][0])
                   + _subspace_cos(inits["bfloat16"][n][1].T, inits["float32"][n][1].T)) for n in inits["float32"]]
-    print(f"bf16 G_prev, {projection}: mean subspace cosine {sum(cos) / len(cos):.6f}, min {min(cos):.6f}")
-    assert sum(cos) / len(cos) >= 0.99, cos  # bench_init's target
+    # bench_init's target; measured 0.9989 (global) and 0.9959 (per module) here, where the projection acts on
+    # every module (the README's 0.99999 is SmolLM2's, where it acted on 3 of 210)
+    assert sum(cos) / len(cos) >= 0.99, cos
