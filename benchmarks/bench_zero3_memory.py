@@ -73,8 +73,9 @@ def worker(hidden: int, intermediate: int, layers: int, prev_dtype: str, zero3: 
     cur, prev = batches("yes", 1), batches("no", 2)
     model = get_peft_model(tiny_llama(seed=1, hidden_size=hidden, layers=layers, intermediate=intermediate),
                            LoraConfig(r=8, lora_alpha=2, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True))
-    n_target = sum(layer.get_base_layer().weight.numel() for layer in
-                   (m for n, m in model.named_modules() if hasattr(m, "lora_A") and ADAPTER in getattr(m, "lora_A", {})))
+    from slice_trl.lora import lora_layers
+
+    n_target = sum(layer.get_base_layer().weight.numel() for layer in lora_layers(model, ADAPTER).values())
     n_params = sum(p.numel() for p in model.parameters())
     if zero3:
         ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,

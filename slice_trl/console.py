@@ -4,9 +4,9 @@ Default (quiet): one progress bar per phase (G_cur, G_prev, train, eval) and onl
 one line per task as it is loaded (sizes, metric and why), one line per finished stage (its
 scores and whether SLICE's projection fired), R once at the end; warnings and errors of every
 library still show (in a launched run on rank 0; the other ranks print errors only). The
-libraries' own progress bars (datasets' map/filter, weight loading and saving), their INFO logs and the Trainer's per-step log dicts are off. ``--verbose``
-(`configure(verbose=True)`) leaves every library as it is. The Python API is untouched unless
-`configure` is called.
+libraries' own progress bars (datasets' map/filter, weight loading and saving), their INFO logs
+and the Trainer's per-step log dicts are off. ``--verbose`` (`configure(verbose=True)`) leaves
+every library as it is. The Python API is untouched unless `configure` is called.
 """
 
 from __future__ import annotations

@@ -75,6 +75,19 @@ def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size
     return model.float()
 
 
+def conflicting_tiny_llama(seed: int = 0):
+    """`tiny_llama` whose LM-head row of 'z' is partly opposite to that of 'x': tasks answering
+    'x...' and 'z...' have conflicting gradients, so SLICE's surgery acts (as in the paper's
+    opposite sequences)."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(seed=seed)
+    x, z = tok.convert_tokens_to_ids(["x", "z"])
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[z] = -0.6 * w[x] + 0.8 * w[z]
+    return model
+
+
 TINY_RECIPE = """\
 model_name_or_path: {model}
 dtype: float32

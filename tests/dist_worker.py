@@ -47,7 +47,7 @@ from peft import LoraConfig  # noqa: E402
 from slice_trl import distributed  # noqa: E402
 from slice_trl.config import ContinualSFTConfig  # noqa: E402
 from slice_trl.tasks.base import Task  # noqa: E402
-from slice_trl.testing import no_deepspeed_op_builds, tiny_llama, tiny_tokenizer  # noqa: E402
+from slice_trl.testing import conflicting_tiny_llama, no_deepspeed_op_builds, tiny_llama, tiny_tokenizer  # noqa: E402
 from slice_trl.trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -261,9 +261,10 @@ def engines(dump_dir: str, out_root: str, per_device_batch: int, grad_accum: int
     torch.set_num_threads(1)
     no_deepspeed_op_builds()
     lora = engine_lora()
-    tasks = [constant_task("yes", "yes", offset=0), constant_task("no", "no", offset=100)]
+    # conflicting answers on a model where they conflict: SLICE's surgery acts at stage 2
+    tasks = [constant_task("xs", "x" * 8, offset=0), constant_task("zs", "z" * 8, offset=100)]
     for config in configs.split(","):
-        trainer = CapturingTrainer(model=tiny_llama(seed=1),
+        trainer = CapturingTrainer(model=conflicting_tiny_llama(seed=1),
                                    args=engine_args(os.path.join(out_root, config), config, per_device_batch, grad_accum),
                                    tasks=tasks, peft_config=lora, processing_class=tiny_tokenizer())
         trainer.dump = {}

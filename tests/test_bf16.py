@@ -29,7 +29,7 @@ from datasets import Dataset
 from slice_trl.config import ContinualSFTConfig
 from slice_trl.lora import ADAPTER, eval_mode, lora_layers
 from slice_trl.tasks.base import Task
-from slice_trl.testing import tiny_llama, tiny_tokenizer
+from slice_trl.testing import conflicting_tiny_llama, tiny_tokenizer
 from slice_trl.trainer import ContinualSFTTrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -53,18 +53,12 @@ BF16_TOL = 0.02
 
 
 def conflicting_base() -> torch.nn.Module:
-    tok = tiny_tokenizer()
-    model = tiny_llama(seed=0)
-    x, z = tok.convert_tokens_to_ids(["x", "z"])
-    with torch.no_grad():
-        w = model.lm_head.weight
-        w[z] = -0.6 * w[x] + 0.8 * w[z]
-    return model.to(torch.bfloat16)
+    return conflicting_tiny_llama(seed=0).to(torch.bfloat16)
 
 
 def _task(name: str, answer: str) -> Task:
-    rows = [{"prompt": [{"role": "user", "content": f"w{i}x"}], "completion": [{"role": "assistant", "content": answer}]}
-            for i in range(20)]
+    rows = [{"prompt": [{"role": "user", "content": f"w{i}x"}],
+             "completion": [{"role": "assistant", "content": answer}]} for i in range(20)]
     return Task(name, Dataset.from_list(rows[:16]), Dataset.from_list(rows[16:]), "exact_match")
 
 
