@@ -57,7 +57,7 @@ from test_distributed import (  # noqa: E402
 from slice_trl.strategies import engine_problem  # noqa: E402
 
 ZERO_STAGE = {"ddp": None, "zero2": 2, "zero3": 3}
-STAGES = ["01-yes", "02-no"]
+STAGES = ["01-xs", "02-zs"]  # the worker's tasks
 RESCALED = ("slice", "slice_per_module", "lora_ga", "loram")  # factors from an SVD or DST-I, rescaled by Var(W)
 
 
