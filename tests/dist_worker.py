@@ -264,9 +264,9 @@ def engines(dump_dir: str, out_root: str, per_device_batch: int, grad_accum: int
     # conflicting answers on a model where they conflict: SLICE's surgery acts at stage 2
     tasks = [constant_task("xs", "x" * 8, offset=0), constant_task("zs", "z" * 8, offset=100)]
     for config in configs.split(","):
-        trainer = CapturingTrainer(model=conflicting_tiny_llama(seed=1),
-                                   args=engine_args(os.path.join(out_root, config), config, per_device_batch, grad_accum),
-                                   tasks=tasks, peft_config=lora, processing_class=tiny_tokenizer())
+        args = engine_args(os.path.join(out_root, config), config, per_device_batch, grad_accum)
+        trainer = CapturingTrainer(model=conflicting_tiny_llama(seed=1), args=args, tasks=tasks, peft_config=lora,
+                                   processing_class=tiny_tokenizer())
         trainer.dump = {}
         trainer.train()
         rank, world = distributed.rank_and_world()
