@@ -133,6 +133,11 @@ class ContinualSFTConfig(SFTConfig):
         self.replay = _sub_config(self.replay, ReplayConfig, "replay")
         self.evaluation = _sub_config(self.evaluation, EvalConfig, "evaluation")
         self._apply_warmup_ratio()
+        if self.ddp_find_unused_parameters is None:
+            # transformers' default for a PeftModel is True: an extra graph traversal every step and a
+            # warning on every rank. Every trainable parameter of a stage (LoRA A/B, EBLoRA's sigma; the
+            # frozen ones have requires_grad False) takes part in the forward, so none is ever unused.
+            self.ddp_find_unused_parameters = False
         if self.bf16 is None:  # SFTConfig would turn None into True, which fails on a CPU-only machine
             import torch  # the accelerator check only; torch is imported by trl already
 

@@ -3,15 +3,16 @@
 Default (quiet): one progress bar per phase (G_cur, G_prev, train, eval) and only on a terminal,
 one line per task as it is loaded (sizes, metric and why), one line per finished stage (its
 scores and whether SLICE's projection fired), R once at the end; warnings and errors of every
-library still show. The libraries' own progress bars (datasets' map/filter, weight loading and
-saving), their INFO logs and the Trainer's per-step log dicts are off. ``--verbose``
-(`configure(verbose=True)`) leaves every library as it is. The Python API is untouched unless
-`configure` is called.
+library still show (in a launched run on rank 0; the other ranks print errors only). The
+libraries' own progress bars (datasets' map/filter, weight loading and saving), their INFO logs
+and the Trainer's per-step log dicts are off. ``--verbose`` (`configure(verbose=True)`) leaves
+every library as it is. The Python API is untouched unless `configure` is called.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -31,6 +32,12 @@ def configure(verbose: bool) -> None:
     logging.getLogger("slice_trl").setLevel(logging.INFO)
     # library notices of no use to a user of the recipe runner (deprecations inside transformers)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # DeepSpeed (installed with the dev extras) announces on every process that it fell back to the CPU
+    logging.getLogger("DeepSpeed").addFilter(lambda r: not r.getMessage().startswith("Setting accelerator to CPU"))
+    if os.environ.get("RANK", "0") != "0":  # a launched run prints what one process prints: rank 0 speaks
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("slice_trl").setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")
     import datasets
     import huggingface_hub
     import transformers

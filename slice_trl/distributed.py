@@ -59,6 +59,30 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def launched_zero_stage(deepspeed_config=None) -> int | None:
+    """The DeepSpeed ZeRO stage a run will use, known before any model loads: from a DeepSpeed
+    config (the recipe's ``deepspeed``: a JSON file or a mapping) or from what ``accelerate
+    launch`` put in the environment (``ACCELERATE_USE_DEEPSPEED`` with
+    ``ACCELERATE_DEEPSPEED_ZERO_STAGE``, or the file named by ``ACCELERATE_DEEPSPEED_CONFIG_FILE``).
+    None without DeepSpeed; 0 for DeepSpeed without ZeRO."""
+    import json
+    import os
+
+    def stage_of(config) -> int:
+        if isinstance(config, str):
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        return int((config.get("zero_optimization") or {}).get("stage", 0))
+
+    if deepspeed_config:
+        return stage_of(deepspeed_config)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() not in ("", "none"):
+        return stage_of(os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"])
+    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))  # accelerate's own default stage
+
+
 def zero3_enabled() -> bool:
     try:
         from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled

@@ -49,6 +49,7 @@ IGNORED_KEYS = frozenset({
     "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
     "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "dataset_num_proc",
     "local_rank", "ddp_timeout", "torch_empty_cache_steps",
+    "ddp_find_unused_parameters",  # only whether DDP searches the graph for unused parameters
 })
 
 # Fields of earlier versions that were removed without ever changing a result: left out of a stored

@@ -117,7 +117,11 @@ def _empty_peft_model(recipe: Recipe):
         return None, None
     from peft import get_peft_model
 
-    with warnings.catch_warnings(), init_empty_weights():
+    try:  # under a ZeRO-3 launch transformers would build it inside deepspeed.zero.Init: marked as done
+        from transformers.modeling_utils import set_zero3_state as no_zero3_init
+    except ImportError:  # pragma: no cover - other transformers versions
+        from contextlib import nullcontext as no_zero3_init
+    with warnings.catch_warnings(), init_empty_weights(), no_zero3_init():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.training.trust_remote_code)
         names = [n for n, _ in model.named_modules()]
@@ -155,6 +159,22 @@ def check_model_structure(recipe: Recipe) -> bool:
     return True
 
 
+def check_engine(recipe: Recipe) -> None:
+    """The strategy against the engine the run is launched on (DeepSpeed's ZeRO stage from the
+    recipe's ``deepspeed`` or from ``accelerate launch``'s environment): one line for a
+    combination that cannot work (`slice_trl.strategies.base.engine_problem`)."""
+    from .distributed import launched_zero_stage
+    from .strategies.base import engine_problem
+
+    strategy = recipe.training.strategy
+    if strategy is None:
+        return
+    why = engine_problem(strategy.name, launched_zero_stage(getattr(recipe.training, "deepspeed", None)))
+    if why:
+        raise RecipeError(f"{why}; launch it with DDP (accelerate_configs/multi_gpu.yaml) or as one process, or "
+                          "choose a strategy that runs under DeepSpeed (keeplora, inflora, slao).")
+
+
 def check_general_tasks(recipe: Recipe) -> None:
     """Build every GP/IP benchmark (``evaluation.lm_eval_tasks``) and load its data: one that
     cannot be resolved on this machine (offline, no local copy) is one line naming it and the
@@ -172,6 +192,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     (one line each) on what could not be checked on this machine."""
     check_training(recipe)
     check_trackers(recipe)
+    check_engine(recipe)
     check_repo_ids(recipe)
     check_output_path(recipe.training.output_dir)
     check_general_tasks(recipe)

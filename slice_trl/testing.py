@@ -1,4 +1,4 @@
-"""Tiny offline models for tests, examples and CPU smoke runs.
+"""Tiny offline models for tests, examples and CPU smoke runs (and DeepSpeed on CPU without a compiler).
 
 `tiny_tokenizer()` is a byte-level tokenizer (one token per UTF-8 byte plus ChatML specials)
 built without any download; `tiny_llama()` is a randomly initialised Llama sized for it.
@@ -40,6 +40,19 @@ def tiny_tokenizer():
     return tok
 
 
+def no_deepspeed_op_builds() -> None:
+    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce (``deepspeed_shm_comm``:
+    g++ and ninja, cached in ~/.cache/torch_extensions) when its process group starts, after
+    probing every op with compiler runs; only ``inference_all_reduce`` uses that op, training does
+    not. Declaring no op buildable (the dict `deepspeed.ops` would probe into) skips both, so the
+    tests need no compiler. A no-op without DeepSpeed."""
+    try:
+        import deepspeed.ops
+    except ImportError:
+        return
+    vars(deepspeed.ops)["__compatible_ops__"] = {}
+
+
 def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size: int = 260, intermediate: int = 96):
     """A random LlamaForCausalLM (fp32) with q/k/v/o/gate/up/down projections."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -60,6 +73,19 @@ def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     return model.float()
+
+
+def conflicting_tiny_llama(seed: int = 0):
+    """`tiny_llama` whose LM-head row of 'z' is partly opposite to that of 'x': tasks answering
+    'x...' and 'z...' have conflicting gradients, so SLICE's surgery acts (as in the paper's
+    opposite sequences)."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(seed=seed)
+    x, z = tok.convert_tokens_to_ids(["x", "z"])
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[z] = -0.6 * w[x] + 0.8 * w[z]
+    return model
 
 
 TINY_RECIPE = """\

@@ -108,7 +108,8 @@ class ContinualSFTTrainer(SFTTrainer):
                                           collate=lambda rows: self.data_collator(rows),
                                           attach_adapter=self.attach_adapter, current_model=lambda: self.model)
         if args.strategy is not None:
-            self.strategy = build_strategy(args.strategy)
+            plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+            self.strategy = build_strategy(args.strategy, plugin and plugin.zero_stage)  # refuses what cannot run
             self.step_hooks = StepHooks(self.strategy, self.stage_context)
             self.add_callback(self.step_hooks)
         self.tracking = ContinualTracking(self)  # report_to: one tracker run for the whole sequence

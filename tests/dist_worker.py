@@ -2,7 +2,7 @@
 
 ``dist_worker.py train OUTPUT_DIR DUMP_DIR PER_DEVICE_BATCH GRAD_ACCUM EPOCHS [METHOD]``
     A tiny 2-task ContinualSFTTrainer run, as one process (``python tests/dist_worker.py ...``)
-    or several (``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml --multi_gpu
+    or several (``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml
     tests/dist_worker.py ...``). The global training batch is PER_DEVICE_BATCH x GRAD_ACCUM x
     world size; the initialiser's gradient mini-batches (InitConfig.batch_size) do not depend on
     the world size (they are sharded by rank inside `estimate_mean_gradients`). Every rank dumps
@@ -15,6 +15,16 @@
     DeepSpeed) - the SLICE initialiser and the merge on a model partitioned by DeepSpeed ZeRO-3
     for real (CPU, gloo), against the same steps on an unpartitioned copy. Dumps per rank the
     gathered adapter/base after the init and after the merge, for both models.
+
+``dist_worker.py engines DUMP_DIR OUT_ROOT PER_DEVICE_BATCH GRAD_ACCUM CONFIG[,CONFIG...]`` - ONE launch
+    that runs every named configuration (`ENGINE_CONFIGS`: the initialisers and strategies) as a
+    short 2-task run, one after the other in the same process group: under DDP, DeepSpeed ZeRO-2
+    or ZeRO-3 (whatever the launcher set up) or as one process. Per configuration and rank it
+    dumps ``<DUMP_DIR>/<config>/rank<k>.pt`` with, per stage t: ``pre[t]`` (the full model right
+    before the adapter is attached), ``batches[t]`` (the initialiser's current and previous
+    mini-batches), ``init[t]`` (A, B after the initialiser and the strategy's ``before_task``),
+    ``report[t]``, ``prefinish[t]`` (the full model after training, before save/merge),
+    ``merged[t]`` (after the merge) and ``logits[t]`` (the deployed model on `PROBE_IDS`).
 
 ``dist_worker.py bench_svd`` (under ``torch.distributed.run``) - the measurement behind the
     factor-sharing decision in `slice_trl.initializers._RescaledInitializer._finish`: LoRA-GA
@@ -37,7 +47,7 @@ from peft import LoraConfig  # noqa: E402
 from slice_trl import distributed  # noqa: E402
 from slice_trl.config import ContinualSFTConfig  # noqa: E402
 from slice_trl.tasks.base import Task  # noqa: E402
-from slice_trl.testing import tiny_llama, tiny_tokenizer  # noqa: E402
+from slice_trl.testing import conflicting_tiny_llama, no_deepspeed_op_builds, tiny_llama, tiny_tokenizer  # noqa: E402
 from slice_trl.trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -132,6 +142,7 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
     from slice_trl.trainer import merge_into_base
 
     torch.set_num_threads(1)
+    no_deepspeed_op_builds()
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = distributed.rank_and_world()
     tok = tiny_tokenizer()
@@ -166,6 +177,107 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
     os.makedirs(dump_dir, exist_ok=True)
     torch.save(dump, os.path.join(dump_dir, f"rank{rank}.pt"))
     distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# engines: every initialiser and strategy in one launch
+# ---------------------------------------------------------------------------------------------
+
+# name -> (init section, strategy name or None)
+ENGINE_CONFIGS = {
+    "slice": ({"method": "slice"}, None),
+    "slice_per_module": ({"method": "slice", "projection": "per_module"}, None),
+    "lora_ga": ({"method": "lora_ga"}, None),
+    "loram": ({"method": "loram"}, None),
+    "vanilla": ({"method": "vanilla"}, None),
+    "olora": ({"method": "vanilla"}, "olora"),
+    "keeplora": ({"method": "vanilla"}, "keeplora"),
+    "inflora": ({"method": "vanilla"}, "inflora"),
+    "eblora": ({"method": "vanilla"}, "eblora"),
+    "slao": ({"method": "vanilla"}, "slao"),
+}
+PROBE_IDS = [[5, 17, 42, 99, 3, 250, 7, 64]]  # a fixed input for the deployed model's logits
+
+
+def engine_args(output_dir: str, config: str, per_device_batch: int, grad_accum: int) -> ContinualSFTConfig:
+    init, strategy = ENGINE_CONFIGS[config]
+    return ContinualSFTConfig(
+        output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=grad_accum, learning_rate=1e-2, warmup_steps=0, logging_steps=1, max_length=64,
+        seed=0, init={**init, "cur_steps": 2, "prev_steps": 2, "batch_size": 4},
+        strategy=None if strategy is None else {"name": strategy},
+        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 2}, use_cpu=True,
+        dataloader_num_workers=0, disable_tqdm=True, report_to=[], save_strategy="no",
+    )
+
+
+class CapturingTrainer(ContinualSFTTrainer):
+    """Records what must agree between engines (see the module docstring, ``engines``)."""
+
+    dump: dict
+
+    def initialize_adapter(self, t, replay):
+        w = self.model.get_input_embeddings().weight  # ZeRO-3: partitioned once an engine exists
+        self.dump.setdefault("partitioned", {})[t] = hasattr(w, "ds_id") and w.numel() == 0
+        self.dump.setdefault("pre", {})[t] = _full_state(self.model)
+        inner = self.initializer
+
+        def capture(model, adapter_name, current, previous):
+            current, previous = list(current), list(previous or [])
+            self.dump.setdefault("batches", {})[t] = (current, previous)
+            return inner(model, adapter_name, current, previous or None)
+
+        self.initializer = capture
+        try:
+            report = super().initialize_adapter(t, replay)
+        finally:
+            self.initializer = inner
+        self.dump.setdefault("init", {})[t] = adapter_tensors(self.model)
+        self.dump.setdefault("report", {})[t] = report.to_dict()
+        return report
+
+    def finish_stage(self, t):
+        self.dump.setdefault("prefinish", {})[t] = _full_state(self.model)
+        super().finish_stage(t)
+        self.dump.setdefault("merged", {})[t] = _full_state(self.model)
+        self.dump.setdefault("logits", {})[t] = deployed_logits(self.model)
+
+
+@torch.no_grad()
+def deployed_logits(model) -> torch.Tensor:
+    """Logits (1, len(PROBE_IDS[0]), vocab) of the model as deployed, fp32 (every rank runs the
+    forward: under ZeRO-3 it gathers collectively)."""
+    from slice_trl.lora import eval_mode
+
+    with eval_mode(model):
+        return model(input_ids=torch.tensor(PROBE_IDS)).logits.float().cpu()
+
+
+def engine_lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=2, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True)  # s = 1
+
+
+def engines(dump_dir: str, out_root: str, per_device_batch: int, grad_accum: int, configs: str) -> None:
+    torch.set_num_threads(1)
+    no_deepspeed_op_builds()
+    lora = engine_lora()
+    # conflicting answers on a model where they conflict: SLICE's surgery acts at stage 2
+    tasks = [constant_task("xs", "x" * 8, offset=0), constant_task("zs", "z" * 8, offset=100)]
+    for config in configs.split(","):
+        args = engine_args(os.path.join(out_root, config), config, per_device_batch, grad_accum)
+        trainer = CapturingTrainer(model=conflicting_tiny_llama(seed=1), args=args, tasks=tasks, peft_config=lora,
+                                   processing_class=tiny_tokenizer())
+        trainer.dump = {}
+        trainer.train()
+        rank, world = distributed.rank_and_world()
+        trainer.dump.update(world=world, steps=trainer.state.global_step,
+                            engine=trainer.accelerator.distributed_type.value,
+                            zero_stage=trainer.accelerator.state.deepspeed_plugin.zero_stage
+                            if trainer.accelerator.state.deepspeed_plugin else None)
+        os.makedirs(os.path.join(dump_dir, config), exist_ok=True)
+        torch.save(trainer.dump, os.path.join(dump_dir, config, f"rank{rank}.pt"))
+        distributed.barrier()
+        del trainer
 
 
 def bench_svd(hidden: int = 512, intermediate: int = 1408, kv: int = 128, layers: int = 4, r: int = 16) -> None:
@@ -232,7 +344,9 @@ if __name__ == "__main__":
         main(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]), *rest[5:7])  # [method [strategy]]
     elif mode == "zero3":
         zero3(rest[0], int(rest[1]))
+    elif mode == "engines":
+        engines(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4])
     elif mode == "bench_svd":
         bench_svd()
     else:
-        raise SystemExit(f"unknown mode {mode!r}: train | zero3 | bench_svd")
+        raise SystemExit(f"unknown mode {mode!r}: train | zero3 | engines | bench_svd")

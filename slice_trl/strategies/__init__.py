@@ -2,12 +2,18 @@
 strategy. Select one in a recipe with ``strategy: {name: keeplora, ...}``."""
 
 from . import eblora, inflora, keeplora, olora, slao  # noqa: F401  (each registers itself in REGISTRY)
-from .base import REGISTRY, StageContext, StepHooks, Strategy, StrategyConfig, load_state, register, save_state
+from .base import (REGISTRY, StageContext, StepHooks, Strategy, StrategyConfig, engine_problem, load_state, register,
+                   save_state)
 
 
-def build_strategy(config: StrategyConfig) -> Strategy:
+def build_strategy(config: StrategyConfig, zero_stage: int | None = None) -> Strategy:
+    """The strategy ``config`` names; a ValueError when it cannot run under DeepSpeed ZeRO
+    ``zero_stage`` (None: no DeepSpeed; `base.engine_problem`)."""
+    why = engine_problem(config.name, zero_stage)
+    if why:
+        raise ValueError(f"{why}: use DDP or one process.")
     return REGISTRY[config.name](config)
 
 
-__all__ = ["REGISTRY", "StageContext", "StepHooks", "Strategy", "StrategyConfig", "build_strategy", "load_state",
-           "register", "save_state"]
+__all__ = ["REGISTRY", "StageContext", "StepHooks", "Strategy", "StrategyConfig", "build_strategy", "engine_problem",
+           "load_state", "register", "save_state"]

@@ -97,6 +97,7 @@ class Strategy:
     config_cls = StrategyConfig
     defines_init = False  # writes A/B itself: the initialiser must be 'vanilla'
     merge = "base"        # "base" or "adapter" (see the module docstring)
+    edits_gradients = False  # pre_step changes .grad: impossible under DeepSpeed (see `engine_problem`)
 
     def __init__(self, config: StrategyConfig):
         self.config = config
@@ -130,6 +131,23 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = dict(state)
+
+
+def engine_problem(name: str, zero_stage: int | None) -> str | None:
+    """Why strategy ``name`` cannot run under DeepSpeed ZeRO ``zero_stage`` (None: no DeepSpeed),
+    as the reason part of one error line; None when it can. The one rule, used by the recipe's
+    preflight (before a model loads) and by `ContinualSFTTrainer`.
+
+    A strategy that edits gradients in ``pre_step`` (O-LoRA's penalty, EBLoRA's Riemannian
+    gradient) cannot run under DeepSpeed: accelerate runs DeepSpeed's optimiser step inside
+    ``accelerator.backward`` (`DeepSpeedEngineWrapper.backward`), before the Trainer's
+    ``on_pre_optimizer_step``, and ZeRO keeps the gradients in its own buffers, so the edit would
+    be silently lost."""
+    if zero_stage is None or not REGISTRY[name].edits_gradients:
+        return None
+    return (f"strategy.name={name!r} edits the gradients once per optimiser step, but under DeepSpeed "
+            f"(ZeRO-{zero_stage}) the optimiser steps inside backward, before that hook, and the edit would be "
+            "silently lost")
 
 
 class StepHooks(TrainerCallback):

@@ -18,7 +18,8 @@ folded into lora_B before the adapter is saved, so saved adapters are plain PEFT
 - After task t: sigma folded into B, merge into the base, F <- F_next.
 
 Not done here: the authors multiply the number of steps by sqrt(4096 / r); set the epochs in the
-recipe instead. Needs unsharded LoRA parameters (DDP, ZeRO-2; not ZeRO-3).
+recipe instead. Runs on one process or DDP, not under DeepSpeed (`base.engine_problem`: the
+gradient edit of ``pre_step`` would come after DeepSpeed's optimiser step).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class EBLoRA(Strategy):
     config_cls = EBLoRAConfig
     defines_init = True
     merge = "base"
+    edits_gradients = True
 
     def before_task(self, ctx, t, peft_model):
         cfg = self.config

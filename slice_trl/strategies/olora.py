@@ -45,6 +45,7 @@ class OLoRA(Strategy):
     name = "olora"
     config_cls = OLoRAConfig
     merge = "base"
+    edits_gradients = True
 
     def before_task(self, ctx, t, peft_model):
         self._layers = lora_layers(peft_model, ADAPTER)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import distributed
 from ..lora import ADAPTER, lora_layers
 from .base import Strategy, StrategyConfig, register
 
@@ -63,12 +64,13 @@ class SLAO(Strategy):
         lam = 1.0 / math.sqrt(i)
         for name, layer in lora_layers(ctx.model, ADAPTER).items():
             a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-            a_i, b_i = a.detach().float().cpu().clone(), b.detach().float().cpu().clone()
-            b_mg = b_i if t == 0 else self.state[f"{name}.B_mg"] + lam * (b_i - self.state[f"{name}.B_mg"])
-            self.state.update({f"{name}.A_mg": a_i, f"{name}.B_mg": b_mg,
-                               f"{name}.A_prev": a_i, f"{name}.B_prev": b_i})
-            a.copy_(a_i.to(a))
-            b.copy_(b_mg.to(b))
+            with distributed.gathered([a, b], modifier_rank=0):  # ZeRO-3: the trained A, B are partitioned
+                a_i, b_i = a.detach().float().cpu().clone(), b.detach().float().cpu().clone()
+                b_mg = b_i if t == 0 else self.state[f"{name}.B_mg"] + lam * (b_i - self.state[f"{name}.B_mg"])
+                self.state.update({f"{name}.A_mg": a_i, f"{name}.B_mg": b_mg,
+                                   f"{name}.A_prev": a_i, f"{name}.B_prev": b_i})
+                a.copy_(a_i.to(a))
+                b.copy_(b_mg.to(b))
         self.state["tasks_done"] = torch.tensor([i])
 
     def on_resume(self, ctx, done):
