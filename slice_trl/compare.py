@@ -15,7 +15,10 @@ Writes into ``--out`` (default ``compare/``):
 - ``compare.md``: per arm AP / FP / forgetting (and learned / retained with a base row), mean ±
   sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
   same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another
-  metric); the per-stage gate log of every SLICE run (global cosine, gamma, fired, fraction of
+  metric), each with its 95% t-interval and the minimum detectable difference at 80% power
+  (`slice_trl.stats`: exact noncentral-t power); per arm and task, how constant the final
+  stage's answers are (from the predictions the summaries carry; n/a for summaries written before
+  predictions were kept); the per-stage gate log of every SLICE run (global cosine, gamma, fired, fraction of
   modules with a negative cosine);
 - ``compare.json``: the same numbers;
 - ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
@@ -27,13 +30,18 @@ Writes into ``--out`` (default ``compare/``):
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import os
 import re
 import statistics
 import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 from . import stages
+from .stats import paired_summary
 from .integrity import RUN_JSON
 from .results import ResultsMatrix, write_json_atomic
 
@@ -85,6 +93,42 @@ def summarise_run(folder: str | Path, records: list[Path] | None = None) -> dict
     }
 
 
+PREDICTIONS = ("predictions", "base_predictions")  # the summary keys kept in the compressed sidecar
+
+
+def predictions_path(summary_path: str | Path) -> Path:
+    """``<name>.json`` -> ``<name>.predictions.json.gz``: the sidecar holding a summary's predictions."""
+    path = Path(summary_path)
+    return path.with_name(f"{path.stem}.predictions.json.gz")
+
+
+def write_summary(path: str | Path, summary: dict) -> None:
+    """Write a run summary as ``path`` (JSON, without the predictions) and, when the run kept
+    predictions, its sidecar `predictions_path` (gzipped JSON, no timestamp in the header so the
+    bytes depend only on the content; written atomically). Predictions repeat every held-out
+    reference at every stage, so they compress ~10x and stay out of the readable summary."""
+    path = Path(path)
+    preds = {k: summary.get(k) for k in PREDICTIONS}
+    write_json_atomic(path, {k: v for k, v in summary.items() if k not in PREDICTIONS})
+    side = predictions_path(path)
+    if not (preds["base_predictions"] or any(preds["predictions"] or [])):
+        side.unlink(missing_ok=True)  # no stale predictions beside a summary that has none
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write(json.dumps(preds, ensure_ascii=False).encode())
+    os.replace(tmp, side)
+
+
+def read_summary(path: str | Path) -> dict:
+    """A summary JSON written by `write_summary`, with its predictions sidecar merged in when present."""
+    path = Path(path)
+    run = json.loads(path.read_text())
+    if predictions_path(path).is_file():
+        run.update(json.loads(gzip.decompress(predictions_path(path).read_bytes())))
+    return run
+
+
 def _hub_run(spec: str) -> dict:
     from .hub import download_run_records
 
@@ -110,7 +154,7 @@ def load_run(spec: str) -> dict:
                              "output_dir of a run.")
         run = summarise_run(path)
     elif path.is_file():
-        run = json.loads(path.read_text())
+        run = read_summary(path)
         if "R" not in run or "task_names" not in run:
             raise ValueError(f"{path} is not a run summary (no 'R'/'task_names'); give a run folder or a summary "
                              "written by slice_trl.compare.summarise_run.")
@@ -161,7 +205,9 @@ def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> dict:
-    """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only)."""
+    """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only), with mean, sd,
+    the 95% t-interval ``ci`` and the minimum detectable difference ``mdd`` at 80% power
+    (`slice_trl.stats.paired_summary`; None where fewer than two seeds pair)."""
     for name in (a, b):
         if name not in arms:
             raise ValueError(f"--pair names arm {name!r}, which is not among the runs: {sorted(arms)}.")
@@ -169,8 +215,33 @@ def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> d
     other = {r["seed"]: r[metric] for r in arms[b] if r.get("complete", True)}
     seeds = sorted(set(mine) & set(other))
     diffs = [100 * (mine[s] - other[s]) for s in seeds]
-    mean, sd = mean_sd(diffs) if diffs else (None, None)
-    return {"a": a, "b": b, "metric": metric, "seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd}
+    stats = paired_summary(diffs)
+    return {"a": a, "b": b, "metric": metric, "seeds": seeds, "diffs": diffs,
+            **{k: stats[k] for k in ("mean", "sd", "ci", "mdd")}}
+
+
+def constant_answers(run: dict) -> dict[str, dict] | None:
+    """Per task, how constant the run's answers are after the LAST stage (None when the summary
+    has no predictions): ``mode`` (the most common prediction, stripped) and ``mode_share`` (its
+    share of the scored examples); ``label_prior`` = the largest share of one reference among the
+    held-out examples (a reference seen at least twice counts as a label; None when none is), and
+    ``at_prior`` = whether the task's score equals the share of one such label, i.e. the score of
+    answering that label every time."""
+    final = next((p for p in reversed(run.get("predictions") or []) if p), None)
+    if not final:
+        return None
+    out = {}
+    for task in run["task_names"]:
+        rows = final.get(task)
+        if not rows:
+            continue
+        n = len(rows)
+        mode, k = Counter(r["prediction"].strip() for r in rows).most_common(1)[0]
+        labels = [c / n for c in Counter(r["reference"].strip() for r in rows).values() if c > 1]
+        score = statistics.fmean(r["score"] for r in rows)
+        out[task] = {"mode": mode, "mode_share": k / n, "label_prior": max(labels) if labels else None,
+                     "at_prior": any(abs(score - p) < 1e-9 for p in labels)}
+    return out
 
 
 def mean_matrix(runs: list[dict]) -> ResultsMatrix:
@@ -191,8 +262,29 @@ def _fmt(cell, n: int) -> str:
     return f"{cell[0]:.1f}" if n < 2 else f"{cell[0]:.1f} ± {cell[1]:.1f}"
 
 
+def _constant_table(arms: dict[str, list[dict]], names: list[str]) -> list[str]:
+    """Per arm and task: the mean share of the most common final answer over the runs that carry
+    predictions, and in how many of them the score equals a held-out label's prior."""
+    lines = ["| arm | runs with predictions | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, runs in arms.items():
+        found = [c for r in runs if r.get("complete", True) and (c := constant_answers(r)) is not None]
+        cells = []
+        for task in names:
+            rows = [c[task] for c in found if task in c]
+            cells.append("n/a" if not rows else f"{100 * statistics.fmean(x['mode_share'] for x in rows):.0f}% "
+                         f"({sum(x['at_prior'] for x in rows)}/{len(rows)})")
+        lines.append(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _interval(p: dict) -> tuple[str, str]:
+    if p["ci"] is None:
+        return "–", "–"
+    return f"[{p['ci'][0]:+.1f}, {p['ci'][1]:+.1f}]", f"{p['mdd']:.1f}"
+
+
 def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[dict]) -> str:
-    """The markdown report: arm table, paired differences, gate log."""
+    """The markdown report: arm table, paired differences, constant answers, gate log."""
     with_base = any("learned" in row for row in summary.values())
     cols = list(METRICS if with_base else METRICS[:3])
     lines = ["| arm | seeds | " + " | ".join(cols) + " | surgery fired |", "|---|---|" + "---|" * (len(cols) + 1)]
@@ -206,11 +298,23 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
     if incomplete:
         text += ["", f"Not complete (left out above): {', '.join(incomplete)}."]
     if pairs:
-        text += ["", "| paired difference | seeds | per seed | mean ± sd |", "|---|---|---|---|"]
+        text += ["", "Paired differences by seed: 95% CI = mean ± t(0.975, n-1) sd / sqrt(n); min. detectable = "
+                 "the true mean difference a two-sided paired t-test (alpha 0.05) detects with 80% power at this "
+                 "sd (exact noncentral t). A difference inside the CI is not ruled out; one below the "
+                 "min. detectable would likely go unseen.", "",
+                 "| paired difference | seeds | per seed | mean ± sd | 95% CI | min. detectable (80% power) |",
+                 "|---|---|---|---|---|---|"]
         for p in pairs:
             per = ", ".join(f"{d:+.1f}" for d in p["diffs"]) or "–"
             mean = "–" if p["mean"] is None else f"{p['mean']:+.1f}" + (f" ± {p['sd']:.1f}" if len(p["diffs"]) > 1 else "")
-            text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} |")
+            ci, mdd = _interval(p)
+            text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} | {ci} "
+                        f"| {mdd} |")
+    names = next(iter(arms.values()))[0]["task_names"]
+    text += ["", "Constant answers after the last stage, per task: mean share of the most common answer over the "
+             "runs with predictions (in brackets: runs whose score equals the share of one held-out label, i.e. "
+             "the score of always answering it; n/a: summaries written before predictions were kept):", "",
+             *_constant_table(arms, names)]
     gate = [(label, r) for label, runs in arms.items() for r in runs if any(r.get("gate") or [])]
     if gate:
         text += ["", "Gate log (stages 2..T; cosine = global cosine of G_cur and G_prev, gamma = the global "
@@ -283,7 +387,8 @@ def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, ...]] = ()
             mean.heatmap(out / f"{prefix}R_{label}_pct_base.png", relative=True,
                          title=f"{label}: % of the base model (mean over {len(done)} seeds)")
     fp_vs_ap(summary, out / f"{prefix}fp_vs_ap.png", title or "Stability vs plasticity", reference or {})
-    payload = {"task_names": names, "summary": summary, "pairs": pair_rows,
+    constant = {label: [{"seed": r["seed"], "tasks": constant_answers(r)} for r in rs] for label, rs in arms.items()}
+    payload = {"task_names": names, "summary": summary, "pairs": pair_rows, "constant_answers": constant,
                "runs": {label: [{k: r.get(k) for k in ("seed", "R", "base", *METRICS, "gate", "complete")}
                                 for r in rs] for label, rs in arms.items()}}
     write_json_atomic(out / f"{prefix}compare.json", payload)
