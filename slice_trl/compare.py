@@ -222,11 +222,10 @@ def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> d
 
 def constant_answers(run: dict) -> dict[str, dict] | None:
     """Per task, how constant the run's answers are after the LAST stage (None when the summary
-    has no predictions): ``mode`` (the most common prediction, stripped) and ``mode_share`` (its
-    share of the scored examples); ``label_prior`` = the largest share of one reference among the
-    held-out examples (a reference seen at least twice counts as a label; None when none is), and
-    ``at_prior`` = whether the task's score equals the share of one such label, i.e. the score of
-    answering that label every time."""
+    has no predictions): ``mode`` (the most common prediction, stripped), ``mode_share`` (its share
+    of the scored examples), ``mode_prior`` (the share of held-out references equal to it: the
+    score of giving that answer every time, under exact match) and ``at_prior`` (the task's score
+    equals a non-zero ``mode_prior``: the score is what the constant answer alone would earn)."""
     final = next((p for p in reversed(run.get("predictions") or []) if p), None)
     if not final:
         return None
@@ -237,10 +236,10 @@ def constant_answers(run: dict) -> dict[str, dict] | None:
             continue
         n = len(rows)
         mode, k = Counter(r["prediction"].strip() for r in rows).most_common(1)[0]
-        labels = [c / n for c in Counter(r["reference"].strip() for r in rows).values() if c > 1]
+        prior = sum(r["reference"].strip() == mode for r in rows) / n
         score = statistics.fmean(r["score"] for r in rows)
-        out[task] = {"mode": mode, "mode_share": k / n, "label_prior": max(labels) if labels else None,
-                     "at_prior": any(abs(score - p) < 1e-9 for p in labels)}
+        out[task] = {"mode": mode, "mode_share": k / n, "mode_prior": prior,
+                     "at_prior": prior > 0 and abs(score - prior) < 1e-9}
     return out
 
 
@@ -264,7 +263,7 @@ def _fmt(cell, n: int) -> str:
 
 def _constant_table(arms: dict[str, list[dict]], names: list[str]) -> list[str]:
     """Per arm and task: the mean share of the most common final answer over the runs that carry
-    predictions, and in how many of them the score equals a held-out label's prior."""
+    predictions, and in how many of them the score is that answer's share of the references."""
     lines = ["| arm | runs with predictions | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for label, runs in arms.items():
         found = [c for r in runs if r.get("complete", True) and (c := constant_answers(r)) is not None]
@@ -312,8 +311,9 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
                         f"| {mdd} |")
     names = next(iter(arms.values()))[0]["task_names"]
     text += ["", "Constant answers after the last stage, per task: mean share of the most common answer over the "
-             "runs with predictions (in brackets: runs whose score equals the share of one held-out label, i.e. "
-             "the score of always answering it; n/a: summaries written before predictions were kept):", "",
+             "runs with predictions (in brackets: runs whose score equals the share of the held-out references "
+             "that are that answer, i.e. the score of always giving it; n/a: summaries written before predictions "
+             "were kept):", "",
              *_constant_table(arms, names)]
     gate = [(label, r) for label, runs in arms.items() for r in runs if any(r.get("gate") or [])]
     if gate:

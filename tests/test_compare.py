@@ -113,15 +113,19 @@ def _rows(refs, preds):
 
 def test_constant_answers_and_the_predictions_sidecar(tmp_path):
     """Task a: every final answer is NEG and NEG is 3 of 4 references -> share 100%, score 0.75 = the
-    label prior. Task b: unique references (no label), answers x, q, q, r -> share 50%, score 0.25 is
-    not called a prior even though one reference is 1/4 of them."""
+    constant answer's score. Task b: answers x, q, q, r -> share 50%, q is no reference (prior 0).
+    Task c: score 0.4 is label A's share, but the answers are mostly C: not a constant answer's score."""
     final = {"a": _rows(["POS", "NEG", "NEG", "NEG"], ["NEG"] * 4),
-             "b": _rows(["x", "y", "z", "w"], ["x", " q", "q ", "r"])}
+             "b": _rows(["x", "y", "z", "w"], ["x", " q", "q ", "r"]),
+             "c": _rows(["A", "A", "B", "B", "B"], ["A", "A", "C", "C", "C"])}
     first = {"a": _rows(["POS", "NEG", "NEG", "NEG"], ["POS"] * 4)}  # stage 1: ignored (not the last stage)
-    with_preds = {**runs()[0], "predictions": [first, final], "base_predictions": first}
+    with_preds = {**runs()[0], "task_names": ["a", "b", "c"], "predictions": [first, final], "base_predictions": first}
     got = constant_answers(with_preds)
-    assert got["a"] == {"mode": "NEG", "mode_share": 1.0, "label_prior": 0.75, "at_prior": True}
-    assert got["b"] == {"mode": "q", "mode_share": 0.5, "label_prior": None, "at_prior": False}
+    assert got["a"] == {"mode": "NEG", "mode_share": 1.0, "mode_prior": 0.75, "at_prior": True}
+    assert got["b"] == {"mode": "q", "mode_share": 0.5, "mode_prior": 0.0, "at_prior": False}
+    assert got["c"] == {"mode": "C", "mode_share": 0.6, "mode_prior": 0.0, "at_prior": False}
+    with_preds["task_names"] = NAMES  # compare() needs the runs' tasks to agree
+    with_preds["predictions"][1] = {"a": final["a"], "b": final["b"]}
     assert constant_answers(runs()[1]) is None and constant_answers({**runs()[1], "predictions": [None, None]}) is None
 
     path = tmp_path / "slice_seed0.json"
@@ -133,7 +137,7 @@ def test_constant_answers_and_the_predictions_sidecar(tmp_path):
     write_summary(path, with_preds)
     assert side.read_bytes() == first_bytes  # no timestamp in the gzip header: same content, same bytes
     back = read_summary(path)
-    assert back["predictions"] == [first, final] and back["base_predictions"] == first
+    assert back["predictions"] == with_preds["predictions"] and back["base_predictions"] == first
     old = tmp_path / "slice_seed1.json"
     old.write_text(json.dumps(runs()[1]))  # a summary from before predictions were kept
     out = compare([load_run(str(path)), load_run(str(old)), *runs()[2:4]], tmp_path / "out")
