@@ -21,9 +21,11 @@ as one JSON file under ``--cache`` (a rerun resumes); everything runs single-thr
 
     OMP_NUM_THREADS=1 python benchmarks/bench_gate_stability.py runs/bench/opp1/slice_c1.0_each_task_seed0
         [--draws 5] [--results-dir benchmarks/results] [--cache DIR] [--data-dir DIR] [--name gate_stability]
+        [--follow]
 
-Writes ``<results-dir>/<name>.json`` and ``.md`` after every stage (marked partial until every
-stage and draw is done).
+Writes ``<results-dir>/<name>.json`` and ``.md`` after every draw (marked partial until every
+stage and draw is done). ``--follow`` measures a run that is still going: stage t is probed as
+soon as stage t - 1 is finished, and the run's own cosine is filled in once stage t is.
 """
 
 from __future__ import annotations
@@ -124,13 +126,15 @@ def probe(trainer, t: int, init_seed: int, replay_seed: int) -> dict:
             "init_seed": init_seed, "replay_seed": replay_seed, "seconds": time.perf_counter() - t0}
 
 
-def summarise(stage: int, recorded: dict, draws: dict[int, dict], n_draws: int) -> dict:
-    """One stage's row: the run's cosine, draw 0's, and the redraws' spread and flips."""
+def summarise(stage: int, recorded: dict | None, draws: dict[int, dict], n_draws: int) -> dict:
+    """One stage's row: the run's cosine (None while its stage is unfinished), draw 0's, and the
+    redraws' spread and flips (redraws reaching the other decision than the run's)."""
     redraws = [draws[d]["cosine"] for d in range(1, n_draws + 1) if d in draws]
-    own_fire = recorded["cosine"] < 0
-    row = {"stage": stage, "recorded_cosine": recorded["cosine"], "recorded_fired": recorded["fired"],
+    row = {"stage": stage, "recorded_cosine": recorded["cosine"] if recorded else None,
+           "recorded_fired": recorded["fired"] if recorded else None,
            "own_draw_cosine": draws[0]["cosine"] if 0 in draws else None, "n_redraws": len(redraws),
-           "redraw_cosines": redraws, "flips": sum((c < 0) != own_fire for c in redraws)}
+           "redraw_cosines": redraws,
+           "flips": sum((c < 0) != (recorded["cosine"] < 0) for c in redraws) if recorded else None}
     if redraws:
         row.update(mean=statistics.fmean(redraws), sd=statistics.stdev(redraws) if len(redraws) > 1 else None,
                    min=min(redraws), max=max(redraws))
@@ -160,8 +164,9 @@ def write_report(path: Path, run_dir: Path, info: dict, rows: list[dict], comple
         f = (lambda k: "–" if r.get(k) is None else f"{r[k]:+.4f}")
         prev = sum(r.get("probe_examples", {}).get("prev_examples", [])) or "–"
         sd = "–" if r.get("sd") is None else f"{r['sd']:.4f}"
-        lines.append(f"| {r['stage']} | {prev} | {r['recorded_cosine']:+.4f} | {f('own_draw_cosine')} | "
-                     f"{r['n_redraws']} | {f('mean')} | {sd} | {f('min')} | {f('max')} | {r['flips']} of {r['n_redraws']} |")
+        flips = "–" if r["flips"] is None else f"{r['flips']} of {r['n_redraws']}"
+        lines.append(f"| {r['stage']} | {prev} | {f('recorded_cosine')} | {f('own_draw_cosine')} | "
+                     f"{r['n_redraws']} | {f('mean')} | {sd} | {f('min')} | {f('max')} | {flips} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -174,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None, help="per (stage, draw) results (default: <run_dir>/../gate_stability_"
                    "<run name>; a rerun resumes from it)")
     p.add_argument("--data-dir", default=None, help="task data folder, when it moved since the run")
+    p.add_argument("--follow", action="store_true", help="the run is still going: probe each stage as soon as the "
+                   "stage before it is finished (polling every minute) until the last stage is done")
     args = p.parse_args(argv)
     import torch
 
@@ -186,31 +193,46 @@ def main(argv=None) -> int:
     cache = Path(args.cache) if args.cache else run_dir.parent / f"gate_stability_{run_dir.name}"
     out = Path(args.results_dir) / args.name
     names = json.loads((run_dir / "run.json").read_text())["task_names"]
-    finished = [stages.is_finished(stages.stage_dir(run_dir, t, n)) for t, n in enumerate(names)]
-    n_stages = finished.index(False) if False in finished else len(names)
-    if n_stages < 2:
-        p.error(f"{run_dir} has {n_stages} finished stage(s): the gate first acts at stage 2.")
+    folder = (lambda t: stages.stage_dir(run_dir, t, names[t]))
+
+    def finished(t: int) -> bool:  # a stage is finished iff its record exists (written last)
+        while args.follow and not stages.is_finished(folder(t)):
+            time.sleep(60)
+        return stages.is_finished(folder(t))
+
+    if not finished(0):
+        p.error(f"{run_dir} has no finished stage: the gate first acts at stage 2, on stage 1's model.")
     trainer, info = build_trainer(run_dir, cache / "scratch", args.data_dir)
     own_init, own_replay = trainer.args.init.seed, trainer.args.replay.seed
-    rows = []
-    for t in range(1, n_stages):
-        trainer.model = stages.reapply_stage(trainer.model, trainer.lora_config,
-                                             stages.stage_dir(run_dir, t - 1, names[t - 1]))
-        recorded = stages.read_record(stages.stage_dir(run_dir, t, names[t]))["init"]["surgery"]
-        draws = {}
+    probed: dict[int, dict] = {}  # stage (0-indexed) -> {draw: result}
+
+    def report() -> bool:
+        recorded = {t: stages.read_record(folder(t))["init"]["surgery"] if stages.is_finished(folder(t)) else None
+                    for t in probed}
+        rows = [summarise(t + 1, recorded[t], draws, args.draws) for t, draws in probed.items()]
+        complete = (len(probed) == len(names) - 1 and all(recorded.values())
+                    and all(len(d) == args.draws + 1 for d in probed.values()))
+        write_report(out, run_dir, info, rows, complete, args.draws)
+        return complete
+
+    for t in range(1, len(names)):
+        if not finished(t - 1):  # probing stage t needs the model after stage t - 1
+            break
+        trainer.model = stages.reapply_stage(trainer.model, trainer.lora_config, folder(t - 1))
+        probed[t] = {}
         for d in range(args.draws + 1):
             path = cache / f"stage{t + 1}_draw{d}.json"
             if path.is_file():
-                draws[d] = json.loads(path.read_text())
+                probed[t][d] = json.loads(path.read_text())
                 continue
-            draws[d] = probe(trainer, t, *draw_seeds(own_init, own_replay, d))
-            write_json_atomic(path, draws[d])
-            print(f"[{time.strftime('%H:%M:%S')}] stage {t + 1} draw {d}: cosine {draws[d]['cosine']:+.4f} "
-                  f"({draws[d]['seconds']:.0f} s)", flush=True)
-            rows_now = rows + [summarise(t + 1, recorded, draws, args.draws)]
-            write_report(out, run_dir, info, rows_now, False, args.draws)
-        rows.append(summarise(t + 1, recorded, draws, args.draws))
-        write_report(out, run_dir, info, rows, t == n_stages - 1 and n_stages == len(names), args.draws)
+            probed[t][d] = probe(trainer, t, *draw_seeds(own_init, own_replay, d))
+            write_json_atomic(path, probed[t][d])
+            print(f"[{time.strftime('%H:%M:%S')}] stage {t + 1} draw {d}: cosine {probed[t][d]['cosine']:+.4f} "
+                  f"({probed[t][d]['seconds']:.0f} s)", flush=True)
+            report()
+    if probed:
+        finished(len(names) - 1)  # --follow: the last stage's record holds the last recorded cosine
+    report()
     print(out.with_suffix(".md").read_text())
     return 0
 

@@ -96,3 +96,20 @@ def test_the_check_needs_the_earlier_stages_merged(bench, tiny_run, tmp_path, mo
     assert mod.main([str(run_dir), "--draws", "0", "--results-dir", str(tmp_path), "--cache", str(tmp_path / "c")]) == 0
     rows = json.loads((tmp_path / "gate_stability.json").read_text())["stages"]
     assert any(abs(r["own_draw_cosine"] - r["recorded_cosine"]) > 1e-3 for r in rows)
+
+
+def test_an_unfinished_run_gives_a_partial_report(bench, tiny_run, tmp_path):
+    """Stages 2 and 3 not finished (no record.json): stage 2 is probed on stage 1's model, its
+    recorded cosine and flips are unknown, stage 3 waits; the report says PARTIAL."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run_dir)
+    for record in sorted((run_dir / "stages").glob("*/record.json"))[1:]:
+        record.unlink()
+    assert bench.main([str(run_dir), "--draws", "1", "--results-dir", str(tmp_path), "--cache", str(tmp_path / "c")]) == 0
+    out = json.loads((tmp_path / "gate_stability.json").read_text())
+    assert not out["complete"] and [r["stage"] for r in out["stages"]] == [2]
+    row = out["stages"][0]
+    assert row["recorded_cosine"] is None and row["flips"] is None and row["own_draw_cosine"] is not None
+    assert "PARTIAL" in (tmp_path / "gate_stability.md").read_text()
