@@ -66,7 +66,10 @@ SEQUENCES = {
                        ("slice_c1.0_per_module", "lora_ga"), ("slice_c0.5", "lora_ga"),
                        # against the plasticity-matched control: AP (is it matched?) and forgetting, by seed
                        ("slice_c1.0", "vanilla_lr6e-3", "AP"), ("slice_c1.0", "vanilla_lr6e-3", "forgetting"),
-                       ("lora_ga", "vanilla_lr6e-3", "forgetting")], "paper": PAPER_OPP1},
+                       ("lora_ga", "vanilla_lr6e-3", "forgetting"), ("slice_c1.0", "vanilla_lr6e-3"),
+                       # LoRAM against LoRA-GA (the README compares them): plasticity and forgetting
+                       ("loram", "lora_ga", "AP"), ("loram", "lora_ga", "forgetting"), ("loram", "lora_ga")],
+             "paper": PAPER_OPP1},
     "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "data": False, "pairs": [], "paper": {}},
     "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "data": True, "pairs": [], "paper": {}},
 }
