@@ -179,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None, help="per (stage, draw) results (default: <run_dir>/../gate_stability_"
                    "<run name>; a rerun resumes from it)")
     p.add_argument("--data-dir", default=None, help="task data folder, when it moved since the run")
+    p.add_argument("--only-draws", type=int, nargs="+", default=None, metavar="D",
+                   help="compute only these draws in this invocation (e.g. 1 2: two redraws at every stage first, "
+                   "the rest by a later call); the report uses every draw in the cache")
     p.add_argument("--follow", action="store_true", help="the run is still going: probe each stage as soon as the "
                    "stage before it is finished (polling every minute) until the last stage is done")
     args = p.parse_args(argv)
@@ -224,6 +227,8 @@ def main(argv=None) -> int:
             path = cache / f"stage{t + 1}_draw{d}.json"
             if path.is_file():
                 probed[t][d] = json.loads(path.read_text())
+                continue
+            if args.only_draws is not None and d not in args.only_draws:
                 continue
             probed[t][d] = probe(trainer, t, *draw_seeds(own_init, own_replay, d))
             write_json_atomic(path, probed[t][d])

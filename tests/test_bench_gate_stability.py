@@ -100,16 +100,20 @@ def test_the_check_needs_the_earlier_stages_merged(bench, tiny_run, tmp_path, mo
 
 def test_an_unfinished_run_gives_a_partial_report(bench, tiny_run, tmp_path):
     """Stages 2 and 3 not finished (no record.json): stage 2 is probed on stage 1's model, its
-    recorded cosine and flips are unknown, stage 3 waits; the report says PARTIAL."""
+    recorded cosine and flips are unknown, stage 3 waits; --only-draws computes only the draws
+    named; the report says PARTIAL."""
     import shutil
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run / "run", run_dir)
     for record in sorted((run_dir / "stages").glob("*/record.json"))[1:]:
         record.unlink()
-    assert bench.main([str(run_dir), "--draws", "1", "--results-dir", str(tmp_path), "--cache", str(tmp_path / "c")]) == 0
+    args = [str(run_dir), "--draws", "2", "--results-dir", str(tmp_path), "--cache", str(tmp_path / "c")]
+    assert bench.main([*args, "--only-draws", "1"]) == 0  # this pass: redraw 1 only
     out = json.loads((tmp_path / "gate_stability.json").read_text())
     assert not out["complete"] and [r["stage"] for r in out["stages"]] == [2]
     row = out["stages"][0]
-    assert row["recorded_cosine"] is None and row["flips"] is None and row["own_draw_cosine"] is not None
+    assert row["recorded_cosine"] is None and row["flips"] is None
+    assert row["own_draw_cosine"] is None and row["n_redraws"] == 1
+    assert sorted(p.name for p in (tmp_path / "c").glob("stage*.json")) == ["stage2_draw1.json"]
     assert "PARTIAL" in (tmp_path / "gate_stability.md").read_text()
