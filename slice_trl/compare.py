@@ -17,9 +17,9 @@ Writes into ``--out`` (default ``compare/``):
   same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another
   metric), each with its 95% t-interval and the minimum detectable difference at 80% power
   (`slice_trl.stats`: exact noncentral-t power); per arm and task, how constant the final
-  stage's answers are (from the predictions the summaries carry; n/a for summaries written before
-  predictions were kept); the per-stage gate log of every SLICE run (global cosine, gamma, fired, fraction of
-  modules with a negative cosine);
+  stage's answers are (from the predictions the summaries carry; n/a for summaries written
+  before predictions were kept); the per-stage gate log of every SLICE run (global cosine, gamma,
+  fired, fraction of modules with a negative cosine);
 - ``compare.json``: the same numbers;
 - ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
   base model's score, as the paper's heatmaps), ``fp_vs_ap.png`` (with ``--paper-opp1`` or
@@ -41,9 +41,9 @@ from collections import Counter
 from pathlib import Path
 
 from . import stages
-from .stats import paired_summary
 from .integrity import RUN_JSON
 from .results import ResultsMatrix, write_json_atomic
+from .stats import paired_summary
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
 HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")  # user/repo[@revision]
