@@ -207,7 +207,12 @@ def main(argv=None) -> int:
         p.error(f"{run_dir} has no finished stage: the gate first acts at stage 2, on stage 1's model.")
     trainer, info = build_trainer(run_dir, cache / "scratch", args.data_dir)
     own_init, own_replay = trainer.args.init.seed, trainer.args.replay.seed
-    probed: dict[int, dict] = {}  # stage (0-indexed) -> {draw: result}
+    probed: dict[int, dict] = {}  # stage (0-indexed) -> {draw: result}; every cached draw is reported
+    for t in range(1, len(names)):  # (also the stages this invocation has not reached yet)
+        found = {d: json.loads(f.read_text()) for d in range(args.draws + 1)
+                 if (f := cache / f"stage{t + 1}_draw{d}.json").is_file()}
+        if found:
+            probed[t] = found
 
     def report() -> bool:
         recorded = {t: stages.read_record(folder(t))["init"]["surgery"] if stages.is_finished(folder(t)) else None
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
         if not finished(t - 1):  # probing stage t needs the model after stage t - 1
             break
         trainer.model = stages.reapply_stage(trainer.model, trainer.lora_config, folder(t - 1))
-        probed[t] = {}
+        probed.setdefault(t, {})
         for d in range(args.draws + 1):
             path = cache / f"stage{t + 1}_draw{d}.json"
             if path.is_file():
