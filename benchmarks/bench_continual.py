@@ -14,7 +14,8 @@ Every run is the real entry point, ``python -m slice_trl.run RECIPE --seed S --i
   the committed earlier results.
 
 Resumable across sessions: each finished run's summary (R, base row, gate log, timings, settings)
-is written to ``<results-dir>/<seq>/runs/<arm>_seed<S>.json`` (committed); a run whose summary is
+is written to ``<results-dir>/<seq>/runs/<arm>_seed<S>.json`` (committed) and every scored example
+(the predictions, runs from issue 30 on) to ``<arm>_seed<S>.predictions.json.gz`` beside it; a run whose summary is
 there with the same settings (parsed recipe, arm, seed) is not run again, even when its run folder
 is gone. A run folder that finished without a summary is summarised, not rerun; an unfinished one
 resumes from its last finished stage. Then `slice_trl.compare` writes, under the results dir:
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as a script
 
 from slice_trl.compare import PAPER_OPP1, compare as compare_runs, summarise_run  # noqa: E402
+from slice_trl.jsonio import read_summary, write_summary  # noqa: E402
 from slice_trl.results import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,7 +67,10 @@ SEQUENCES = {
                        ("slice_c1.0_per_module", "lora_ga"), ("slice_c0.5", "lora_ga"),
                        # against the plasticity-matched control: AP (is it matched?) and forgetting, by seed
                        ("slice_c1.0", "vanilla_lr6e-3", "AP"), ("slice_c1.0", "vanilla_lr6e-3", "forgetting"),
-                       ("lora_ga", "vanilla_lr6e-3", "forgetting")], "paper": PAPER_OPP1},
+                       ("lora_ga", "vanilla_lr6e-3", "forgetting"), ("slice_c1.0", "vanilla_lr6e-3"),
+                       # LoRAM against LoRA-GA (the README compares them): plasticity and forgetting
+                       ("loram", "lora_ga", "AP"), ("loram", "lora_ga", "forgetting"), ("loram", "lora_ga")],
+             "paper": PAPER_OPP1},
     "builtin": {"recipe": "benchmarks/recipes/builtin_cpu.yaml", "data": False, "pairs": [], "paper": {}},
     "opp2": {"recipe": "benchmarks/recipes/ni_seq_opp2_cpu.yaml", "data": True, "pairs": [], "paper": {}},
 }
@@ -133,7 +138,7 @@ def finished_summary(results: Path, seq: str, method: str, seed: int) -> dict | 
     path = summary_path(results, seq, method, seed)
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
+    summary = read_summary(path)  # with its predictions (the .predictions.json.gz beside it), if any
     return summary if summary.get("bench_settings") == settings(seq, method, seed) else None
 
 
@@ -172,7 +177,7 @@ def launch(seq: str, method: str, seed: int, runs: Path, results: Path) -> dict:
     if ok:
         summary = {**summarise_run(out), "label": method, "bench_settings": settings(seq, method, seed),
                    "wall_s": wall, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
-        write_json_atomic(summary_path(results, seq, method, seed), summary)
+        write_summary(summary_path(results, seq, method, seed), summary)  # predictions: a .predictions.json.gz beside it
     return {"seq": seq, "method": method, "seed": seed, "wall_s": wall, "reused": False, "ok": ok}
 
 
@@ -202,7 +207,7 @@ def report(seq: str, methods: list[str], seeds: list[int], results: Path) -> str
     out = compare_runs(runs, results, pairs, title, SEQUENCES[seq]["paper"], prefix=f"continual_{seq}_")
     # the layout of earlier invocations (continual_<seq>.json/.md), which --reference reads
     payload = {"sequence": seq, "recipe": SEQUENCES[seq]["recipe"], "task_names": names, "seeds": seeds,
-               **{k: out[k] for k in ("summary", "pairs", "runs")}}
+               **{k: out[k] for k in ("summary", "pairs", "runs", "constant_answers")}}
     write_json_atomic(results / f"continual_{seq}.json", payload)
     for name in ("compare.json", "compare.md"):
         (results / f"continual_{seq}_{name}").unlink(missing_ok=True)

@@ -15,8 +15,11 @@ Writes into ``--out`` (default ``compare/``):
 - ``compare.md``: per arm AP / FP / forgetting (and learned / retained with a base row), mean ±
   sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
   same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another
-  metric); the per-stage gate log of every SLICE run (global cosine, gamma, fired, fraction of
-  modules with a negative cosine);
+  metric), each with its 95% t-interval and the minimum detectable difference at 80% power
+  (`slice_trl.stats`: exact noncentral-t power); per arm and task, how constant the final
+  stage's answers are (from the predictions the summaries carry; n/a for summaries written
+  before predictions were kept); the per-stage gate log of every SLICE run (global cosine, gamma,
+  fired, fraction of modules with a negative cosine);
 - ``compare.json``: the same numbers;
 - ``R_<arm>.png`` (mean R over seeds, base row on top) and ``R_<arm>_pct_base.png`` (% of the
   base model's score, as the paper's heatmaps), ``fp_vs_ap.png`` (with ``--paper-opp1`` or
@@ -31,12 +34,15 @@ import json
 import re
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 from . import stages
-from .integrity import RUN_JSON
 from .cl_metrics import FIELD_METRICS
+from .integrity import RUN_JSON
+from .jsonio import read_summary
 from .results import ResultsMatrix, write_json_atomic
+from .stats import paired_summary
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
 HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")  # user/repo[@revision]
@@ -111,7 +117,7 @@ def load_run(spec: str) -> dict:
                              "output_dir of a run.")
         run = summarise_run(path)
     elif path.is_file():
-        run = json.loads(path.read_text())
+        run = read_summary(path)
         if "R" not in run or "task_names" not in run:
             raise ValueError(f"{path} is not a run summary (no 'R'/'task_names'); give a run folder or a summary "
                              "written by slice_trl.compare.summarise_run.")
@@ -162,7 +168,9 @@ def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> dict:
-    """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only)."""
+    """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only), with mean, sd,
+    the 95% t-interval ``ci`` and the minimum detectable difference ``mdd`` at 80% power
+    (`slice_trl.stats.paired_summary`; None where fewer than two seeds pair)."""
     for name in (a, b):
         if name not in arms:
             raise ValueError(f"--pair names arm {name!r}, which is not among the runs: {sorted(arms)}.")
@@ -170,8 +178,32 @@ def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> d
     other = {r["seed"]: r[metric] for r in arms[b] if r.get("complete", True)}
     seeds = sorted(set(mine) & set(other))
     diffs = [100 * (mine[s] - other[s]) for s in seeds]
-    mean, sd = mean_sd(diffs) if diffs else (None, None)
-    return {"a": a, "b": b, "metric": metric, "seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd}
+    stats = paired_summary(diffs)
+    return {"a": a, "b": b, "metric": metric, "seeds": seeds, "diffs": diffs,
+            **{k: stats[k] for k in ("mean", "sd", "ci", "mdd")}}
+
+
+def constant_answers(run: dict) -> dict[str, dict] | None:
+    """Per task, how constant the run's answers are after the LAST stage (None when the summary
+    has no predictions): ``mode`` (the most common prediction, stripped), ``mode_share`` (its share
+    of the scored examples), ``mode_prior`` (the share of held-out references equal to it: the
+    score of giving that answer every time, under exact match) and ``at_prior`` (the task's score
+    equals a non-zero ``mode_prior``: the score is what the constant answer alone would earn)."""
+    final = next((p for p in reversed(run.get("predictions") or []) if p), None)
+    if not final:
+        return None
+    out = {}
+    for task in run["task_names"]:
+        rows = final.get(task)
+        if not rows:
+            continue
+        n = len(rows)
+        mode, k = Counter(r["prediction"].strip() for r in rows).most_common(1)[0]
+        prior = sum(r["reference"].strip() == mode for r in rows) / n
+        score = statistics.fmean(r["score"] for r in rows)
+        out[task] = {"mode": mode, "mode_share": k / n, "mode_prior": prior,
+                     "at_prior": prior > 0 and abs(score - prior) < 1e-9}
+    return out
 
 
 def mean_matrix(runs: list[dict]) -> ResultsMatrix:
@@ -196,8 +228,29 @@ def _fmt(cell, n: int) -> str:
     return f"{cell[0]:.1f}" if n < 2 else f"{cell[0]:.1f} ± {cell[1]:.1f}"
 
 
+def _constant_table(arms: dict[str, list[dict]], names: list[str]) -> list[str]:
+    """Per arm and task: the mean share of the most common final answer over the runs that carry
+    predictions, and in how many of them the score is that answer's share of the references."""
+    lines = ["| arm | runs with predictions | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, runs in arms.items():
+        found = [c for r in runs if r.get("complete", True) and (c := constant_answers(r)) is not None]
+        cells = []
+        for task in names:
+            rows = [c[task] for c in found if task in c]
+            cells.append("n/a" if not rows else f"{100 * statistics.fmean(x['mode_share'] for x in rows):.0f}% "
+                         f"({sum(x['at_prior'] for x in rows)}/{len(rows)})")
+        lines.append(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _interval(p: dict) -> tuple[str, str]:
+    if p["ci"] is None:
+        return "–", "–"
+    return f"[{p['ci'][0]:+.1f}, {p['ci'][1]:+.1f}]", f"{p['mdd']:.1f}"
+
+
 def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[dict]) -> str:
-    """The markdown report: arm table, paired differences, gate log."""
+    """The markdown report: arm table, paired differences, constant answers, gate log."""
     with_base = any("learned" in row for row in summary.values())
     cols = list(METRICS if with_base else METRICS[:3])
     lines = ["| arm | seeds | " + " | ".join(cols) + " | surgery fired |", "|---|---|" + "---|" * (len(cols) + 1)]
@@ -218,11 +271,24 @@ def tables(arms: dict[str, list[dict]], summary: dict[str, dict], pairs: list[di
             _fmt(row[k], len(row["seeds"])) if k in row else "n/a" for k in FIELD_METRICS) + " |"
             for label, row in summary.items()]
     if pairs:
-        text += ["", "| paired difference | seeds | per seed | mean ± sd |", "|---|---|---|---|"]
+        text += ["", "Paired differences by seed: 95% CI = mean ± t(0.975, n-1) sd / sqrt(n); min. detectable = "
+                 "the true mean difference a two-sided paired t-test (alpha 0.05) detects with 80% power at this "
+                 "sd (exact noncentral t). A difference inside the CI is not ruled out; one below the "
+                 "min. detectable would likely go unseen.", "",
+                 "| paired difference | seeds | per seed | mean ± sd | 95% CI | min. detectable (80% power) |",
+                 "|---|---|---|---|---|---|"]
         for p in pairs:
             per = ", ".join(f"{d:+.1f}" for d in p["diffs"]) or "–"
             mean = "–" if p["mean"] is None else f"{p['mean']:+.1f}" + (f" ± {p['sd']:.1f}" if len(p["diffs"]) > 1 else "")
-            text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} |")
+            ci, mdd = _interval(p)
+            text.append(f"| {p['metric']}({p['a']}) - {p['metric']}({p['b']}) | {p['seeds']} | {per} | {mean} | {ci} "
+                        f"| {mdd} |")
+    names = next(iter(arms.values()))[0]["task_names"]
+    text += ["", "Constant answers after the last stage, per task: mean share of the most common answer over the "
+             "runs with predictions (in brackets: runs whose score equals the share of the held-out references "
+             "that are that answer, i.e. the score of always giving it; n/a: summaries written before predictions "
+             "were kept):", "",
+             *_constant_table(arms, names)]
     gate = [(label, r) for label, runs in arms.items() for r in runs if any(r.get("gate") or [])]
     if gate:
         text += ["", "Gate log (stages 2..T; cosine = global cosine of G_cur and G_prev, gamma = the global "
@@ -295,7 +361,8 @@ def compare(runs: list[dict], out: str | Path, pairs: list[tuple[str, ...]] = ()
             mean.heatmap(out / f"{prefix}R_{label}_pct_base.png", relative=True,
                          title=f"{label}: % of the base model (mean over {len(done)} seeds)")
     fp_vs_ap(summary, out / f"{prefix}fp_vs_ap.png", title or "Stability vs plasticity", reference or {})
-    payload = {"task_names": names, "summary": summary, "pairs": pair_rows,
+    constant = {label: [{"seed": r["seed"], "tasks": constant_answers(r)} for r in rs] for label, rs in arms.items()}
+    payload = {"task_names": names, "summary": summary, "pairs": pair_rows, "constant_answers": constant,
                "runs": {label: [{k: r.get(k) for k in ("seed", "R", "base", "upcoming", *METRICS, *FIELD_METRICS,
                                                        "gate", "complete")} for r in rs] for label, rs in arms.items()}}
     write_json_atomic(out / f"{prefix}compare.json", payload)
