@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,10 +42,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as a script
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the shared launcher, also when imported from elsewhere
 
 from slice_trl.compare import compare as compare_runs, summarise_run  # noqa: E402
 from slice_trl.results import write_json_atomic  # noqa: E402
 from slice_trl.tasks.sequences import expand_sequence  # noqa: E402
+
+from bench_continual import run_entry_point  # noqa: E402  (one way to launch a benchmark run)
 
 RESULTS = ROOT / "benchmarks" / "results"
 # ../shared/data next to the checkout (main), or next to the worktrees' folder (/work/wt/<name>)
@@ -105,15 +107,7 @@ def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs
         shutil.copyfile(shared[0], out / "base" / "record.json")
     cmd = [sys.executable, "-m", "slice_trl.run", str(recipe), "--data_dir", str(SHARED / BENCHMARKS[bench]["data"]),
            *ARMS[arm], *extra, "--seed", str(seed), "--init.seed", str(seed), "--output_dir", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    t0 = time.perf_counter()
-    with open(out / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall, ok = time.perf_counter() - t0, proc.returncode == 0
-    status = "ok" if ok else f"FAILED (exit {proc.returncode}, see {out / 'log.txt'})"
-    print(f"[{time.strftime('%H:%M:%S')}] {bench} {arm} seed {seed}: {status} in {wall:.0f} s", flush=True)
+    ok, wall = run_entry_point(cmd, out, f"{bench} {arm} seed {seed}", env={"HF_HUB_OFFLINE": "1"})
     if ok:
         records = sorted((out / "stages").glob("*/record.json"))
         evaluated = [len(json.loads(p.read_text())["scores"]) for p in records]

@@ -153,6 +153,22 @@ def _share_base_row(runs: Path, seq: str, out: Path) -> None:
         return
 
 
+def run_entry_point(cmd: list[str], out: Path, label: str, env: dict | None = None) -> tuple[bool, float]:
+    """Run one benchmark run (``cmd``: the entry point and its overrides) in its own process with one
+    thread and this checkout's package, appending its output to ``out/log.txt``; prints one line.
+    Returns (finished with exit 0, wall seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env or {}),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    t0 = time.perf_counter()
+    with open(out / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall, ok = time.perf_counter() - t0, proc.returncode == 0
+    status = "ok" if ok else f"FAILED (exit {proc.returncode}, see {out / 'log.txt'})"
+    print(f"[{time.strftime('%H:%M:%S')}] {label}: {status} in {wall:.0f} s", flush=True)
+    return ok, wall
+
+
 def launch(seq: str, method: str, seed: int, runs: Path, results: Path) -> dict:
     """One run of the entry point in its own process (one thread), unless its summary is already
     in ``results``; writes the summary. Returns {"ok", "reused", "wall_s"}."""
@@ -166,14 +182,7 @@ def launch(seq: str, method: str, seed: int, runs: Path, results: Path) -> dict:
         data = ["--data_dir", str(DATA)] if SEQUENCES[seq]["data"] else []
         cmd = [sys.executable, "-m", "slice_trl.run", SEQUENCES[seq]["recipe"], *data, *METHODS[method],
                "--seed", str(seed), "--init.seed", str(seed), "--output_dir", str(out)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        t0 = time.perf_counter()
-        with open(out / "log.txt", "a") as log:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wall, ok = time.perf_counter() - t0, proc.returncode == 0
-        status = "ok" if ok else f"FAILED (exit {proc.returncode}, see {out / 'log.txt'})"
-        print(f"[{time.strftime('%H:%M:%S')}] {seq:8s} {method:22s} seed {seed}: {status} in {wall:.0f} s", flush=True)
+        ok, wall = run_entry_point(cmd, out, f"{seq:8s} {method:22s} seed {seed}")
     if ok:
         summary = {**summarise_run(out), "label": method, "bench_settings": settings(seq, method, seed),
                    "wall_s": wall, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}

@@ -53,6 +53,24 @@ def no_deepspeed_op_builds() -> None:
     vars(deepspeed.ops)["__compatible_ops__"] = {}
 
 
+# The README's compatibility table, row by row: name -> (init section, strategy name or None). The
+# engine and bf16 tests both run every row (tests/test_engines.py, tests/test_bf16.py).
+COMPATIBILITY_ROWS = {
+    "slice": ({"method": "slice"}, None),
+    "slice_per_module": ({"method": "slice", "projection": "per_module"}, None),
+    "lora_ga": ({"method": "lora_ga"}, None),
+    "loram": ({"method": "loram"}, None),
+    "vanilla": ({"method": "vanilla"}, None),
+    "olora": ({"method": "vanilla"}, "olora"),
+    "keeplora": ({"method": "vanilla"}, "keeplora"),
+    "inflora": ({"method": "vanilla"}, "inflora"),
+    "eblora": ({"method": "vanilla"}, "eblora"),
+    "slao": ({"method": "vanilla"}, "slao"),
+}
+# a fixed input (1, 8) for the deployed model's logits in those tests
+PROBE_IDS = [[5, 17, 42, 99, 3, 250, 7, 64]]
+
+
 def tiny_llama(seed: int = 0, hidden_size: int = 64, layers: int = 2, vocab_size: int = 260, intermediate: int = 96):
     """A random LlamaForCausalLM (fp32) with q/k/v/o/gate/up/down projections."""
     from transformers import LlamaConfig, LlamaForCausalLM

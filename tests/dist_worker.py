@@ -47,7 +47,9 @@ from peft import LoraConfig  # noqa: E402
 from slice_trl import distributed  # noqa: E402
 from slice_trl.config import ContinualSFTConfig  # noqa: E402
 from slice_trl.tasks.base import Task  # noqa: E402
-from slice_trl.testing import conflicting_tiny_llama, no_deepspeed_op_builds, tiny_llama, tiny_tokenizer  # noqa: E402
+from slice_trl.testing import (  # noqa: E402
+    COMPATIBILITY_ROWS as ENGINE_CONFIGS, PROBE_IDS, conflicting_tiny_llama, no_deepspeed_op_builds, tiny_llama,
+    tiny_tokenizer)
 from slice_trl.trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -180,23 +182,8 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# engines: every initialiser and strategy in one launch
+# engines: every initialiser and strategy in one launch (the rows: slice_trl.testing.COMPATIBILITY_ROWS)
 # ---------------------------------------------------------------------------------------------
-
-# name -> (init section, strategy name or None)
-ENGINE_CONFIGS = {
-    "slice": ({"method": "slice"}, None),
-    "slice_per_module": ({"method": "slice", "projection": "per_module"}, None),
-    "lora_ga": ({"method": "lora_ga"}, None),
-    "loram": ({"method": "loram"}, None),
-    "vanilla": ({"method": "vanilla"}, None),
-    "olora": ({"method": "vanilla"}, "olora"),
-    "keeplora": ({"method": "vanilla"}, "keeplora"),
-    "inflora": ({"method": "vanilla"}, "inflora"),
-    "eblora": ({"method": "vanilla"}, "eblora"),
-    "slao": ({"method": "vanilla"}, "slao"),
-}
-PROBE_IDS = [[5, 17, 42, 99, 3, 250, 7, 64]]  # a fixed input for the deployed model's logits
 
 
 def engine_args(output_dir: str, config: str, per_device_batch: int, grad_accum: int) -> ContinualSFTConfig:

@@ -29,24 +29,12 @@ from datasets import Dataset
 from slice_trl.config import ContinualSFTConfig
 from slice_trl.lora import ADAPTER, eval_mode, lora_layers
 from slice_trl.tasks.base import Task
-from slice_trl.testing import conflicting_tiny_llama, tiny_tokenizer
+from slice_trl.testing import COMPATIBILITY_ROWS, PROBE_IDS, conflicting_tiny_llama, tiny_tokenizer
 from slice_trl.trainer import ContinualSFTTrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ROWS = {  # row of the README's table -> (init section, strategy)
-    "slice": ({"method": "slice"}, None),
-    "slice_per_module": ({"method": "slice", "projection": "per_module"}, None),
-    "slice_c0": ({"method": "slice", "c": 0.0}, None),
-    "lora_ga": ({"method": "lora_ga"}, None),
-    "loram": ({"method": "loram"}, None),
-    "vanilla": ({"method": "vanilla"}, None),
-    "olora": ({"method": "vanilla"}, "olora"),
-    "keeplora": ({"method": "vanilla"}, "keeplora"),
-    "inflora": ({"method": "vanilla"}, "inflora"),
-    "eblora": ({"method": "vanilla"}, "eblora"),
-    "slao": ({"method": "vanilla"}, "slao"),
-}
-PROBE = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
+ROWS = {**COMPATIBILITY_ROWS, "slice_c0": ({"method": "slice", "c": 0.0}, None)}  # the README's rows, and c = 0
+PROBE = torch.tensor(PROBE_IDS)
 # logits of order 1; bf16 keeps 8 bits. Measured: absorption moves them by <= 0.008 (the init itself,
 # unabsorbed, by 0.43-1.05), the published adapter is off by <= 0.008
 BF16_TOL = 0.02
