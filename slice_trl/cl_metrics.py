@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["last", "avg", "bwt", "bwt_sapt", "fwt", "f_ra", "field_metrics", "FIELD_METRICS"]
+__all__ = ["last", "avg", "bwt", "bwt_sapt", "fwt", "f_ra", "max_drops", "field_metrics", "FIELD_METRICS"]
 
 # summary key -> the label the console table, compare and the card print (docs/benchmarks.md): Last is
 # the mean final score that SAPT and O-LoRA call "AP", not this project's AP (the diagonal's mean)
@@ -75,14 +75,22 @@ def fwt(R: Sequence[Sequence[float | None]], base: Sequence[float] | None,
     return _mean([upcoming[i] - base[i] for i in range(1, t + 1)])
 
 
+def max_drops(R: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Per task j < t: max_{j <= k < t} R[k][j] - R[t][j], the best earlier score (over the scored
+    cells; the diagonal always is) minus the score now; None where R[t][j] is unscored. The terms of
+    F.Ra, and `ResultsMatrix.per_task_forgetting`."""
+    t = len(R) - 1
+    return [None if R[t][j] is None else max(R[k][j] for k in range(j, t) if R[k][j] is not None) - R[t][j]
+            for j in range(t)]
+
+
 def f_ra(R: Sequence[Sequence[float | None]]) -> float | None:
     """F.Ra = (1/t) sum_{j < t} (max_{j <= k < t} R[k][j] - R[t][j]) (SAPT's forgetting rate, Chaudhry
-    et al. 2018), over the scored cells (the diagonal always is). None before a second stage or
-    when the last row has an unscored cell."""
+    et al. 2018; the terms are `max_drops`). None before a second stage or when the last row has an
+    unscored cell."""
     if len(R) < 2 or not _full(R[-1]):
         return None
-    t = len(R) - 1
-    return _mean([max(R[k][j] for k in range(j, t) if R[k][j] is not None) - R[t][j] for j in range(t)])
+    return _mean(max_drops(R))
 
 
 def field_metrics(R: Sequence[Sequence[float | None]], base: Sequence[float] | None = None,

@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .cl_metrics import FIELD_METRICS, field_metrics, last
+from .cl_metrics import FIELD_METRICS, field_metrics, last, max_drops
 from .jsonio import write_json_atomic  # re-exported: the package imports it from here
 from .settings import duplicate_names
 
@@ -220,9 +220,7 @@ class ResultsMatrix:
         cells). Tasks without an earlier measurement (j == t) or unscored now are left out."""
         if self.completed == 0:
             return {}
-        t, R = self.completed - 1, self._rows
-        return {self.task_names[j]: max(R[i][j] for i in range(j, t) if R[i][j] is not None) - R[t][j]
-                for j in range(t) if R[t][j] is not None}
+        return {self.task_names[j]: d for j, d in enumerate(max_drops(self._rows)) if d is not None}
 
     def summary(self) -> dict:
         """{"AP", "FP", "forgetting", "per_task_forgetting"} on the completed prefix (None
