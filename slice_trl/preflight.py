@@ -171,8 +171,7 @@ def check_engine(recipe: Recipe) -> None:
         return
     why = engine_problem(strategy.name, launched_zero_stage(getattr(recipe.training, "deepspeed", None)))
     if why:
-        raise RecipeError(f"{why}; launch it with DDP (accelerate_configs/multi_gpu.yaml) or as one process, or "
-                          "choose a strategy that runs under DeepSpeed (keeplora, inflora, slao).")
+        raise RecipeError(why)
 
 
 def check_general_tasks(recipe: Recipe) -> None:

@@ -270,7 +270,7 @@ def test_gradient_editing_strategy_is_refused_under_deepspeed(tmp_path, monkeypa
     assert err == (f"error: strategy.name={strategy!r} edits the gradients once per optimiser step, but under "
                    f"DeepSpeed (ZeRO-{stage}) the optimiser steps inside backward, before that hook, and the edit would "
                    "be silently lost; launch it with DDP (accelerate_configs/multi_gpu.yaml) or as one process, or "
-                   "choose a strategy that runs under DeepSpeed (keeplora, inflora, slao).")
+                   "choose a strategy that runs under DeepSpeed (inflora, keeplora, slao).")
     assert not (tmp_path / "out").exists()
 
 

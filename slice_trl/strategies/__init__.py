@@ -11,7 +11,7 @@ def build_strategy(config: StrategyConfig, zero_stage: int | None = None) -> Str
     ``zero_stage`` (None: no DeepSpeed; `base.engine_problem`)."""
     why = engine_problem(config.name, zero_stage)
     if why:
-        raise ValueError(f"{why}: use DDP or one process.")
+        raise ValueError(why)
     return REGISTRY[config.name](config)
 
 

@@ -135,8 +135,9 @@ class Strategy:
 
 def engine_problem(name: str, zero_stage: int | None) -> str | None:
     """Why strategy ``name`` cannot run under DeepSpeed ZeRO ``zero_stage`` (None: no DeepSpeed),
-    as the reason part of one error line; None when it can. The one rule, used by the recipe's
-    preflight (before a model loads) and by `ContinualSFTTrainer`.
+    as one error line with its fix (the strategies that can run there, read off the registry);
+    None when it can. The one rule and message, used by the recipe's preflight (before a model
+    loads) and by `build_strategy` (the Python API).
 
     A strategy that edits gradients in ``pre_step`` (O-LoRA's penalty, EBLoRA's Riemannian
     gradient) cannot run under DeepSpeed: accelerate runs DeepSpeed's optimiser step inside
@@ -145,9 +146,11 @@ def engine_problem(name: str, zero_stage: int | None) -> str | None:
     be silently lost."""
     if zero_stage is None or not REGISTRY[name].edits_gradients:
         return None
+    runnable = ", ".join(n for n, cls in REGISTRY.items() if not cls.edits_gradients)
     return (f"strategy.name={name!r} edits the gradients once per optimiser step, but under DeepSpeed "
             f"(ZeRO-{zero_stage}) the optimiser steps inside backward, before that hook, and the edit would be "
-            "silently lost")
+            "silently lost; launch it with DDP (accelerate_configs/multi_gpu.yaml) or as one process, or choose "
+            f"a strategy that runs under DeepSpeed ({runnable}).")
 
 
 class StepHooks(TrainerCallback):
