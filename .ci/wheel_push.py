@@ -24,7 +24,7 @@ from importlib import resources  # noqa: E402
 
 import slice_trl  # noqa: E402
 from slice_trl import hub  # noqa: E402
-from slice_trl.testing import tiny_llama  # noqa: E402
+from slice_trl.utils.testing import tiny_llama  # noqa: E402
 
 checkout = Path(os.environ["SLICE_TRL_TEST_HUB_DIR"]).resolve().parent
 package = Path(slice_trl.__file__).resolve().parent

@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slice_trl.config import EvalConfig  # noqa: E402
+from slice_trl.configs.config import EvalConfig  # noqa: E402
 from slice_trl.evaluation.schedule import task_evaluations, tasks_to_score  # noqa: E402
-from slice_trl.results import write_json_atomic  # noqa: E402
+from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
 
 SHARED = next((p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.is_dir()),
               ROOT.parent / "shared" / "data")
@@ -43,7 +43,7 @@ def measure(max_eval: int, max_new_tokens: int) -> dict:
 
     torch.set_num_threads(1)
     from slice_trl.evaluation import evaluate_task
-    from slice_trl.models import load_model_and_tokenizer
+    from slice_trl.models.loading import load_model_and_tokenizer
     from slice_trl.tasks import TaskSpec, build_tasks
     from slice_trl.tasks.sequences import expand_sequence
 

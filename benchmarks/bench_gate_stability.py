@@ -4,7 +4,7 @@ SLICE fires (corrects G_cur) at stage t when the global cosine of G_cur and G_pr
 (docs/method.md). Both are estimated from a small random probe (cur_steps and prev_steps mini-
 batches), so the cosine, and with it the decision, carries sampling noise. For a finished SLICE
 run folder this script rebuilds, before every stage t >= 2, the model exactly as the run had it
-(the base model with stages 1..t-1 re-applied by `slice_trl.stages.reapply_stage`, as a resumed
+(the base model with stages 1..t-1 re-applied by `slice_trl.trainer.stages.reapply_stage`, as a resumed
 run does), then estimates G_cur and G_prev with the run's own code path
 (`ContinualSFTTrainer.build_replay_sample` + `initialize_adapter`: the same replay provider,
 tokenisation, batching and `estimate_mean_gradients`; the initialiser stops after the surgery's
@@ -46,7 +46,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as a script
 
-from slice_trl.results import write_json_atomic  # noqa: E402
+from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
 
 DRAW_SEED_STEP = 1000  # draw d uses the run's seeds + d * 1000 (replay sample and current batches alike)
 
@@ -74,10 +74,10 @@ def build_trainer(run_dir: Path, scratch: Path, data_dir: str | None = None):
     the run's fingerprint. Returns (trainer, run.json)."""
     from transformers import AutoTokenizer
 
-    from slice_trl import integrity
-    from slice_trl.models import load_model_and_tokenizer, resolve_model_path
-    from slice_trl.recipe import load_recipe
-    from slice_trl.trainer import ContinualSFTTrainer
+    from slice_trl.models import integrity
+    from slice_trl.models.loading import load_model_and_tokenizer, resolve_model_path
+    from slice_trl.cli.recipe import load_recipe
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     info = json.loads((run_dir / integrity.RUN_JSON).read_text())
     if info.get("init", {}).get("method") != "slice" or info.get("strategy"):
@@ -109,7 +109,7 @@ def probe(trainer, t: int, init_seed: int, replay_seed: int) -> dict:
     trainer's own replay draw and probe batches, then SLICE's surgery report."""
     from transformers import set_seed
 
-    from slice_trl.replay import ReplaySampleProvider, stage_seed
+    from slice_trl.trainer.replay import ReplaySampleProvider, stage_seed
 
     args = trainer.args
     args.init.seed = init_seed  # the current-task batches' seed (initialize_adapter)
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from slice_trl import stages
+    from slice_trl.trainer import stages
 
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "run.json").is_file():

@@ -161,7 +161,7 @@ def superni_examples(task: str, tokenizer, max_length: int, n: int) -> list[dict
 def task_batches(task: str, tokenizer, n_batches: int, batch_size: int, max_length: int, seed: int) -> list[dict]:
     from datasets import Dataset
 
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
 
     rows = superni_examples(task, tokenizer, max_length, n_batches * batch_size)
     prepared = prepare_sft_dataset(Dataset.from_list(rows), tokenizer, max_length=max_length)
@@ -179,10 +179,10 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from slice_trl.config import InitConfig
+    from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import SliceInitializer
     from slice_trl.kernels.gradients import target_weights
-    from slice_trl.models import EMBEDDED_MODEL, load_model_and_tokenizer, resolve_model_path
+    from slice_trl.models.loading import EMBEDDED_MODEL, load_model_and_tokenizer, resolve_model_path
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()

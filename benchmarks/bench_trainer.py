@@ -61,8 +61,8 @@ def plain_run(base, tokenizer, task) -> float:
 
 
 def continual_run(base, tokenizer, task) -> float:
-    from slice_trl.config import ContinualSFTConfig
-    from slice_trl.trainer import ContinualSFTTrainer
+    from slice_trl.configs.config import ContinualSFTConfig
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     with tempfile.TemporaryDirectory() as out:
         args = ContinualSFTConfig(**common_args(out), init={"method": "vanilla"})
@@ -76,7 +76,7 @@ def continual_run(base, tokenizer, task) -> float:
 
 
 def eval_speed(model, tokenizer, task, batch_size: int) -> float:
-    from slice_trl.config import EvalConfig
+    from slice_trl.configs.config import EvalConfig
     from slice_trl.evaluation import evaluate_task
 
     cfg = EvalConfig(max_samples=len(task.eval), batch_size=batch_size, max_new_tokens=8)
@@ -92,7 +92,7 @@ def main():
     ap.add_argument("--n-eval", type=int, default=32)
     args = ap.parse_args()
 
-    from slice_trl.models import load_model_and_tokenizer
+    from slice_trl.models.loading import load_model_and_tokenizer
     from slice_trl.tasks import TaskSpec, build_task
 
     base, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct")

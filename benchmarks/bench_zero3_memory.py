@@ -47,12 +47,12 @@ def worker(hidden: int, intermediate: int, layers: int, prev_dtype: str, zero3: 
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
 
-    from slice_trl import distributed
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.utils import distributed
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.initializers import SliceInitializer
-    from slice_trl.lora import ADAPTER
-    from slice_trl.settings import InitConfig
-    from slice_trl.testing import no_deepspeed_op_builds, tiny_llama, tiny_tokenizer
+    from slice_trl.models.lora import ADAPTER
+    from slice_trl.configs.settings import InitConfig
+    from slice_trl.utils.testing import no_deepspeed_op_builds, tiny_llama, tiny_tokenizer
 
     torch.set_num_threads(1)
     if zero3:
@@ -73,7 +73,7 @@ def worker(hidden: int, intermediate: int, layers: int, prev_dtype: str, zero3: 
     cur, prev = batches("yes", 1), batches("no", 2)
     model = get_peft_model(tiny_llama(seed=1, hidden_size=hidden, layers=layers, intermediate=intermediate),
                            LoraConfig(r=8, lora_alpha=2, target_modules=TARGETS, lora_dropout=0.0, use_rslora=True))
-    from slice_trl.lora import lora_layers
+    from slice_trl.models.lora import lora_layers
 
     n_target = sum(layer.get_base_layer().weight.numel() for layer in lora_layers(model, ADAPTER).values())
     n_params = sum(p.numel() for p in model.parameters())

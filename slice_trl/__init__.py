@@ -3,20 +3,20 @@
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ContinualSFTConfig": "slice_trl.config",
-    "InitConfig": "slice_trl.settings",
-    "ReplayConfig": "slice_trl.settings",
-    "EvalConfig": "slice_trl.settings",
+    "ContinualSFTConfig": "slice_trl.configs.config",
+    "InitConfig": "slice_trl.configs.settings",
+    "ReplayConfig": "slice_trl.configs.settings",
+    "EvalConfig": "slice_trl.configs.settings",
     "StageContext": "slice_trl.strategies",
     "Strategy": "slice_trl.strategies",
-    "ContinualSFTTrainer": "slice_trl.trainer",
+    "ContinualSFTTrainer": "slice_trl.trainer.continual_sft_trainer",
     "SliceInitializer": "slice_trl.initializers",
     "LoraGAInitializer": "slice_trl.initializers",
     "LoramInitializer": "slice_trl.initializers",
     "VanillaInitializer": "slice_trl.initializers",
     "build_initializer": "slice_trl.initializers",
-    "ReplaySampleProvider": "slice_trl.replay",
-    "ResultsMatrix": "slice_trl.results",
+    "ReplaySampleProvider": "slice_trl.trainer.replay",
+    "ResultsMatrix": "slice_trl.evaluation.results",
     "Task": "slice_trl.tasks.base",
 }
 __all__ = sorted(_LAZY)

@@ -16,7 +16,7 @@ Writes into ``--out`` (default ``compare/``):
   sample std over seeds; paired differences by seed (``--pair A:B``, e.g. FP(SLICE) - FP(LoRA-GA):
   same magnitude, so the difference isolates the surgery; ``--pair A:B:forgetting`` for another
   metric), each with its 95% t-interval and the minimum detectable difference at 80% power
-  (`slice_trl.stats`: exact noncentral-t power); per arm and task, how constant the final
+  (`slice_trl.utils.stats`: exact noncentral-t power); per arm and task, how constant the final
   stage's answers are (from the predictions the summaries carry; n/a for summaries written
   before predictions were kept); the per-stage gate log of every SLICE run (global cosine, gamma,
   fired, fraction of modules with a negative cosine);
@@ -37,12 +37,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from . import stages
-from .cl_metrics import FIELD_METRICS
-from .integrity import RUN_JSON
-from .jsonio import read_summary
-from .results import ResultsMatrix, write_json_atomic
-from .stats import paired_summary
+from slice_trl.trainer import stages
+from slice_trl.evaluation.cl_metrics import FIELD_METRICS
+from slice_trl.models.integrity import RUN_JSON
+from slice_trl.utils.jsonio import read_summary
+from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.utils.stats import paired_summary
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
 HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")  # user/repo[@revision]
@@ -93,7 +93,7 @@ def summarise_run(folder: str | Path, records: list[Path] | None = None) -> dict
 
 
 def _hub_run(spec: str) -> dict:
-    from .hub import download_run_records
+    from slice_trl.hub import download_run_records
 
     repo_id, _, revision = spec.partition("@")
     try:
@@ -170,7 +170,7 @@ def arm_summary(arms: dict[str, list[dict]]) -> dict[str, dict]:
 def paired(arms: dict[str, list[dict]], a: str, b: str, metric: str = "FP") -> dict:
     """metric(a) - metric(b) x100, seed by seed (complete runs of both arms only), with mean, sd,
     the 95% t-interval ``ci`` and the minimum detectable difference ``mdd`` at 80% power
-    (`slice_trl.stats.paired_summary`; None where fewer than two seeds pair)."""
+    (`slice_trl.utils.stats.paired_summary`; None where fewer than two seeds pair)."""
     for name in (a, b):
         if name not in arms:
             raise ValueError(f"--pair names arm {name!r}, which is not among the runs: {sorted(arms)}.")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .mining import PoolError, load_pool, mine_pool
+    from slice_trl.mining import PoolError, load_pool, mine_pool
 
     parser = build_parser()
     args = parser.parse_args(argv)

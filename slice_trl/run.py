@@ -13,7 +13,7 @@ previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/`
 sequence a recipe can give as ``sequence:``, its tasks and where its data comes from).
 
 A rerun in the same ``output_dir`` resumes only when everything that determines the results
-(model, LoRA, training and sub-configs, task data) is unchanged (`slice_trl.integrity`);
+(model, LoRA, training and sub-configs, task data) is unchanged (`slice_trl.models.integrity`);
 otherwise it stops before the model loads, naming each differing key.
 
 Order of work: the whole recipe is validated, then the tokenizer is loaded and the tasks are
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 # ``env:`` (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, ...) must be in os.environ before those libraries
 # are imported, since they read these variables once, at import (see `_apply_env_early`).
 if TYPE_CHECKING:
-    from .recipe import Recipe
+    from slice_trl.cli.recipe import Recipe
 
 
 def __getattr__(name):
     if name in ("Recipe", "RecipeError", "help_text", "load_recipe"):
-        from . import recipe as _recipe
+        from slice_trl.cli import recipe as _recipe
 
         return getattr(_recipe, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -55,7 +55,7 @@ def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
 def _public_recipe(recipe: Recipe) -> dict:
     """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
-    from .hub.redaction import known_secrets, redact
+    from slice_trl.hub.redaction import known_secrets, redact
 
     return redact(recipe.raw, known_secrets(recipe.training.hub_token))
 
@@ -64,7 +64,7 @@ def _publisher(recipe: Recipe):
     """after-stage hook: push every finished stage not yet on the Hub (never raises)."""
     if not recipe.run.push_repo_id:
         return None
-    from . import hub
+    from slice_trl import hub
 
     def publish(output_dir):
         report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
@@ -85,8 +85,9 @@ def _is_main_process() -> bool:
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for a dry run, the
     `slice_trl.hub.PushReport` for push-only)."""
-    from . import console, preflight
-    from .recipe import RecipeError
+    from slice_trl.utils import console
+    from slice_trl.cli import preflight
+    from slice_trl.cli.recipe import RecipeError
 
     if dry_run:
         print("\n".join(preflight.dry_run_report(recipe)))
@@ -101,8 +102,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
 
     from transformers import AutoTokenizer
 
-    from .models import load_model_and_tokenizer, resolve_model_path
-    from .trainer import ContinualSFTTrainer
+    from slice_trl.models.loading import load_model_and_tokenizer, resolve_model_path
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     preflight.check_recipe(recipe)
     m = recipe.model
@@ -120,7 +121,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     tasks = recipe.load_tasks(tokenizer)
     state = preflight.check_previous_run(recipe, tasks)  # nothing in output_dir is written before this
     if state == "replace" and _is_main_process():
-        from .integrity import move_aside
+        from slice_trl.models.integrity import move_aside
 
         logger.warning("resume=false (--overwrite): moved the previous content of %s to %s",
                        recipe.training.output_dir, move_aside(recipe.training.output_dir))
@@ -130,13 +131,13 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         logger.info("task %s: %d train / %d eval, metric %s%s %s%s", task.name, len(task.train), len(task.eval),
                     task.metric, why, fit or "", "".join(f"; note: {n}" for n in task.info.get("notes", [])))
     if recipe.run.push_dataset_repo_id:
-        from . import hub
+        from slice_trl import hub
 
         try:
             hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
                                  token=recipe.training.hub_token)
         except Exception as err:  # publishing never costs the run; the splits are kept for a retry
-            from .hub.redaction import describe, known_secrets
+            from slice_trl.hub.redaction import describe, known_secrets
 
             reason = describe(err, known_secrets(recipe.training.hub_token))
             kept = hub.save_pending_splits(tasks, recipe.training.output_dir, reason)
@@ -176,7 +177,7 @@ def _apply_env_early(path: str | None) -> None:
         return
     env = raw.get("env") if isinstance(raw, dict) else None
     if isinstance(env, dict):
-        from .integrity import protected_env_keys
+        from slice_trl.models.integrity import protected_env_keys
 
         if protected_env_keys(env):
             return  # load_recipe reports them; nothing of such an env is applied
@@ -188,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, flags = _split_flags(argv)
     if "--list-sequences" in flags:
-        from .tasks.sequences import describe
+        from slice_trl.tasks.sequences import describe
 
         print(describe())
         return 0
     if flags & {"--help", "-h"} or not rest:
-        from .recipe import help_text
+        from slice_trl.cli.recipe import help_text
 
         print(USAGE)
         print(__doc__)
@@ -203,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--overwrite" in flags:  # start over: the old content of output_dir is moved aside first
         overrides = [*overrides, "--resume", "false"]
     _apply_env_early(path)
-    from .console import configure  # imports the Hub libraries: after the recipe's env is applied
+    from slice_trl.utils.console import configure  # imports the Hub libraries: after the recipe's env is applied
 
     configure(verbose="--verbose" in flags)
-    from .recipe import RecipeError, load_recipe
+    from slice_trl.cli.recipe import RecipeError, load_recipe
 
     try:
         # --dry-run and --push-only need neither the task data nor the training hardware on this machine

@@ -17,14 +17,14 @@ SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 @pytest.fixture
 def tiny_tokenizer():
-    from slice_trl.testing import tiny_tokenizer as make
+    from slice_trl.utils.testing import tiny_tokenizer as make
 
     return make()
 
 
 @pytest.fixture
 def tiny_model():
-    from slice_trl.testing import tiny_llama
+    from slice_trl.utils.testing import tiny_llama
 
     return tiny_llama()
 
@@ -32,7 +32,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def smollm2():
     """Real SmolLM2-135M-Instruct (bundled GGUF, cached as safetensors on first use)."""
-    from slice_trl.models import load_model_and_tokenizer
+    from slice_trl.models.loading import load_model_and_tokenizer
 
     try:
         return load_model_and_tokenizer("smollm2-135m-instruct")
@@ -72,11 +72,11 @@ def no_model_loading(monkeypatch):
     validation and --dry-run must not load one."""
     import transformers
 
-    import slice_trl.models
+    import slice_trl.models.loading
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded while validating a recipe")
 
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(slice_trl.models.loading, "load_model_and_tokenizer", forbidden)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)

@@ -44,13 +44,18 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
-from slice_trl import distributed  # noqa: E402
-from slice_trl.config import ContinualSFTConfig  # noqa: E402
+from slice_trl.utils import distributed  # noqa: E402
+from slice_trl.configs.config import ContinualSFTConfig  # noqa: E402
 from slice_trl.tasks.base import Task  # noqa: E402
-from slice_trl.testing import (  # noqa: E402
-    COMPATIBILITY_ROWS as ENGINE_CONFIGS, PROBE_IDS, conflicting_tiny_llama, no_deepspeed_op_builds, tiny_llama,
-    tiny_tokenizer)
-from slice_trl.trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
+from slice_trl.utils.testing import (
+    COMPATIBILITY_ROWS as ENGINE_CONFIGS,
+    PROBE_IDS,
+    conflicting_tiny_llama,
+    no_deepspeed_op_builds,
+    tiny_llama,
+    tiny_tokenizer,
+)
+from slice_trl.trainer.continual_sft_trainer import ADAPTER, ContinualSFTTrainer  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -116,7 +121,7 @@ def main(output_dir: str, dump_dir: str, per_device_batch: int, grad_accum: int 
 
 
 def _tiny_batches(tok, answer: str, n_batches: int, seed: int) -> list[dict]:
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
 
     task = constant_task(answer, answer, n_train=16, n_eval=1, offset=0 if answer == "yes" else 100)
     prepared = prepare_sft_dataset(task.train, tok, max_length=64)
@@ -138,10 +143,10 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
     from peft import get_peft_model
     from transformers.integrations import HfDeepSpeedConfig
 
-    from slice_trl.config import InitConfig
+    from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import SliceInitializer
     from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
-    from slice_trl.trainer import merge_into_base
+    from slice_trl.trainer.continual_sft_trainer import merge_into_base
 
     torch.set_num_threads(1)
     no_deepspeed_op_builds()
@@ -182,7 +187,7 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# engines: every initialiser and strategy in one launch (the rows: slice_trl.testing.COMPATIBILITY_ROWS)
+# engines: every initialiser and strategy in one launch (the rows: slice_trl.utils.testing.COMPATIBILITY_ROWS)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -234,7 +239,7 @@ class CapturingTrainer(ContinualSFTTrainer):
 def deployed_logits(model) -> torch.Tensor:
     """Logits (1, len(PROBE_IDS[0]), vocab) of the model as deployed, fp32 (every rank runs the
     forward: under ZeRO-3 it gathers collectively)."""
-    from slice_trl.lora import eval_mode
+    from slice_trl.models.lora import eval_mode
 
     with eval_mode(model):
         return model(input_ids=torch.tensor(PROBE_IDS)).logits.float().cpu()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from slice_trl import recipe as recipe_mod
+from slice_trl.cli import recipe as recipe_mod
 from slice_trl import run as run_mod
-from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
+from slice_trl.utils.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_root_logger")
@@ -89,7 +89,7 @@ def test_the_check_needs_the_earlier_stages_merged(bench, tiny_run, tmp_path, mo
     spec = importlib.util.spec_from_file_location("bench_gate_stability_2", ROOT / "benchmarks" / "bench_gate_stability.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from slice_trl import stages
+    from slice_trl.trainer import stages
 
     monkeypatch.setattr(stages, "reapply_stage", lambda model, *a, **k: model)
     run_dir = tiny_run / "run"

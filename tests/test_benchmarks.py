@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slice_trl import cl_metrics
-from slice_trl.config import EvalConfig
+from slice_trl.evaluation import cl_metrics
+from slice_trl.configs.config import EvalConfig
 from slice_trl.evaluation.metrics import rouge_l, sni_exact_match, sni_normalize, sni_rouge_l
 from slice_trl.evaluation.schedule import task_evaluations, tasks_to_score
-from slice_trl.results import ResultsMatrix
+from slice_trl.evaluation.results import ResultsMatrix
 from slice_trl.tasks import TaskSpec, build_task
 from slice_trl.tasks.cl_benchmark import load_cl_benchmark_task
 from slice_trl.tasks.sequences import BENCHMARKS, SEQUENCES, expand_sequence, lookup
@@ -160,7 +160,7 @@ def test_off_label_predictions_are_counted_and_score_zero():
     from test_trainer import constant_task
 
     from slice_trl.evaluation import evaluate_task
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     task = constant_task("yn", "yes", n_train=2, n_eval=6)
     task.metric, task.info["labels"] = "sni_exact_match", ["Yes", "no"]
@@ -229,8 +229,8 @@ def test_score_upcoming_gives_fwt_and_every_marks_unscored(tmp_path):
     from test_trainer import build, constant_task
 
     from slice_trl.evaluation import evaluate_task
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
-    from slice_trl.trainer import ContinualSFTTrainer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     class Probe(ContinualSFTTrainer):
         """Scores the next task itself once a stage is on disk (the model that R[t][t+1] must describe)."""
@@ -262,7 +262,7 @@ def test_score_upcoming_gives_fwt_and_every_marks_unscored(tmp_path):
 
 
 def test_bad_folder_and_labels_are_one_line_before_any_model(tmp_path, capsys):
-    from slice_trl.recipe import RecipeError, load_recipe
+    from slice_trl.cli.recipe import RecipeError, load_recipe
     from slice_trl.run import main
 
     good = {"Definition": ["d"], "Instances": [{"input": f"x{i}", "output": "a"} for i in range(3)]}
@@ -284,7 +284,7 @@ def test_bad_folder_and_labels_are_one_line_before_any_model(tmp_path, capsys):
 
 
 def test_stage_line_marks_the_score_before_training():
-    from slice_trl.console import stage_line
+    from slice_trl.utils.console import stage_line
 
     line = stage_line({"stage": 1, "task": "a", "scores": {"a": 0.5, "b": 0.25}, "init": {"method": "vanilla"}}, 3)
     assert line.endswith("a 50.0  b 25.0 (before training)")

@@ -26,11 +26,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from slice_trl.config import ContinualSFTConfig
-from slice_trl.lora import ADAPTER, eval_mode, lora_layers
+from slice_trl.configs.config import ContinualSFTConfig
+from slice_trl.models.lora import ADAPTER, eval_mode, lora_layers
 from slice_trl.tasks.base import Task
-from slice_trl.testing import COMPATIBILITY_ROWS, PROBE_IDS, conflicting_tiny_llama, tiny_tokenizer
-from slice_trl.trainer import ContinualSFTTrainer
+from slice_trl.utils.testing import COMPATIBILITY_ROWS, PROBE_IDS, conflicting_tiny_llama, tiny_tokenizer
+from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ROWS = {**COMPATIBILITY_ROWS, "slice_c0": ({"method": "slice", "c": 0.0}, None)}  # the README's rows, and c = 0
@@ -106,7 +106,7 @@ def runs(tmp_path_factory):
 def test_bf16_run_keeps_the_invariants(runs, row):
     from peft import PeftModel
 
-    from slice_trl import stages
+    from slice_trl.trainer import stages
 
     trainer, out = runs[row]
     log = trainer.log_
@@ -156,10 +156,10 @@ def _subspace_cos(x: torch.Tensor, y: torch.Tensor) -> float:
 def test_bf16_probe_accumulates_in_fp32_and_bf16_g_prev_keeps_the_subspace(projection):
     from peft import LoraConfig, get_peft_model
 
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.initializers import SliceInitializer
     from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
-    from slice_trl.settings import InitConfig
+    from slice_trl.configs.settings import InitConfig
 
     tok = tiny_tokenizer()
 

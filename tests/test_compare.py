@@ -8,8 +8,8 @@ import matplotlib.image
 import pytest
 
 from slice_trl.compare import compare, constant_answers, group, load_run, main, paired
-from slice_trl.jsonio import predictions_path, read_summary, write_summary
-from slice_trl.stats import min_detectable_difference
+from slice_trl.utils.jsonio import predictions_path, read_summary, write_summary
+from slice_trl.utils.stats import min_detectable_difference
 
 NAMES = ["a", "b"]
 

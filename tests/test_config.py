@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from slice_trl.config import InitConfig
+from slice_trl.configs.config import InitConfig
 
 
 @pytest.mark.parametrize("c", [-0.1, 1.0001, 2, math.nan, math.inf, "0.5", None])
@@ -90,7 +90,7 @@ def test_invalid_choice_suggests_the_closest_name():
 def test_warmup_is_the_papers_ratio_and_warmup_ratio_is_honoured(tmp_path):
     """transformers 5 dropped ``warmup_ratio``: the paper's 1% must reach ``warmup_steps`` (a ratio in
     [0, 1)), and an older recipe's ``warmup_ratio`` must not be silently ignored."""
-    from slice_trl.config import ContinualSFTConfig
+    from slice_trl.configs.config import ContinualSFTConfig
 
     default = ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True)
     assert default.warmup_steps == 0.01 and default.get_warmup_steps(300) == 3  # ceil(0.01 * 300)

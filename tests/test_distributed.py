@@ -239,7 +239,8 @@ class FakeZero3:
 
 @pytest.fixture
 def zero3(monkeypatch):
-    from slice_trl import distributed, trainer  # noqa: F401 - imported (with trl) before the fake exists
+    from slice_trl.utils import distributed
+    from slice_trl.trainer import continual_sft_trainer as trainer  # noqa: F401 - imported (with trl) before the fake exists
 
     fake = FakeZero3()
     # only `distributed.gathered` imports it, inside the call; libraries that probe for DeepSpeed
@@ -252,7 +253,7 @@ def zero3(monkeypatch):
 def _tiny_peft():
     from peft import LoraConfig, get_peft_model
 
-    from slice_trl.testing import tiny_llama
+    from slice_trl.utils.testing import tiny_llama
 
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_rslora=True,
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -260,9 +261,9 @@ def _tiny_peft():
 
 
 def _grads(model):
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
-    from slice_trl.testing import tiny_tokenizer
+    from slice_trl.utils.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
     from dist_worker import constant_task
@@ -274,7 +275,7 @@ def _grads(model):
 
 
 def _lora_params(model):
-    from slice_trl.lora import lora_layers
+    from slice_trl.models.lora import lora_layers
 
     for name, layer in lora_layers(model, "default").items():
         yield f"{name}.base", layer.get_base_layer().weight
@@ -287,11 +288,11 @@ def _full(model) -> dict:
 
 
 def test_zero3_init_and_merge_write_through_the_gather_like_the_unpartitioned_path(zero3, monkeypatch):
-    from slice_trl import distributed
-    from slice_trl.config import InitConfig
+    from slice_trl.utils import distributed
+    from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import InitReport, SliceInitializer
-    from slice_trl.lora import lora_layers
-    from slice_trl.trainer import merge_into_base
+    from slice_trl.models.lora import lora_layers
+    from slice_trl.trainer.continual_sft_trainer import merge_into_base
 
     model = _tiny_peft()
     with monkeypatch.context() as m:  # the gradients of the unpartitioned model
@@ -347,10 +348,10 @@ def test_zero3_gradient_estimate_keeps_ranks_in_lockstep(zero3, monkeypatch):
     """Rank 1 of 2 with 3 mini-batches owns only batch 1; under ZeRO-3 it must still run as many
     forward/backward passes as rank 0 (2), the extra one with weight 0, and its sum has the full
     shape even for partitioned weights."""
-    from slice_trl import distributed
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.utils import distributed
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
-    from slice_trl.testing import tiny_tokenizer
+    from slice_trl.utils.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
     from dist_worker import constant_task
@@ -383,7 +384,7 @@ def test_zero3_gradient_estimate_keeps_ranks_in_lockstep(zero3, monkeypatch):
 def test_unsharded_estimate_runs_no_collective(monkeypatch):
     """shard_across_processes=False: every rank computes the whole mean alone (it used to be
     all-reduced anyway, i.e. multiplied by the world size)."""
-    from slice_trl import distributed
+    from slice_trl.utils import distributed
     from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
 
     model = _tiny_peft()
@@ -401,10 +402,10 @@ def test_factors_are_computed_by_one_owner_per_module_and_broadcast(monkeypatch)
     """With 2 ranks, module i's factors are computed by rank i % 2 and broadcast from it. Seen from
     rank 1: it runs the SVD of the odd modules only, sends those, receives the even ones, and ends
     with what one process computes, bit for bit."""
-    from slice_trl import distributed
-    from slice_trl.config import InitConfig
+    from slice_trl.utils import distributed
+    from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import InitReport, SliceInitializer
-    from slice_trl.lora import lora_layers
+    from slice_trl.models.lora import lora_layers
 
     model = _tiny_peft()
     grads = _grads(model)

@@ -27,7 +27,7 @@ agree, never a score:
   backward makes impossible: refused in one line before any model loads (tested below).
 
 The tasks answer 'x' * 8 and 'z' * 8 on a tiny Llama whose LM-head rows for 'x' and 'z' are partly
-opposite (`slice_trl.testing.conflicting_tiny_llama`), so SLICE's surgery fires at stage 2, global
+opposite (`slice_trl.utils.testing.conflicting_tiny_llama`), so SLICE's surgery fires at stage 2, global
 and per module (checked), and SLICE's stage-2 factors are not LoRA-GA's.
 """
 
@@ -129,8 +129,8 @@ def _rerun_init(dump: dict, config: str, tmp: Path, t: int = 1) -> tuple[dict, d
     from peft import get_peft_model
 
     from slice_trl.initializers import build_initializer
-    from slice_trl.lora import ADAPTER
-    from slice_trl.testing import tiny_llama
+    from slice_trl.models.lora import ADAPTER
+    from slice_trl.utils.testing import tiny_llama
 
     model = tiny_llama(seed=1)
     model.load_state_dict(dump["pre"][t])
@@ -227,7 +227,7 @@ def check_engine_run(engine: str, configs: list[str], run: dict, reference: dict
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     base = tmp_path_factory.mktemp("base") / "tiny-llama"
     tiny_llama(seed=3).save_pretrained(base)
@@ -255,7 +255,7 @@ def _launched(monkeypatch, stage: int | None, tmp: Path | None = None) -> None:
 def test_gradient_editing_strategy_is_refused_under_deepspeed(tmp_path, monkeypatch, capsys, no_model_loading,
                                                               tiny_checkpoint, strategy, stage, from_file):
     from slice_trl import run as run_mod
-    from slice_trl.testing import tiny_recipe_yaml
+    from slice_trl.utils.testing import tiny_recipe_yaml
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_yaml(tiny_checkpoint, tmp_path / "out", extra=f"strategy: {{name: {strategy}}}\n")
@@ -278,7 +278,7 @@ def test_gradient_editing_strategy_is_refused_under_deepspeed(tmp_path, monkeypa
 def test_other_strategies_pass_the_engine_check_under_zero3(tmp_path, monkeypatch, no_model_loading, tiny_checkpoint,
                                                             strategy):
     from slice_trl import run as run_mod
-    from slice_trl.testing import tiny_recipe_yaml
+    from slice_trl.utils.testing import tiny_recipe_yaml
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_yaml(tiny_checkpoint, tmp_path / "out", extra=f"strategy: {{name: {strategy}}}\n")
@@ -323,8 +323,8 @@ def test_ddp_is_told_that_no_trainable_parameter_is_unused(tmp_path):
     """transformers' default for a PeftModel is find_unused_parameters=True (a graph traversal every
     step, and PyTorch's warning on every rank); the recipe may still ask for it, and the key does not
     change the run's fingerprint (a run started before this default resumes)."""
-    from slice_trl import integrity
-    from slice_trl.config import ContinualSFTConfig
+    from slice_trl.models import integrity
+    from slice_trl.configs.config import ContinualSFTConfig
 
     assert ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True).ddp_find_unused_parameters is False
     assert ContinualSFTConfig(output_dir=str(tmp_path), use_cpu=True,

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import GenerationConfig
 
-from slice_trl.config import EvalConfig
+from slice_trl.configs.config import EvalConfig
 from slice_trl.evaluation import (
     LMEvalDataError,
     evaluate_general,
@@ -26,7 +26,7 @@ from slice_trl.evaluation import (
     rouge_l,
 )
 from slice_trl.tasks.base import Task
-from slice_trl.testing import SPECIAL_TOKENS, tiny_llama, tiny_tokenizer
+from slice_trl.utils.testing import SPECIAL_TOKENS, tiny_llama, tiny_tokenizer
 
 EOS = 2  # <|im_end|> in tiny_tokenizer()
 

@@ -13,7 +13,7 @@ import pytest
 from paper_benchmarks import ALPACA, local_benchmark_files, write_jsonl
 from test_evaluation import DOCS, write_task, zero_shot_by_hand
 
-from slice_trl.config import EvalConfig
+from slice_trl.configs.config import EvalConfig
 from slice_trl.evaluation import evaluate_general_lm
 from slice_trl.evaluation.general import LOCAL_TEMPLATES, PAPER_BENCHMARKS, package_task_dir
 
@@ -133,7 +133,7 @@ def test_local_templates_have_lm_evals_own_format(name):
 
 
 def test_paper_recipes_run_the_papers_benchmarks_and_shots():
-    from slice_trl.recipe import load_recipe
+    from slice_trl.cli.recipe import load_recipe
 
     # the SLICE paper's own sequences; the field's benchmark recipes (superni15_*, long_sequence_*,
     # standard_cl_*) follow their anchors, which report no GP/IP
@@ -165,8 +165,8 @@ def local_mc_task(folder: Path, name: str = "slice_test_mc") -> str:
 def two_task_trainer(out_dir: Path, tasks_dir: Path, every_stage: bool):
     from test_trainer import constant_task, lora, make_config
 
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
-    from slice_trl.trainer import ContinualSFTTrainer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     name = local_mc_task(tasks_dir)
     evaluation = {"max_samples": 4, "batch_size": 4, "max_new_tokens": 4, "lm_eval_tasks": [name],
@@ -182,7 +182,7 @@ def two_task_trainer(out_dir: Path, tasks_dir: Path, every_stage: bool):
 @pytest.fixture
 def counted_general(monkeypatch):
     """Counts the harness runs of the trainer (one per evaluate_general call)."""
-    import slice_trl.trainer as trainer_mod
+    import slice_trl.trainer.continual_sft_trainer as trainer_mod
 
     calls = []
     real = trainer_mod.evaluate_general
@@ -197,7 +197,7 @@ def counted_general(monkeypatch):
 
 def test_base_once_per_stage_when_asked_change_from_base_and_reused_on_resume(tmp_path, counted_general,
                                                                                one_torch_thread):
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     out_dir, tasks_dir = tmp_path / "run", tmp_path / "lm_eval"
     out = two_task_trainer(out_dir, tasks_dir, every_stage=True).train()
@@ -254,7 +254,7 @@ def test_without_every_stage_only_the_last_stage_carries_gp_ip(tmp_path, counted
 def test_cached_base_scores_match_only_the_same_settings(tmp_path):
     """A cached base result measured with other GP/IP settings is not reused (the trainer's rule:
     `stages.base_measurement` keyed by `general.settings`)."""
-    from slice_trl import stages
+    from slice_trl.trainer import stages
     from slice_trl.evaluation import general
 
     path, measured = tmp_path / "general.json", []
@@ -278,7 +278,7 @@ def test_cached_base_scores_match_only_the_same_settings(tmp_path):
 def test_heatmap_gains_a_gp_ip_panel(tmp_path):
     from PIL import Image
 
-    from slice_trl.results import ResultsMatrix
+    from slice_trl.evaluation.results import ResultsMatrix
 
     R = ResultsMatrix(["a", "b"])
     R.set_row(0, [0.5])
@@ -380,7 +380,7 @@ def test_cli_run_prints_and_stores_the_smoke_check(tmp_path, capsys, one_torch_t
     from test_run import tiny_recipe
 
     from slice_trl import run as run_mod
-    from slice_trl.recipe import load_recipe
+    from slice_trl.cli.recipe import load_recipe
 
     out_dir = tmp_path / "run"
     recipe = load_recipe(tiny_recipe(tmp_path, out_dir), [
@@ -401,7 +401,7 @@ def test_cli_run_prints_and_stores_the_smoke_check(tmp_path, capsys, one_torch_t
 
 
 def test_stage_line_shows_gp_ip_when_measured():
-    from slice_trl.console import stage_line
+    from slice_trl.utils.console import stage_line
 
     g = {"GP": 0.40, "IP": 0.55, "stage": 2, "base": {"GP": 0.5, "IP": 0.5}, "change": {"GP": -0.1, "IP": 0.05},
          "tasks": ["hellaswag"]}

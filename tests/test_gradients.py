@@ -15,7 +15,7 @@ from slice_trl.kernels.gradients import (
     estimate_mean_gradients,
     target_weights,
 )
-from slice_trl.testing import tiny_llama
+from slice_trl.utils.testing import tiny_llama
 
 VOCAB = 260
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from slice_trl import hub as shub
 from slice_trl.evaluation.general import summarize
-from slice_trl.testing import tiny_llama, tiny_tokenizer
+from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IDS = torch.tensor([[5, 17, 99, 3, 42, 250, 7, 11, 64, 128]])

@@ -14,8 +14,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from slice_trl import initializers as init_mod
-from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
-from slice_trl.config import InitConfig
+from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
+from slice_trl.configs.config import InitConfig
 from slice_trl.initializers import (
     LoraGAInitializer,
     LoramInitializer,
@@ -27,7 +27,7 @@ from slice_trl.initializers import (
 )
 from slice_trl.kernels.decompose import lora_ga_slices, module_seed
 from slice_trl.kernels.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
-from slice_trl.testing import tiny_llama, tiny_tokenizer
+from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
 WORDS = ["apple", "stone", "river", "cloud", "maple", "tiger", "olive", "piano"]
 ADAPTER = "default"
@@ -500,9 +500,9 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
     from peft import LoraConfig as _LoraConfig
     from peft import get_peft_model as _get_peft_model
 
-    from slice_trl.config import InitConfig as _InitConfig
+    from slice_trl.configs.config import InitConfig as _InitConfig
     from slice_trl.initializers import relative_magnitudes, warn_if_far_from_paper
-    from slice_trl.lora import lora_layers as _layers
+    from slice_trl.models.lora import lora_layers as _layers
 
     class Two(torch.nn.Module):
         def __init__(self):
@@ -538,6 +538,6 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
 def test_every_configurable_method_has_an_initializer():
     # settings.INIT_METHODS (validated before a model loads) and the registry must name the same methods
     from slice_trl.initializers import INITIALIZERS
-    from slice_trl.settings import INIT_METHODS
+    from slice_trl.configs.settings import INIT_METHODS
 
     assert sorted(INITIALIZERS) == sorted(INIT_METHODS)

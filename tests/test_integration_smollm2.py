@@ -3,11 +3,11 @@
 import pytest
 from peft import LoraConfig
 
-from slice_trl.config import ContinualSFTConfig, EvalConfig
+from slice_trl.configs.config import ContinualSFTConfig, EvalConfig
 from slice_trl.evaluation import evaluate_task
-from slice_trl.models import load_model_and_tokenizer
+from slice_trl.models.loading import load_model_and_tokenizer
 from slice_trl.tasks import TaskSpec, build_tasks
-from slice_trl.trainer import ContinualSFTTrainer
+from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
 pytestmark = pytest.mark.slow
 

@@ -161,9 +161,9 @@ def test_sketch_cosine_tracks_exact_cosine_on_real_gradients(one_thread):
     base (all cosines positive) and after a short fit to the yes/no mixture (the two tasks'
     gradients then oppose: strongly negative, and mildly negative against the others). With
     k = 16,384 every sketch cosine is within 0.05 of the exact one."""
-    from slice_trl.batching import default_collator, prepare_sft_dataset, sample_batches
+    from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.kernels.gradients import estimate_mean_gradients, summed_token_loss, target_weights
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     torch.manual_seed(0)
     model, tok = tiny_llama(), tiny_tokenizer()
@@ -225,7 +225,7 @@ def _write_ni_task(path: Path, definition: str, make, n: int = 12) -> None:
 @pytest.fixture
 def ni_pool(tmp_path):
     """A pool file over four natural-instructions task files and a saved tiny Llama."""
-    from slice_trl.testing import tiny_llama, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     data = tmp_path / "ni_tasks"
     data.mkdir()
@@ -278,7 +278,7 @@ def test_cli_end_to_end_with_cache_reuse(ni_pool, tmp_path, capsys, one_thread):
     order = [t["name"] for t in recipe["tasks"]]
     assert sorted(order) == top[0]["tasks"]
     assert all(t["source"] == "superni" and Path(t["path"]).is_file() for t in recipe["tasks"])
-    from slice_trl.recipe import load_recipe  # the recipe is one the training command accepts
+    from slice_trl.cli.recipe import load_recipe  # the recipe is one the training command accepts
 
     assert [s.display_name for s in load_recipe(out / "recipe.yaml", for_this_machine=False).task_specs] == \
         [t["name"] for t in recipe["tasks"]]
@@ -292,7 +292,7 @@ def test_cli_end_to_end_with_cache_reuse(ni_pool, tmp_path, capsys, one_thread):
 
     # Reruns in-process (same `main`, no second interpreter start-up). Everything cached: the
     # model is never loaded.
-    import slice_trl.models
+    import slice_trl.models.loading
     from slice_trl.mine import main
 
     def no_model(*args, **kwargs):
@@ -300,7 +300,7 @@ def test_cli_end_to_end_with_cache_reuse(ni_pool, tmp_path, capsys, one_thread):
 
     argv = [str(ni_pool), "--length", "3", "--top", "3", "--output-dir", str(out), "--no-progress"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(slice_trl.models, "load_model_and_tokenizer", no_model)
+        mp.setattr(slice_trl.models.loading, "load_model_and_tokenizer", no_model)
         assert main(argv) == 0
     assert "4 gradients from cache" in capsys.readouterr().out
     assert (out / "cosines.csv").read_text().splitlines() == rows

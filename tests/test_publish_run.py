@@ -27,9 +27,9 @@ from conftest_hub import TEST_HUB_TOKEN
 
 from slice_trl import hub as shub
 from slice_trl import run as run_mod
-from slice_trl.recipe import load_recipe
-from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
-from slice_trl.trainer import ContinualSFTTrainer
+from slice_trl.cli.recipe import load_recipe
+from slice_trl.utils.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
+from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
@@ -106,8 +106,8 @@ def published_run(request, tmp_path_factory):
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            mp.setattr("slice_trl.trainer.ContinualSFTTrainer", Recording)
-            mp.setattr("slice_trl.trainer.evaluate_general", evaluate_general)
+            mp.setattr("slice_trl.trainer.continual_sft_trainer.ContinualSFTTrainer", Recording)
+            mp.setattr("slice_trl.trainer.continual_sft_trainer.evaluate_general", evaluate_general)
             recipe = load_recipe(recipe_path)
             # GP/IP of the base model and after the last stage (a task that resolves offline: the run
             # checks every benchmark before the model loads)

@@ -1,4 +1,4 @@
-"""Recipe validation (slice_trl.recipe): every malformed recipe gives ONE `RecipeError` naming the
+"""Recipe validation (slice_trl.cli.recipe): every malformed recipe gives ONE `RecipeError` naming the
 key and the fix, before any model (or tokenizer) is loaded; overrides, section merging and env."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from slice_trl import run as run_mod
-from slice_trl.config import InitConfig
-from slice_trl.recipe import RecipeError, load_recipe, parse_overrides
+from slice_trl.configs.config import InitConfig
+from slice_trl.cli.recipe import RecipeError, load_recipe, parse_overrides
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger", "no_model_loading")
 
@@ -192,7 +192,7 @@ def _hub_recipe(tmp_path, source: str):
 
 @pytest.mark.parametrize("source", ["superni", "generic"])
 def test_unreachable_hub_dataset_says_so_and_how_to_use_local_files(hub, tmp_path, source):
-    from slice_trl.testing import tiny_tokenizer
+    from slice_trl.utils.testing import tiny_tokenizer
 
     recipe = _hub_recipe(tmp_path, source)  # valid: the Hub is only contacted when the tasks are built
     # the loopback Hub answers 404: the dataset cannot be reached
@@ -214,19 +214,19 @@ def test_unreachable_hub_dataset_says_so_and_how_to_use_local_files(hub, tmp_pat
 
 def test_run_reports_unreachable_dataset_before_loading_the_model(hub, tmp_path, monkeypatch):
     """run() loads only the tokenizer, then builds the tasks: the data error comes before any model."""
-    from slice_trl.testing import tiny_tokenizer
+    from slice_trl.utils.testing import tiny_tokenizer
 
     tok_dir = tmp_path / "tok"
     tiny_tokenizer().save_pretrained(tok_dir)
     monkeypatch.undo()  # allow the tokenizer load again; re-forbid the model loads only
     import transformers
 
-    import slice_trl.models
+    import slice_trl.models.loading
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the tasks were built")
 
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(slice_trl.models.loading, "load_model_and_tokenizer", forbidden)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
     path = write(tmp_path, f"model_name_or_path: {tok_dir}\nuse_cpu: true\noutput_dir: {tmp_path / 'out'}\n"
                            "tasks:\n  - {name: t1, source: generic, dataset_id: nobody/no-such-dataset}\n")
@@ -236,9 +236,9 @@ def test_run_reports_unreachable_dataset_before_loading_the_model(hub, tmp_path,
 
 def test_unloadable_model_name_is_a_recipe_error(tmp_path, monkeypatch):
     monkeypatch.undo()
-    import slice_trl.models
+    import slice_trl.models.loading
 
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer",
+    monkeypatch.setattr(slice_trl.models.loading, "load_model_and_tokenizer",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     path = write(tmp_path, f"model_name_or_path: {tmp_path / 'no_such_model'}\nuse_cpu: true\n"
                            f"output_dir: {tmp_path / 'out'}\n" + TASKS)
@@ -247,7 +247,7 @@ def test_unloadable_model_name_is_a_recipe_error(tmp_path, monkeypatch):
 
 
 def test_strategy_section_fields_are_type_checked(tmp_path):
-    from slice_trl.recipe import SECTIONS
+    from slice_trl.cli.recipe import SECTIONS
 
     if "strategy" not in SECTIONS:
         pytest.skip("no strategy section")

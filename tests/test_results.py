@@ -1,4 +1,4 @@
-"""slice_trl.results: AP/FP/forgetting against hand-computed values, lower-triangular
+"""slice_trl.evaluation.results: AP/FP/forgetting against hand-computed values, lower-triangular
 enforcement, JSON round-trip, atomic writes, the heatmap and the text table."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from slice_trl.results import ResultsMatrix, write_json_atomic
+from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
 
 NAMES = ["task088", "task1510", "task181"]
 # R[i][j] = score on task j after training through task i

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from slice_trl import run as run_mod
-from slice_trl.config import EvalConfig, InitConfig, ReplayConfig
-from slice_trl.recipe import RunArguments, load_recipe
+from slice_trl.configs.config import EvalConfig, InitConfig, ReplayConfig
+from slice_trl.cli.recipe import RunArguments, load_recipe
 from slice_trl.tasks import TaskSpec
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
@@ -118,7 +118,7 @@ def test_ni_seq_opp2_finds_all_tasks_with_data_dir(capsys, no_model_loading, tmp
 # ------------------------------------------------------------------ end to end
 def tiny_recipe(tmp_path: Path, output_dir: Path, extra: str = "") -> Path:
     """A 2-task recipe on a tiny random Llama saved to disk (the CLI loads models by path)."""
-    from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
+    from slice_trl.utils.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
 
     base = tmp_path / "tiny-llama"
     if not base.exists():

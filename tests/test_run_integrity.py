@@ -1,4 +1,4 @@
-"""Run integrity (slice_trl.integrity, slice_trl.preflight): a rerun in the same output_dir resumes
+"""Run integrity (slice_trl.models.integrity, slice_trl.cli.preflight): a rerun in the same output_dir resumes
 only with an equal fingerprint, --overwrite moves the old run aside before anything new is
 written, a damaged stage is named, every bad setting fails under --dry-run before any model loads,
 a recipe's env: cannot redirect the Hub token, and the console stays quiet and readable."""
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from slice_trl import integrity
+from slice_trl.models import integrity
 from slice_trl import run as run_mod
-from slice_trl import stages
-from slice_trl.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
+from slice_trl.trainer import stages
+from slice_trl.utils.testing import tiny_llama, tiny_recipe_yaml, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
@@ -53,7 +53,7 @@ def _snapshot(folder: Path) -> dict:
 
 # ------------------------------------------------------------------------------ fingerprint units
 def _config(tmp_path, **kw):
-    from slice_trl.config import ContinualSFTConfig
+    from slice_trl.configs.config import ContinualSFTConfig
 
     return ContinualSFTConfig(**{"output_dir": str(tmp_path / "o"), "use_cpu": True, **kw})
 
@@ -359,7 +359,7 @@ def test_rerun_with_other_settings_stops_same_settings_resume(tmp_path, tiny_bas
 
     again = _cli(recipe, "--init.method", "vanilla", "--verbose", "--logging_steps", "2")  # a key that cannot matter
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "INFO slice_trl.trainer: Resumed stage 2 (last)" in again.stderr  # --verbose: logs as they come,
+    assert "INFO slice_trl.trainer.continual_sft_trainer: Resumed stage 2 (last)" in again.stderr  # --verbose: logs as they come,
     assert "FutureWarning" in again.stderr  # library warnings included
     stage_files = {k: v for k, v in before.items() if k.startswith("stages")}
     assert {k: v for k, v in _snapshot(out).items() if k.startswith("stages")} == stage_files  # nothing retrained
@@ -367,7 +367,7 @@ def test_rerun_with_other_settings_stops_same_settings_resume(tmp_path, tiny_bas
 
 
 def test_changed_task_data_under_the_same_name_stops(tmp_path, tiny_base, monkeypatch):
-    import slice_trl.models
+    import slice_trl.models.loading
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": "a"}) + "\n" for i in range(8)))
@@ -382,15 +382,15 @@ def test_changed_task_data_under_the_same_name_stops(tmp_path, tiny_base, monkey
     def forbidden(*a, **k):
         raise AssertionError("the model was loaded before the check")
 
-    monkeypatch.setattr(slice_trl.models, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(slice_trl.models.loading, "load_model_and_tokenizer", forbidden)
     with pytest.raises(run_mod.RecipeError, match=r"tasks\[0\]\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'"):
         run_mod.run(run_mod.load_recipe(recipe, ["--max_steps", "1"]))
 
 
 def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_path, tiny_base, monkeypatch,
                                                                         one_torch_thread):
-    import slice_trl.models
-    from slice_trl.trainer import ContinualSFTTrainer
+    import slice_trl.models.loading
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     out = tmp_path / "out"
     recipe = _recipe(tmp_path, tiny_base, out)
@@ -404,7 +404,7 @@ def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_pat
             return super().train_stage(t)
 
     with monkeypatch.context() as mp:
-        mp.setattr("slice_trl.trainer.ContinualSFTTrainer", Killed)
+        mp.setattr("slice_trl.trainer.continual_sft_trainer.ContinualSFTTrainer", Killed)
         with pytest.raises(KeyboardInterrupt):
             run_mod.main([str(recipe), "--overwrite", "--max_steps", "1"])
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("out.replaced-")]
@@ -418,7 +418,7 @@ def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_pat
     intact = weights.read_bytes()
     weights.write_bytes(intact[:-64])
     with monkeypatch.context() as mp:
-        mp.setattr(slice_trl.models, "load_model_and_tokenizer", lambda *a, **k: (_ for _ in ()).throw(
+        mp.setattr(slice_trl.models.loading, "load_model_and_tokenizer", lambda *a, **k: (_ for _ in ()).throw(
             AssertionError("model loaded")))
         with pytest.raises(run_mod.RecipeError, match=r"01-first.*is damaged.*Delete that folder to retrain stage 1"):
             run_mod.run(run_mod.load_recipe(recipe, ["--max_steps", "1"]))
@@ -434,9 +434,9 @@ def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_pat
 def test_trainer_keeps_its_own_check_for_python_api_users(tmp_path):
     from peft import LoraConfig
 
-    from slice_trl.config import ContinualSFTConfig
+    from slice_trl.configs.config import ContinualSFTConfig
     from slice_trl.tasks import builtin_task
-    from slice_trl.trainer import ContinualSFTTrainer
+    from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     tok = tiny_tokenizer()
     tasks = [builtin_task("first", n_train=8, n_eval=2), builtin_task("last", n_train=8, n_eval=2)]
@@ -461,8 +461,8 @@ def test_trainer_keeps_its_own_check_for_python_api_users(tmp_path):
 def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys, no_model_loading):
     """The shipped quickstart recipe: with a vanilla run's run.json in output_dir, the SLICE command
     is refused (naming init.method) and the vanilla command would resume; no model is loaded."""
-    from slice_trl import preflight
-    from slice_trl.recipe import load_recipe
+    from slice_trl.cli import preflight
+    from slice_trl.cli.recipe import load_recipe
 
     quickstart = REPO_ROOT / "recipes" / "quickstart.yaml"
     out = tmp_path / "quickstart"
@@ -485,7 +485,7 @@ def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys
 
 
 def test_stage_line_says_whether_the_projection_fired():
-    from slice_trl.console import stage_line
+    from slice_trl.utils.console import stage_line
 
     def record(surgery, method="slice"):
         return {"stage": 2, "task": "last", "scores": {"first": 0.25, "last": 1.0},

@@ -1,4 +1,4 @@
-"""slice_trl.stats: t quantiles against closed forms, the paired interval by hand, and the minimum
+"""slice_trl.utils.stats: t quantiles against closed forms, the paired interval by hand, and the minimum
 detectable difference against a simulation of the paired t-test itself."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from slice_trl.stats import min_detectable_difference, paired_summary, paired_t_power, t_cdf, t_quantile
+from slice_trl.utils.stats import min_detectable_difference, paired_summary, paired_t_power, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize("p", [0.6, 0.8, 0.975, 0.995])

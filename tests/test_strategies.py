@@ -9,15 +9,15 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import constant_task, lora, make_config
 
-from slice_trl.config import ContinualSFTConfig
-from slice_trl.lora import lora_layers
-from slice_trl.recipe import SECTIONS
+from slice_trl.configs.config import ContinualSFTConfig
+from slice_trl.models.lora import lora_layers
+from slice_trl.cli.recipe import SECTIONS
 from slice_trl.strategies import StrategyConfig
 from slice_trl.strategies.base import STATE_FILE
 from slice_trl.strategies.olora import penalty, penalty_grad
 from slice_trl.strategies.slao import merge_coefficients
-from slice_trl.testing import tiny_llama, tiny_tokenizer
-from slice_trl.trainer import ContinualSFTTrainer
+from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
+from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
 NAMES = ["yes", "no", "maybe"]
 TINY_EVAL = {"max_samples": 2, "batch_size": 2, "max_new_tokens": 3}

@@ -31,7 +31,7 @@ from slice_trl.tasks import (
 )
 from slice_trl.tasks import base as tasks_base
 from slice_trl.tasks.base import fit_prompt, shorten_middle, user_prompt_example
-from slice_trl.testing import tiny_tokenizer
+from slice_trl.utils.testing import tiny_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -13,8 +13,8 @@ import pytest
 from transformers import TrainerCallback
 from transformers.integrations import integration_utils
 
-from slice_trl import console
-from slice_trl.config import ContinualSFTConfig
+from slice_trl.utils import console
+from slice_trl.configs.config import ContinualSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["yes", "no", "maybe"]

@@ -9,10 +9,10 @@ from datasets import Dataset
 from peft import LoraConfig, PrefixTuningConfig
 from transformers import TrainerCallback
 
-from slice_trl.config import ContinualSFTConfig
+from slice_trl.configs.config import ContinualSFTConfig
 from slice_trl.tasks.base import Task
-from slice_trl.testing import tiny_llama, tiny_tokenizer
-from slice_trl.trainer import ContinualSFTTrainer
+from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
+from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -194,7 +194,7 @@ class CountingTrainer(ContinualSFTTrainer):
 
 def test_base_row_scores_the_untrained_model_and_is_reused_on_resume(tmp_path):
     from slice_trl.evaluation import evaluate_task
-    from slice_trl.config import EvalConfig
+    from slice_trl.configs.config import EvalConfig
 
     tasks = three_tasks()[:2]
     evaluation = {"max_samples": 6, "batch_size": 3, "max_new_tokens": 6, "score_base": True}

@@ -11,12 +11,18 @@ docs/method.md, "Evaluation and metrics". One module per concern:
   templates (package data next to it), and the base-model comparison (`general.summarize`).
 """
 
-from . import general
-from .generation import TaskScore, evaluate_task, generate, generate_tokens
-from .harness import LMEvalDataError, evaluate_general, evaluate_general_lm, load_task, resolve_tasks
-from .metrics import exact_match, normalize_answer, rouge_l, score_predictions
-from .prompts import prompt_token_ids, reference_text, render_prompt
-from .schedule import task_evaluations, tasks_to_score
+from slice_trl.evaluation import general
+from slice_trl.evaluation.generation import TaskScore, evaluate_task, generate, generate_tokens
+from slice_trl.evaluation.harness import (
+    LMEvalDataError,
+    evaluate_general,
+    evaluate_general_lm,
+    load_task,
+    resolve_tasks,
+)
+from slice_trl.evaluation.metrics import exact_match, normalize_answer, rouge_l, score_predictions
+from slice_trl.evaluation.prompts import prompt_token_ids, reference_text, render_prompt
+from slice_trl.evaluation.schedule import task_evaluations, tasks_to_score
 
 __all__ = [
     "TaskScore",

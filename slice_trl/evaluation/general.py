@@ -15,7 +15,7 @@ This module holds
   `task_folders` writes a task YAML that includes the shipped format-only template
   (``lm_eval_local/`` here) and reads that file;
 - `summarize`: GP/IP with the base model's scores and the change from them, and the settings
-  (`settings`) a cached base-model result must match (`slice_trl.stages.base_measurement`).
+  (`settings`) a cached base-model result must match (`slice_trl.trainer.stages.base_measurement`).
 
 This module never imports lm-eval: the harness calls (`evaluate_general`, `resolve_tasks`) are in
 `slice_trl.evaluation.harness`.
@@ -31,9 +31,9 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
-from ..settings import EvalConfig
-from ..tasks.builtin import WORDS
-from .metrics import rouge_l
+from slice_trl.configs.settings import EvalConfig
+from slice_trl.tasks.builtin import WORDS
+from slice_trl.evaluation.metrics import rouge_l
 
 __all__ = [
     "PAPER_BENCHMARKS",

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import distributed
-from ..lora import eval_mode
-from ..settings import EvalConfig
-from ..tasks.base import Task
-from .metrics import score_predictions, sni_normalize
-from .prompts import prompt_token_ids, reference_text, render_prompt
+from slice_trl.utils import distributed
+from slice_trl.models.lora import eval_mode
+from slice_trl.configs.settings import EvalConfig
+from slice_trl.tasks.base import Task
+from slice_trl.evaluation.metrics import score_predictions, sni_normalize
+from slice_trl.evaluation.prompts import prompt_token_ids, reference_text, render_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import io
 import logging
 from collections.abc import Sequence
 
-from .. import console
-from ..lora import eval_mode
-from ..settings import EvalConfig
-from .general import LOCAL_TEMPLATES, task_folders
-from .generation import generating_model, model_device
+from slice_trl.utils import console
+from slice_trl.models.lora import eval_mode
+from slice_trl.configs.settings import EvalConfig
+from slice_trl.evaluation.general import LOCAL_TEMPLATES, task_folders
+from slice_trl.evaluation.generation import generating_model, model_device
 
 __all__ = ["PRIMARY_METRICS", "LMEvalDataError", "load_task", "resolve_tasks", "evaluate_general",
            "evaluate_general_lm"]
@@ -121,7 +121,7 @@ def load_task(task_manager, name: str):
 def _quiet_lm_eval():
     """lm-eval logs ~20 INFO lines per task run (seeds, task selection, contexts); keep its
     warnings and errors only, unless the user asked for INFO on the ``lm_eval`` logger. Where the
-    run's console has no progress bars (quiet, output not a terminal: `slice_trl.console`), lm-eval's
+    run's console has no progress bars (quiet, output not a terminal: `slice_trl.utils.console`), lm-eval's
     own tqdm bars (4-5 per task run, written to ``sys.stderr``) are dropped too; log records still
     show, since logging handlers hold the real stream."""
     lm_logger = logging.getLogger("lm_eval")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from ..tasks.base import is_conversational
+from slice_trl.tasks.base import is_conversational
 
 __all__ = ["prompt_token_ids", "render_prompt", "reference_text"]
 

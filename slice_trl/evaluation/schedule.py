@@ -9,7 +9,7 @@ task, before it is trained (R[i-1][i], FWT): one more task evaluation per stage 
 
 from __future__ import annotations
 
-from ..settings import EvalConfig
+from slice_trl.configs.settings import EvalConfig
 
 __all__ = ["full_stage", "tasks_to_score", "task_evaluations"]
 

@@ -10,7 +10,7 @@ Hub layout of a model repo (one commit per finished stage, a final one with GP/I
     stage-NN-<task>/            adapter_config.json, adapter_model.safetensors, record.json
 
 Stage k's adapter applies to the base model with stages 1..k-1 merged in: `load_stage` does that.
-The local run layout is `slice_trl.stages`'; the modules here hold:
+The local run layout is `slice_trl.trainer.stages`'; the modules here hold:
 
 - `layout`: finished local stages and the Hub's stage folders; `convert`: the adapter for the
   original base; `files`: the public copies of the run's files; `redaction`: no tokens, no local paths;
@@ -23,12 +23,12 @@ then the login cache). The token is only ever passed to huggingface_hub; it is n
 file, a card or a log message.
 """
 
-from .card import render_model_card
-from .convert import convert_adapter_files, published_adapter_dir
-from .layout import StageDir, finished_stages
-from .load import download_run_records, list_run, load_stage, pull
-from .push import PushReport, push_pending, push_pending_in_background, push_stage
-from .splits import push_pending_splits, push_task_splits, save_pending_splits
+from slice_trl.hub.card import render_model_card
+from slice_trl.hub.convert import convert_adapter_files, published_adapter_dir
+from slice_trl.hub.layout import StageDir, finished_stages
+from slice_trl.hub.load import download_run_records, list_run, load_stage, pull
+from slice_trl.hub.push import PushReport, push_pending, push_pending_in_background, push_stage
+from slice_trl.hub.splits import push_pending_splits, push_task_splits, save_pending_splits
 
 __all__ = [
     "PushReport",

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from .load import format_listing, list_run, pull
+    from slice_trl.hub.load import format_listing, list_run, pull
 
     try:
         if args.command == "ls":
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
               "HF_TOKEN or `hf auth login`)", file=sys.stderr)
         return 2
     except Exception as err:  # other Hub errors (network, server): one line, no traceback
-        from .redaction import describe, known_secrets
+        from slice_trl.hub.redaction import describe, known_secrets
 
         print(f"error: {describe(err, known_secrets(None))}", file=sys.stderr)
         return 1

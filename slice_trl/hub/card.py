@@ -16,11 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import stages as layout
-from ..cl_metrics import FIELD_METRICS
-from .files import BaseModel, base_model, public_run, sorted_modules
-from .layout import finished_stages, read_json
-from .redaction import known_secrets, public, scrub
+from slice_trl.trainer import stages as layout
+from slice_trl.evaluation.cl_metrics import FIELD_METRICS
+from slice_trl.hub.files import BaseModel, base_model, public_run, sorted_modules
+from slice_trl.hub.layout import finished_stages, read_json
+from slice_trl.hub.redaction import known_secrets, public, scrub
 
 MODEL_CARD_TEMPLATE = "continual_run.md"
 DATASET_CARD_TEMPLATE = "task_splits.md"

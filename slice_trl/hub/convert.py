@@ -16,8 +16,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import stages as layout
-from .layout import StageDir, read_json
+from slice_trl.trainer import stages as layout
+from slice_trl.hub.layout import StageDir, read_json
 
 logger = logging.getLogger(__name__)
 

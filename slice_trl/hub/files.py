@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import stages as layout
-from .convert import published_adapter_dir
-from .layout import StageDir, json_bytes, read_json
-from .redaction import LOCAL, public
+from slice_trl.trainer import stages as layout
+from slice_trl.hub.convert import published_adapter_dir
+from slice_trl.hub.layout import StageDir, json_bytes, read_json
+from slice_trl.hub.redaction import LOCAL, public
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -36,7 +36,7 @@ class BaseModel:
 
 def base_model(run: dict) -> BaseModel:
     """`BaseModel` of a run.json (local or public copy)."""
-    from ..models import EMBEDDED_MODEL, EMBEDDED_SOURCE
+    from slice_trl.models.loading import EMBEDDED_MODEL, EMBEDDED_SOURCE
 
     name = run.get("base_model")
     if not isinstance(name, str) or not name:

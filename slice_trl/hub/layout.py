@@ -1,7 +1,7 @@
 """Where things are: the finished stages of a local run, and the stage folders of a Hub repo.
 
 The local layout (``stages/NN-<task>/`` with ``record.json`` written last) is defined once, in
-`slice_trl.stages`; this module only adds the Hub side: stage k is published as the folder
+`slice_trl.trainer.stages`; this module only adds the Hub side: stage k is published as the folder
 ``stage-NN-<task>/`` holding PEFT's ``adapter_config.json`` + ``adapter_model.safetensors`` (the
 converted adapter) and the stage's ``record.json``.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .. import stages as layout
+from slice_trl.trainer import stages as layout
 
 REMOTE_PREFIX = "stage-"
 PUSHED_MARKER = "pushed.json"  # what this machine pushed where (informative: the Hub listing decides)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import stages as layout
-from .layout import read_json, stage_folders
-from .redaction import is_local_placeholder
+from slice_trl.trainer import stages as layout
+from slice_trl.hub.layout import read_json, stage_folders
+from slice_trl.hub.redaction import is_local_placeholder
 
 
 def _published(repo_id: str, revision: str | None, token):
@@ -81,14 +81,14 @@ def load_stage(
 
     Reads ``run.json`` from the repo for the base model (``base_model=`` overrides it; needed when
     the run was trained on a local checkpoint), loads it with
-    `slice_trl.models.load_model_and_tokenizer` (so the bundled GGUF alias gives the very weights
+    `slice_trl.models.loading.load_model_and_tokenizer` (so the bundled GGUF alias gives the very weights
     the run used), applies and merges the adapters of stages 1..k-1 in order, then applies stage
     k's adapter: merged into a plain model when ``merge=True`` (default), else returned as a
     `peft.PeftModel` (adapter "default"). All files come from one commit (``revision`` resolved
     once). Merging happens in ``dtype``: with bfloat16 expect rounding differences."""
     from peft import PeftModel
 
-    from ..models import load_model_and_tokenizer
+    from slice_trl.models.loading import load_model_and_tokenizer
 
     stage = int(stage)
     info, folders = _published(repo_id, revision, token)
@@ -108,7 +108,7 @@ def load_stage(
 def list_run(repo_id: str, revision: str | None = None, token: str | None = None) -> dict:
     """What a published run holds: ``{"repo_id", "sha", "stages": {k: folder}, "run": run.json,
     "results": results.json}`` (the two files are {} when absent)."""
-    from .push import quiet_hub
+    from slice_trl.hub.push import quiet_hub
 
     info, folders = _published(repo_id, revision, token)
     with quiet_hub():
@@ -122,8 +122,8 @@ def list_run(repo_id: str, revision: str | None = None, token: str | None = None
 
 def format_listing(listing: dict) -> str:
     """`list_run`'s answer as text: the stages, R (x100), AP/FP/forgetting and GP/IP when present."""
-    from ..results import ResultsMatrix
-    from .card import x100
+    from slice_trl.evaluation.results import ResultsMatrix
+    from slice_trl.hub.card import x100
 
     run, results = listing["run"], listing["results"]
     names = list(results.get("task_names") or run.get("task_names") or [])

@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import render_model_card
-from .files import base_model, public_run, run_files, stage_files
-from .layout import PUSHED_MARKER, StageDir, finished_stages, read_json, stage_folders
-from .redaction import describe, known_secrets
-from .splits import pending_splits, push_pending_splits
+from slice_trl.hub.card import render_model_card
+from slice_trl.hub.files import base_model, public_run, run_files, stage_files
+from slice_trl.hub.layout import PUSHED_MARKER, StageDir, finished_stages, read_json, stage_folders
+from slice_trl.hub.redaction import describe, known_secrets
+from slice_trl.hub.splits import pending_splits, push_pending_splits
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .card import DATASET_CARD_TEMPLATE, DATASET_TAGS, template_text
-from .layout import json_bytes, read_json
-from .redaction import known_secrets, public, scrub
+from slice_trl.hub.card import DATASET_CARD_TEMPLATE, DATASET_TAGS, template_text
+from slice_trl.hub.layout import json_bytes, read_json
+from slice_trl.hub.redaction import known_secrets, public, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def push_pending_splits(output_dir: str | os.PathLike, repo_id: str, private: bo
     or None when nothing was pending. Raises when the push fails (the splits stay)."""
     from datasets import load_from_disk
 
-    from ..tasks.base import Task
+    from slice_trl.tasks.base import Task
 
     folder = pending_splits(output_dir)
     if folder is None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
+from slice_trl.utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def estimate_mean_gradients(
     """
     from tqdm.auto import tqdm
 
-    from ..console import bars_enabled
+    from slice_trl.utils.console import bars_enabled
 
     rank, world = distributed.rank_and_world() if shard_across_processes else (0, 1)
     name_of = {id(w): n for n, w in weights.items()}

@@ -19,12 +19,12 @@ The pool file is read and validated by `pool.load_pool`; `pipeline.mine_pool` ti
 
 from __future__ import annotations
 
-from .cache import GradientCache
-from .gradient_pass import task_sketches
-from .pipeline import MiningResult, mine_pool
-from .pool import CalibrationConfig, Pool, PoolError, check_length, load_pool
-from .search import best_order, iter_subset_scores, top_subsets
-from .sketch import CountSketch, cosine_matrix
+from slice_trl.mining.cache import GradientCache
+from slice_trl.mining.gradient_pass import task_sketches
+from slice_trl.mining.pipeline import MiningResult, mine_pool
+from slice_trl.mining.pool import CalibrationConfig, Pool, PoolError, check_length, load_pool
+from slice_trl.mining.search import best_order, iter_subset_scores, top_subsets
+from slice_trl.mining.sketch import CountSketch, cosine_matrix
 
 __all__ = [
     "CalibrationConfig",

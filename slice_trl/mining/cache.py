@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .pool import Pool, make_spec, spec_dict
+from slice_trl.mining.pool import Pool, make_spec, spec_dict
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _data_fingerprint(spec: Mapping) -> list:
         return [_file_fingerprint(p)]
     if p.is_dir():
         if spec.get("source") == "superni" and spec.get("task"):
-            from ..tasks import resolve_task_file
+            from slice_trl.tasks import resolve_task_file
 
             return [_file_fingerprint(Path(resolve_task_file(p, spec["task"])))]
         return [_file_fingerprint(f) for f in sorted(p.rglob("*")) if f.is_file()]

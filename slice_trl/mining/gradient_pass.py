@@ -10,9 +10,9 @@ import time
 import numpy as np
 import torch
 
-from .cache import GradientCache, cache_key
-from .pool import Pool, make_spec
-from .sketch import CountSketch
+from slice_trl.mining.cache import GradientCache, cache_key
+from slice_trl.mining.pool import Pool, make_spec
+from slice_trl.mining.sketch import CountSketch
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ def task_sketches(pool: Pool, cache: GradientCache, device: str | None = "auto",
     if missing:
         logger.info("%d of %d task gradients cached; computing %d.", len(loaded) - len(missing), len(loaded),
                     len(missing))
-        from ..batching import default_collator, prepare_sft_dataset, sample_batches
-        from ..kernels.gradients import check_finite, estimate_mean_gradients, target_weights
-        from ..models import load_model_and_tokenizer
-        from ..tasks import build_task
+        from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
+        from slice_trl.kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+        from slice_trl.models.loading import load_model_and_tokenizer
+        from slice_trl.tasks import build_task
 
         cal = pool.calibration
         dev = _resolve_device(device)

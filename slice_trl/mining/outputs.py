@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pool import Pool
+from slice_trl.mining.pool import Pool
 
 
 def _axis_labels(names: Sequence[str]) -> list[str]:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import GradientCache
-from .gradient_pass import task_sketches
-from .outputs import plot_heatmap, recipe_dict
-from .pool import Pool, check_length, positive_int
-from .search import best_order, top_subsets
-from .sketch import cosine_matrix
+from slice_trl.mining.cache import GradientCache
+from slice_trl.mining.gradient_pass import task_sketches
+from slice_trl.mining.outputs import plot_heatmap, recipe_dict
+from slice_trl.mining.pool import Pool, check_length, positive_int
+from slice_trl.mining.search import best_order, top_subsets
+from slice_trl.mining.sketch import cosine_matrix
 
 
 @dataclasses.dataclass

@@ -9,8 +9,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..settings import reject_unknown_keys
-from .sketch import HASH_PRIME
+from slice_trl.configs.settings import reject_unknown_keys
+from slice_trl.mining.sketch import HASH_PRIME
 
 
 class PoolError(ValueError):
@@ -81,7 +81,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def make_spec(entry: Mapping):
     """A `slice_trl.tasks.TaskSpec` from a mapping (its own validation; errors re-raised as
     PoolError)."""
-    from ..tasks import TaskSpec
+    from slice_trl.tasks import TaskSpec
 
     try:
         return TaskSpec.from_dict(dict(entry))
@@ -103,7 +103,7 @@ def _task_identity(spec) -> str:
     """What makes two pool entries the same task: the data they read and how they split it,
     not their names or metrics (a Super-NI or TRACE location is resolved to its file/folder, so
     ``path: dir, task: task088`` equals ``path: dir/task088_....json``)."""
-    from ..tasks import resolve_task_dir, resolve_task_file
+    from slice_trl.tasks import resolve_task_dir, resolve_task_file
 
     data = spec_dict(spec)
     data.pop("name", None)

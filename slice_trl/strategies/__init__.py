@@ -1,9 +1,18 @@
 """Continual strategies (docs/strategies.md): the interface and registry in `base`, one module per
 strategy. Select one in a recipe with ``strategy: {name: keeplora, ...}``."""
 
-from . import eblora, inflora, keeplora, olora, slao  # noqa: F401  (each registers itself in REGISTRY)
-from .base import (REGISTRY, StageContext, StepHooks, Strategy, StrategyConfig, engine_problem, load_state, register,
-                   save_state)
+from slice_trl.strategies import eblora, inflora, keeplora, olora, slao  # noqa: F401  (each registers itself in REGISTRY)
+from slice_trl.strategies.base import (
+    REGISTRY,
+    StageContext,
+    StepHooks,
+    Strategy,
+    StrategyConfig,
+    engine_problem,
+    load_state,
+    register,
+    save_state,
+)
 
 
 def build_strategy(config: StrategyConfig, zero_stage: int | None = None) -> Strategy:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.subspace import extend, orthonormal_rows_outside
-from ..lora import ADAPTER, eval_mode, lora_layers, write_and_absorb
-from .base import Strategy, StrategyConfig, check_config_fields, probe_batches, register
+from slice_trl.kernels.subspace import extend, orthonormal_rows_outside
+from slice_trl.models.lora import ADAPTER, eval_mode, lora_layers, write_and_absorb
+from slice_trl.strategies.base import Strategy, StrategyConfig, check_config_fields, probe_batches, register
 
 
 @dataclass

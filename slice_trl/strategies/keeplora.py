@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.subspace import extend, orthonormal_rows_outside, project_out
-from ..lora import ADAPTER, lora_layers, write_and_absorb
-from .base import ProbeConfig, Strategy, register, task_gradient
+from slice_trl.kernels.subspace import extend, orthonormal_rows_outside, project_out
+from slice_trl.models.lora import ADAPTER, lora_layers, write_and_absorb
+from slice_trl.strategies.base import ProbeConfig, Strategy, register, task_gradient
 
 logger = logging.getLogger(__name__)
 

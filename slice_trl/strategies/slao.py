@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import distributed
-from ..lora import ADAPTER, lora_layers
-from .base import Strategy, StrategyConfig, register
+from slice_trl.utils import distributed
+from slice_trl.models.lora import ADAPTER, lora_layers
+from slice_trl.strategies.base import Strategy, StrategyConfig, register
 
 
 @dataclass

@@ -14,8 +14,8 @@ with `LoadOptions` fields as keywords (base.py).
 
 from __future__ import annotations
 
-from ..settings import duplicate_names
-from .base import (
+from slice_trl.configs.settings import duplicate_names
+from slice_trl.tasks.base import (
     METRICS,
     LoadOptions,
     Task,
@@ -26,12 +26,12 @@ from .base import (
     split_train_eval,
     validate_tasks,
 )
-from .builtin import BUILTIN_TASKS, builtin_suite, builtin_task
-from .cl_benchmark import load_cl_benchmark_task
-from .generic import load_generic_task, load_hub_splits_task
-from .spec import SOURCES, MissingDataError, TaskSpec
-from .superni import default_metric, load_superni_task, resolve_task_file
-from .trace import DEFAULT_FILES, load_trace_task, resolve_task_dir
+from slice_trl.tasks.builtin import BUILTIN_TASKS, builtin_suite, builtin_task
+from slice_trl.tasks.cl_benchmark import load_cl_benchmark_task
+from slice_trl.tasks.generic import load_generic_task, load_hub_splits_task
+from slice_trl.tasks.spec import SOURCES, MissingDataError, TaskSpec
+from slice_trl.tasks.superni import default_metric, load_superni_task, resolve_task_file
+from slice_trl.tasks.trace import DEFAULT_FILES, load_trace_task, resolve_task_dir
 
 __all__ = [
     "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "validate_tasks",
@@ -72,7 +72,7 @@ def build_tasks(specs, tokenizer=None, max_length: int | None = None, *, local_o
     """`build_task` for each spec, in order; names must be unique (they key the R matrix).
 
     ``local_only`` skips the specs read from the Hub (a dry run reads the local data only).
-    ``error`` (e.g. `slice_trl.recipe.RecipeError`): a data problem (bad or missing data, an
+    ``error`` (e.g. `slice_trl.cli.recipe.RecipeError`): a data problem (bad or missing data, an
     unreachable Hub) is raised as one ``error`` naming the task, ``tasks[i] (name): ...``, and an
     unreachable Hub says how to use local files instead; without it the loader's own exception
     propagates."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from datasets import Dataset
 
-from ..settings import duplicate_names
+from slice_trl.configs.settings import duplicate_names
 
 METRICS = ("exact_match", "rougeL", "sni_exact_match", "sni_rougeL")  # evaluation/metrics.py
 

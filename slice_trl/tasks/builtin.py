@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import random
 
-from ..settings import suggest
-from .base import LoadOptions, Task, make_task, user_prompt_example
+from slice_trl.configs.settings import suggest
+from slice_trl.tasks.base import LoadOptions, Task, make_task, user_prompt_example
 
 # Common nouns that SmolLM2's tokenizer keeps as one token, with or without a leading space.
 WORDS = (

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import LoadOptions, Task, make_task, read_json, user_prompt_example
+from slice_trl.tasks.base import LoadOptions, Task, make_task, read_json, user_prompt_example
 
 REQUIRED_FILES = ("train.json", "test.json")
 

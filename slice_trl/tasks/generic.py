@@ -23,8 +23,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from ..settings import reject_unknown_keys, suggest
-from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval
+from slice_trl.configs.settings import reject_unknown_keys, suggest
+from slice_trl.tasks.base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval
 
 FIELD_ROLES = ("prompt", "completion", "messages", "system")
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -235,8 +235,8 @@ def load_hub_splits_task(dataset_id: str, task: str, options: LoadOptions | None
     defaults to the Super-NI rule (`superni.default_metric`), which gives "rougeL" to names
     it does not know; built-in task names get "exact_match".
     """
-    from .builtin import BUILTIN_TASKS
-    from .superni import default_metric
+    from slice_trl.tasks.builtin import BUILTIN_TASKS
+    from slice_trl.tasks.superni import default_metric
 
     opts = LoadOptions.of(options if options is not None else LoadOptions(max_eval=None), **kwargs)
     hint = ("Load the task from its original source instead (source: superni / trace / generic with a "

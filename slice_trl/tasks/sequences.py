@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import suggest
+from slice_trl.configs.settings import suggest
 
 __all__ = ["Benchmark", "BENCHMARKS", "SEQUENCES", "expand_sequence", "describe"]
 

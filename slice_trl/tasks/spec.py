@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from pathlib import Path
 
-from ..settings import reject_unknown_keys, suggest
-from .base import METRICS, LoadOptions
-from .builtin import BUILTIN_TASKS
-from .cl_benchmark import resolve_benchmark_dir
-from .generic import check_fields, local_files
-from .superni import resolve_task_file
-from .trace import resolve_task_dir
+from slice_trl.configs.settings import reject_unknown_keys, suggest
+from slice_trl.tasks.base import METRICS, LoadOptions
+from slice_trl.tasks.builtin import BUILTIN_TASKS
+from slice_trl.tasks.cl_benchmark import resolve_benchmark_dir
+from slice_trl.tasks.generic import check_fields, local_files
+from slice_trl.tasks.superni import resolve_task_file
+from slice_trl.tasks.trace import resolve_task_dir
 
 SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits", "cl_benchmark")
 

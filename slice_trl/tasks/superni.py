@@ -23,8 +23,16 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from ..settings import suggest
-from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
+from slice_trl.configs.settings import suggest
+from slice_trl.tasks.base import (
+    LoadOptions,
+    Task,
+    load_hub_dataset,
+    make_task,
+    read_json,
+    split_train_eval,
+    user_prompt_example,
+)
 
 # docs/method.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
 # every other Super-NI task by ROUGE-L.

@@ -25,7 +25,15 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval, user_prompt_example
+from slice_trl.tasks.base import (
+    LoadOptions,
+    Task,
+    load_hub_dataset,
+    make_task,
+    read_json,
+    split_train_eval,
+    user_prompt_example,
+)
 
 TRACE_TASKS = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm")
 DEFAULT_FILES = ("train.json",)

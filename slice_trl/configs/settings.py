@@ -1,7 +1,7 @@
 """The settings sections of a continual run, and the one rule for unknown keys and close matches.
 
 `InitConfig`, `ReplayConfig` and `EvalConfig` are the ``init:``, ``replay:`` and ``evaluation:``
-sections of a recipe (fields of `slice_trl.config.ContinualSFTConfig`). Every field has help
+sections of a recipe (fields of `slice_trl.configs.config.ContinualSFTConfig`). Every field has help
 metadata, and every user error is raised from ``__post_init__`` with the field's name and the fix.
 
 This module is a leaf: it imports nothing from the package, so every layer may use `suggest`,

@@ -42,10 +42,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.integrations import integration_utils as hf_integrations
 
-from . import console
-from .integrity import RUN_JSON
-from .results import write_json_atomic
-from .settings import suggest
+from slice_trl.utils import console
+from slice_trl.models.integrity import RUN_JSON
+from slice_trl.evaluation.results import write_json_atomic
+from slice_trl.configs.settings import suggest
 
 logger = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ def task_fingerprint(task) -> dict:
 
 
 def _hash_cache_path() -> Path:
-    from .models import cache_dir
+    from slice_trl.models.loading import cache_dir
 
     return cache_dir() / "files_sha256.json"
 
@@ -167,7 +167,7 @@ def model_identity(name_or_path: str, revision: str | None = None) -> dict:
     """``{"id", "revision"}`` of the base model, plus ``files_sha256`` when it is a local
     checkpoint directory (the bundled alias resolves to its cached checkpoint when it exists;
     nothing is loaded or converted here)."""
-    from .models import EMBEDDED_MODEL, cache_dir
+    from slice_trl.models.loading import EMBEDDED_MODEL, cache_dir
 
     out = {"id": str(name_or_path), "revision": revision}
     folder = cache_dir() / EMBEDDED_MODEL if name_or_path == EMBEDDED_MODEL else Path(str(name_or_path))

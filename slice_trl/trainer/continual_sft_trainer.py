@@ -31,18 +31,20 @@ from datasets import Dataset, concatenate_datasets
 from transformers import set_seed
 from trl import SFTTrainer
 
-from . import console, distributed, integrity, stages
-from .batching import sample_batches
-from .config import ContinualSFTConfig
-from .evaluation import evaluate_general, evaluate_task, tasks_to_score
-from .initializers import InitReport, build_initializer, warn_if_far_from_paper
-from .lora import ADAPTER
-from .replay import ReplaySampleProvider, stage_seed
-from .results import ResultsMatrix, write_json_atomic
-from .stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
-from .strategies import StageContext, StepHooks, build_strategy, load_state, save_state
-from .tasks.base import Task, validate_tasks
-from .tracking import ContinualTracking
+from slice_trl.utils import console, distributed
+from slice_trl.models import integrity
+from slice_trl.trainer import stages
+from slice_trl.trainer.batching import sample_batches
+from slice_trl.configs.config import ContinualSFTConfig
+from slice_trl.evaluation import evaluate_general, evaluate_task, tasks_to_score
+from slice_trl.initializers import InitReport, build_initializer, warn_if_far_from_paper
+from slice_trl.models.lora import ADAPTER
+from slice_trl.trainer.replay import ReplaySampleProvider, stage_seed
+from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.trainer.stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
+from slice_trl.strategies import StageContext, StepHooks, build_strategy, load_state, save_state
+from slice_trl.tasks.base import Task, validate_tasks
+from slice_trl.trainer.tracking import ContinualTracking
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +264,7 @@ class ContinualSFTTrainer(SFTTrainer):
         ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
         cached in ``output_dir/base/general.json`` (reused on resume while the base model and the
         GP/IP settings are the same)."""
-        from .evaluation import general
+        from slice_trl.evaluation import general
 
         cfg = self.args.evaluation
         if not cfg.lm_eval_tasks:

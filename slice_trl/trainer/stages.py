@@ -27,8 +27,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from . import distributed
-from .results import write_json_atomic
+from slice_trl.utils import distributed
+from slice_trl.evaluation.results import write_json_atomic
 
 RECORD = "record.json"
 RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
@@ -185,7 +185,7 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
 
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from .lora import ADAPTER, lora_layers, write_and_absorb
+    from slice_trl.models.lora import ADAPTER, lora_layers, write_and_absorb
 
     peft_model = get_peft_model(base_model, copy.deepcopy(lora_config))
     init = _adapter_tensors(path / INIT)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from datasets import Dataset, concatenate_datasets
 
-from .config import ReplayConfig
-from .tasks.base import Task
+from slice_trl.configs.config import ReplayConfig
+from slice_trl.tasks.base import Task
 
 
 def stage_seed(seed: int, stage: int, salt: int = 0) -> int:

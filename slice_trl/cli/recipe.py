@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
-from .settings import duplicate_names, suggest
-from .strategies import REGISTRY, StrategyConfig
+from slice_trl.configs.config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
+from slice_trl.configs.settings import duplicate_names, suggest
+from slice_trl.strategies import REGISTRY, StrategyConfig
 
 SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
 
@@ -229,7 +229,7 @@ class Recipe:
         naming the task. With a tokenizer the examples are fitted to ``max_length``; without one
         they are not (a dry run reads and checks the data only). ``local_only`` skips tasks read
         from the Hub."""
-        from .tasks import build_tasks
+        from slice_trl.tasks import build_tasks
 
         max_length = self.training.max_length if tokenizer is not None else None
         return build_tasks(self.task_specs, tokenizer, max_length, local_only=local_only, error=RecipeError)
@@ -244,7 +244,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     validating it as a CPU run."""
     from trl import TrlParser
 
-    from .tasks import MissingDataError, TaskSpec
+    from slice_trl.tasks import MissingDataError, TaskSpec
 
     raw: dict = {}
     where = "recipe"
@@ -267,7 +267,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     if not isinstance(env, dict):
         raise RecipeError(f"{where}: 'env' must be a mapping of environment variables (NAME: value), "
                           f"got {type(env).__name__}.")
-    from .integrity import protected_env_keys
+    from slice_trl.models.integrity import protected_env_keys
 
     protected = protected_env_keys(env)
     if protected:
@@ -304,7 +304,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
 
     sequence, tasks = merged.pop("sequence", None), merged.pop("tasks", None)
     if sequence is not None:  # a named benchmark order (slice_trl.tasks.sequences) instead of a task list
-        from .tasks.sequences import expand_sequence
+        from slice_trl.tasks.sequences import expand_sequence
 
         if tasks:
             raise RecipeError(f"{where}: give either 'sequence' ({sequence!r}) or 'tasks', not both.")
@@ -383,7 +383,7 @@ def help_text() -> str:
                          field().default else f"  {prefix}{f.name}: {helptext}")
         lines.append("")
 
-    from .tasks import TaskSpec
+    from slice_trl.tasks import TaskSpec
 
     block("Script (RunArguments):", RunArguments)
     block("Model and LoRA (trl.ModelConfig):", _model_config_cls())

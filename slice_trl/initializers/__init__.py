@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from . import distributed
-from .kernels.decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
-from .kernels.gradients import check_finite, estimate_mean_gradients, target_weights
-from .kernels.surgery import reconcile
-from .lora import check_rank, lora_layers, write_and_absorb
-from .settings import InitConfig
+from slice_trl.utils import distributed
+from slice_trl.kernels.decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
+from slice_trl.kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+from slice_trl.kernels.surgery import reconcile
+from slice_trl.models.lora import check_rank, lora_layers, write_and_absorb
+from slice_trl.configs.settings import InitConfig
 
 logger = logging.getLogger(__name__)
 

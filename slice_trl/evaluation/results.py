@@ -16,7 +16,7 @@ task before stage 1, `set_base`) adds what training changed relative to the untr
 - learned  = mean_{i <= t} (R[i][i] - R_0[i])   what each task gained while it was trained
 - retained = mean_{j <= t} (R[t][j] - R_0[j])   what is left of those gains after stage t
 
-The field's metrics (Last, Avg, BWT, FWT, F.Ra; `slice_trl.cl_metrics`, docs/benchmarks.md) are in
+The field's metrics (Last, Avg, BWT, FWT, F.Ra; `slice_trl.evaluation.cl_metrics`, docs/benchmarks.md) are in
 `summary()` too. FWT needs the score of task i before it is trained, R[i-1][i], kept apart from the
 lower-triangular R in `upcoming` (``evaluation.score_upcoming``). A cell below the diagonal of a
 completed row may be ``None``: not scored at that stage (``evaluation.every``), listed by `unscored`.
@@ -29,9 +29,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .cl_metrics import FIELD_METRICS, field_metrics, last, max_drops
-from .jsonio import write_json_atomic  # re-exported: the package imports it from here
-from .settings import duplicate_names
+from slice_trl.evaluation.cl_metrics import FIELD_METRICS, field_metrics, last, max_drops
+from slice_trl.utils.jsonio import write_json_atomic  # re-exported: the package imports it from here
+from slice_trl.configs.settings import duplicate_names
 
 __all__ = ["ResultsMatrix", "write_json_atomic"]
 

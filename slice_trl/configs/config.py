@@ -1,7 +1,7 @@
 """`ContinualSFTConfig`: TRL's `SFTConfig` plus the continual loop's sections.
 
 The sections themselves (`InitConfig`, `ReplayConfig`, `EvalConfig`) live in the leaf module
-`slice_trl.settings` and are re-exported here; the strategy section is
+`slice_trl.configs.settings` and are re-exported here; the strategy section is
 `slice_trl.strategies.StrategyConfig`.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .settings import EvalConfig, InitConfig, ReplayConfig
+from slice_trl.configs.settings import EvalConfig, InitConfig, ReplayConfig
 
 __all__ = ["ContinualSFTConfig", "EvalConfig", "InitConfig", "ReplayConfig", "WARMUP_DEFAULT"]
 
@@ -116,7 +116,7 @@ class ContinualSFTConfig(SFTConfig):
 
     def __post_init__(self):
         if self.strategy is not None:
-            from .strategies import REGISTRY, StrategyConfig
+            from slice_trl.strategies import REGISTRY, StrategyConfig
 
             self.strategy = _sub_config(self.strategy, StrategyConfig, "strategy")
             strategy_cls = REGISTRY[self.strategy.name]
@@ -143,7 +143,7 @@ class ContinualSFTConfig(SFTConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
-        from .tracking import validate_report_to  # one line naming the trackers transformers supports
+        from slice_trl.trainer.tracking import validate_report_to  # one line naming the trackers transformers supports
 
         validate_report_to(self.report_to)
 

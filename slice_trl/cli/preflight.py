@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .recipe import Recipe, RecipeError
+from slice_trl.cli.recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def check_output_path(output_dir: str) -> None:
 
 def check_trackers(recipe: Recipe) -> None:
     """Every report_to tracker is installed here (its name is checked with the config)."""
-    from .tracking import check_installed
+    from slice_trl.trainer.tracking import check_installed
 
     try:
         check_installed(recipe.training.report_to)
@@ -105,7 +105,7 @@ def _empty_peft_model(recipe: Recipe):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import EMBEDDED_MODEL, cache_dir
+    from slice_trl.models.loading import EMBEDDED_MODEL, cache_dir
 
     m = recipe.model
     name = m.model_name_or_path
@@ -138,7 +138,7 @@ def check_model_structure(recipe: Recipe) -> bool:
     """Every named target module exists in the model, and every targeted layer is large enough
     for the rank the initialiser needs (2r for slice/lora_ga, r otherwise). Returns False when
     the model's config is not readable on this machine (nothing checked)."""
-    from .lora import ADAPTER, check_rank, lora_layers
+    from slice_trl.models.lora import ADAPTER, check_rank, lora_layers
 
     peft_model, names = _empty_peft_model(recipe)
     if peft_model is None:
@@ -163,8 +163,8 @@ def check_engine(recipe: Recipe) -> None:
     """The strategy against the engine the run is launched on (DeepSpeed's ZeRO stage from the
     recipe's ``deepspeed`` or from ``accelerate launch``'s environment): one line for a
     combination that cannot work (`slice_trl.strategies.base.engine_problem`)."""
-    from .distributed import launched_zero_stage
-    from .strategies.base import engine_problem
+    from slice_trl.utils.distributed import launched_zero_stage
+    from slice_trl.strategies.base import engine_problem
 
     strategy = recipe.training.strategy
     if strategy is None:
@@ -178,7 +178,7 @@ def check_general_tasks(recipe: Recipe) -> None:
     """Build every GP/IP benchmark (``evaluation.lm_eval_tasks``) and load its data: one that
     cannot be resolved on this machine (offline, no local copy) is one line naming it and the
     fix, not a failure after every stage has trained (`slice_trl.evaluation.resolve_tasks`)."""
-    from .evaluation import resolve_tasks
+    from slice_trl.evaluation import resolve_tasks
 
     try:
         resolve_tasks(recipe.training.evaluation)
@@ -208,7 +208,8 @@ def check_previous_run(recipe: Recipe, tasks=None) -> str:
     damaged finished stage is a `RecipeError`. Without ``tasks`` (a dry run: no tokenizer, so no
     prepared data, and possibly another machine than the run's) the task data and the
     hardware-dependent keys (use_cpu, bf16) are not compared."""
-    from . import integrity, stages
+    from slice_trl.models import integrity
+    from slice_trl.trainer import stages
 
     m = recipe.model
     names = [s.display_name for s in recipe.task_specs]
@@ -230,7 +231,7 @@ def dry_run_report(recipe: Recipe) -> list[str]:
     """``--dry-run``: every check of a real run that needs no model weights (the checks above, each
     local task file read and split, output_dir's previous run), then what the run would do, as
     the lines to print. Raises `RecipeError` on the first problem."""
-    from .evaluation.schedule import task_evaluations
+    from slice_trl.evaluation.schedule import task_evaluations
 
     notes = check_recipe(recipe)
     loaded = {t.name: t for t in recipe.load_tasks(local_only=True)}  # reads every local task file: bad data fails

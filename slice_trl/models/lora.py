@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import distributed
-from .kernels.gradients import canonical_name
+from slice_trl.utils import distributed
+from slice_trl.kernels.gradients import canonical_name
 
 ADAPTER = "default"  # the one adapter name of the continual loop (PEFT's default)
 
