@@ -14,8 +14,9 @@ own __init__.py):
   callback that TRL's loop makes into slice_trl counts as made by the slice_trl code that
   started that loop); "<outside>" if there is none (the call of ``main`` itself);
 - entries(Y) = calls into Y whose caller X is a different module (X != Y); "via a library" counts
-  those of them whose immediate caller frame is not in slice_trl (X handed Y's function to torch,
-  transformers, TRL or PEFT, which called it);
+  those of them whose immediate caller frame is outside slice_trl (X handed Y's function or
+  generator to other code - torch, transformers, TRL, PEFT, or the standard library's contextlib
+  for a context manager - which called it);
 - an upward call is an entry X -> Y with layer(Y) > layer(X): control that went down the layers
   and comes back up (a hook, callback or closure of a higher layer run by a lower one, or a
   lower module importing a higher one lazily and calling it). Counted per (X -> Y);
@@ -214,6 +215,10 @@ def markdown(runs: dict) -> str:
         up_into = sum(n for e, n in runs[c]["upward"].items() if e.split(" -> ")[1].split(".")[0] == "trainer")
         out.append("")
         out.append(f"{c}: entries into the trainer module(s) {trainer}; upward calls into them {up_into}.")
+    out.append("")
+    for c in order:
+        out.append(f"{c}: layers " + " < ".join(name for name, _ in runs[c]["layers"]) + " (upward counts compare "
+                   "only within one column: the layer lists differ between trees)")
     modules = sorted(set().union(*(runs[c]["entries"] for c in order)))
     out += ["", "## Entries per module (of them via a library frame)", "", "| module | " + " | ".join(order) + " |", sep]
     for m in modules:
