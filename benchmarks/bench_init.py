@@ -181,7 +181,7 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
 
     from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import SliceInitializer
-    from slice_trl.kernels.gradients import target_weights
+    from slice_trl.models.gradients import target_weights
     from slice_trl.models.loading import EMBEDDED_MODEL, load_model_and_tokenizer, resolve_model_path
 
     datasets.disable_progress_bars()

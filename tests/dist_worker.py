@@ -145,7 +145,7 @@ def zero3(dump_dir: str, persistence_threshold: int) -> None:
 
     from slice_trl.configs.config import InitConfig
     from slice_trl.initializers import SliceInitializer
-    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
     from slice_trl.trainer.continual_sft_trainer import merge_into_base
 
     torch.set_num_threads(1)

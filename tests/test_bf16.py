@@ -158,7 +158,7 @@ def test_bf16_probe_accumulates_in_fp32_and_bf16_g_prev_keeps_the_subspace(proje
 
     from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
     from slice_trl.initializers import SliceInitializer
-    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
     from slice_trl.configs.settings import InitConfig
 
     tok = tiny_tokenizer()

@@ -262,7 +262,7 @@ def _tiny_peft():
 
 def _grads(model):
     from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
     from slice_trl.utils.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -350,7 +350,7 @@ def test_zero3_gradient_estimate_keeps_ranks_in_lockstep(zero3, monkeypatch):
     shape even for partitioned weights."""
     from slice_trl.utils import distributed
     from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
     from slice_trl.utils.testing import tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -385,7 +385,7 @@ def test_unsharded_estimate_runs_no_collective(monkeypatch):
     """shard_across_processes=False: every rank computes the whole mean alone (it used to be
     all-reduced anyway, i.e. multiplied by the world size)."""
     from slice_trl.utils import distributed
-    from slice_trl.kernels.gradients import estimate_mean_gradients, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
 
     model = _tiny_peft()
     calls = []

@@ -8,13 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from slice_trl.kernels.gradients import (
-    DEFAULT_TARGETS,
-    canonical_name,
-    check_finite,
-    estimate_mean_gradients,
-    target_weights,
-)
+from slice_trl.kernels.gradients import check_finite, label_token_count, micro_batches, summed_cross_entropy
+from slice_trl.models.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
 from slice_trl.utils.testing import tiny_llama
 
 VOCAB = 260
@@ -264,3 +259,17 @@ def test_lm_head_runs_only_where_a_label_follows_and_the_fallback_agrees(model, 
     wrapped = _NoLogitsToKeep(model)
     full, _ = estimate_mean_gradients(wrapped, batches[:1], target_weights(wrapped))
     _assert_grads_close({canonical_name(k.removeprefix("inner.")): v for k, v in full.items()}, trimmed)
+
+
+def test_the_kernels_count_cut_and_sum_by_hand():
+    # label tokens after the causal shift: position 0 is never predicted
+    labels = torch.tensor([[5, -100, 7, 8], [-100, -100, -100, 9]])
+    assert label_token_count(labels) == 3
+    batch = {"input_ids": torch.arange(10).reshape(5, 2), "note": "not a tensor"}
+    assert [m["input_ids"].tolist() for m in micro_batches(batch, 2)] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9]]]
+    assert all(set(m) == {"input_ids"} for m in micro_batches(batch, 2))
+    # two scored positions: -log softmax by hand; the -100 target adds nothing
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    targets = torch.tensor([[2, -100, 0]])
+    by_hand = (torch.log(torch.tensor(1 + torch.e + torch.e ** 2)) - 2.0) + torch.log(torch.tensor(3.0))
+    assert torch.allclose(summed_cross_entropy(logits, targets), by_hand)

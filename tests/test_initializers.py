@@ -26,7 +26,7 @@ from slice_trl.initializers import (
     write_and_absorb,
 )
 from slice_trl.kernels.decompose import lora_ga_slices, module_seed
-from slice_trl.kernels.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
+from slice_trl.models.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
 from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
 WORDS = ["apple", "stone", "river", "cloud", "maple", "tiger", "olive", "piano"]

@@ -115,9 +115,9 @@ def _cycles() -> list[list[str]]:
 
 def test_the_checker_sees_imports_inside_functions_and_relative_levels():
     # independent facts of the tree: a lazy import and a two-level relative import
-    assert any(dst == "kernels.gradients" for dst, _, _ in IMPORTS["strategies.base"])
+    assert any(dst == "models.gradients" for dst, _, _ in IMPORTS["strategies.base"])
     assert any(dst == "models.lora" for dst, _, _ in IMPORTS["strategies.eblora"])
-    assert any(dst == "utils.distributed" for dst, _, _ in IMPORTS["kernels.gradients"])
+    assert any(dst == "utils.distributed" for dst, _, _ in IMPORTS["models.gradients"])
 
 
 def test_no_import_circle():
@@ -155,6 +155,44 @@ def test_layers_run_downhill():
             if dst in MODULES and dst != src and _layer(dst) > _layer(src):
                 bad.append(f"slice_trl.{src}:{line} ({LAYERS[_layer(src)][0]}) imports slice_trl.{dst}")
     assert bad == []
+
+
+# kernels/ is torch only (README "Layout"): functions on tensors. Besides torch, a kernel may use math, the
+# typing helpers (typing, collections.abc, dataclasses, __future__) and zlib (crc32: a pure function giving
+# `decompose.module_seed` a seed that is the same in every process). Anything else - PEFT, the console, another
+# layer of this package, ctypes - belongs in models/ or utils/.
+KERNEL_IMPORTS = {"__future__", "torch", "math", "typing", "collections.abc", "dataclasses", "zlib"}
+
+
+def _foreign_kernel_imports(tree: ast.AST) -> list[str]:
+    """Top-level names of the modules a kernel module imports outside KERNEL_IMPORTS (relative imports included)."""
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = ["." * node.level + (node.module or "")]
+        else:
+            continue
+        for name in names:
+            if not any(name == ok or name.startswith(ok + ".") for ok in KERNEL_IMPORTS):
+                bad.append(f"{name} (line {node.lineno})")
+    return bad
+
+
+def test_the_kernel_import_check_flags_what_a_kernel_must_not_import():
+    # independent fact: the pre-issue-26 gradient probe imported PEFT, the console and ctypes from kernels/
+    source = "import ctypes\nimport torch\nfrom slice_trl.utils import distributed\nfrom . import surgery\n" \
+             "def f():\n    from peft.tuners.lora import LoraLayer\n"
+    assert _foreign_kernel_imports(ast.parse(source)) == [
+        "ctypes (line 1)", "slice_trl.utils (line 3)", ". (line 4)", "peft.tuners.lora (line 6)"]
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.split(".")[0] == "kernels"))
+def test_kernels_import_only_torch_and_the_standard_math(name):
+    path = MODULES[name]
+    bad = _foreign_kernel_imports(ast.parse(path.read_text(), str(path)))
+    assert bad == [], f"slice_trl/{path.relative_to(PACKAGE)} imports {bad}: move that code to models/ or utils/"
 
 
 def _cited_names() -> list[tuple[str, str]]:

@@ -162,7 +162,7 @@ def test_sketch_cosine_tracks_exact_cosine_on_real_gradients(one_thread):
     gradients then oppose: strongly negative, and mildly negative against the others). With
     k = 16,384 every sketch cosine is within 0.05 of the exact one."""
     from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
-    from slice_trl.kernels.gradients import estimate_mean_gradients, summed_token_loss, target_weights
+    from slice_trl.models.gradients import estimate_mean_gradients, summed_token_loss, target_weights
     from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
 
     torch.manual_seed(0)

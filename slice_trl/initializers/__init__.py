@@ -5,7 +5,7 @@ An initialiser is called before each task as
     report = initializer(model, adapter_name, current_batches, previous_batches)
 
 with ``model`` a PeftModel holding a fresh LoRA adapter ``adapter_name``, and the batches
-collated mini-batches (see `slice_trl.kernels.gradients.estimate_mean_gradients`). It writes A and B
+collated mini-batches (see `slice_trl.models.gradients.estimate_mean_gradients`). It writes A and B
 into the adapter's layers, absorbs s * B0 A0 into the frozen base so the model's function is
 unchanged, and returns an `InitReport`.
 
@@ -31,8 +31,9 @@ from torch import nn
 
 from slice_trl.utils import distributed
 from slice_trl.kernels.decompose import lora_ga_slices, loram_bases, module_seed, rank_factor, variance_matched_beta
-from slice_trl.kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+from slice_trl.kernels.gradients import check_finite
 from slice_trl.kernels.surgery import reconcile
+from slice_trl.models.gradients import estimate_mean_gradients, target_weights
 from slice_trl.models.lora import check_rank, lora_layers, write_and_absorb
 from slice_trl.configs.settings import InitConfig
 

@@ -3,7 +3,7 @@
 Pipeline (`mine_pool` runs it; ``python -m slice_trl.mine`` is the command line):
 
 1. per task i, the mean gradient g_i of the frozen base model over the target weights on a
-   small calibration sample of the task's TRAIN split (`slice_trl.kernels.gradients` probe, the loss
+   small calibration sample of the task's TRAIN split (`slice_trl.models.gradients` probe, the loss
    SFTTrainer trains with), compressed with a CountSketch of size k (`sketch.CountSketch`), keeping the
    EXACT squared norm ||g_i||^2 of the full gradient; one cache file per task (`cache.GradientCache`,
    filled by `gradient_pass.task_sketches`);

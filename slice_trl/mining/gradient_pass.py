@@ -51,7 +51,8 @@ def task_sketches(pool: Pool, cache: GradientCache, device: str | None = "auto",
         logger.info("%d of %d task gradients cached; computing %d.", len(loaded) - len(missing), len(loaded),
                     len(missing))
         from slice_trl.trainer.batching import default_collator, prepare_sft_dataset, sample_batches
-        from slice_trl.kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+        from slice_trl.kernels.gradients import check_finite
+        from slice_trl.models.gradients import estimate_mean_gradients, target_weights
         from slice_trl.models.loading import load_model_and_tokenizer
         from slice_trl.tasks import build_task
 

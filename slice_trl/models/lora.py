@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slice_trl.utils import distributed
-from slice_trl.kernels.gradients import canonical_name
+from slice_trl.models.gradients import canonical_name
 
 ADAPTER = "default"  # the one adapter name of the continual loop (PEFT's default)
 

@@ -245,7 +245,8 @@ def task_gradient(ctx, t: int, peft_model, rho: float, batch_size: int, micro_ba
     train split (evenly spaced examples), at the model's current effective weights: on a
     PeftModel the gradient w.r.t. the frozen base weight equals dL/dW at W + s B A.
     Returns {canonical module name: G (d_out, d_in), fp32}."""
-    from slice_trl.kernels.gradients import check_finite, estimate_mean_gradients, target_weights
+    from slice_trl.kernels.gradients import check_finite
+    from slice_trl.models.gradients import estimate_mean_gradients, target_weights
 
     batches = probe_batches(ctx, t, rho, batch_size)
     weights = target_weights(peft_model, adapter_name=ADAPTER)
