@@ -53,7 +53,7 @@ PREV_TASKS = ("task088_identify_typo_verification", "task1510_evalution_relation
 CUR_TASK = "task181_outcome_extraction"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# Gradient checkpointing (InitConfig.gradient_checkpointing) bounds the activations of the
+# Gradient checkpointing (InitConfig.activation_checkpointing) bounds the activations of the
 # passes. Only "fp32_global" runs the full S = 8 per side and gives the time ratio; the other
 # runs use 1 batch per side ("short": the peak does not grow with the number of batches, since
 # every micro-batch frees what it allocated, and the bf16-vs-fp32 comparison needs the same
@@ -224,7 +224,7 @@ def worker(cfg: dict, out_json: Path, out_factors: Path) -> None:
     init_cfg = InitConfig(method="slice", c=1.0, projection=cfg["projection"], cur_steps=cfg["steps"],
                           prev_steps=cfg["steps"], batch_size=cfg["batch_size"],
                           micro_batch_size=cfg["micro_batch_size"], prev_grad_dtype=cfg["prev_grad_dtype"],
-                          prev_grad_device="cpu", gradient_checkpointing=cfg["gradient_checkpointing"], seed=42)
+                          prev_grad_device="cpu", activation_checkpointing=cfg["gradient_checkpointing"], seed=42)
     initializer = SliceInitializer(init_cfg)
     peak_reset = reset_peak_rss()
     t0 = time.perf_counter()

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 # The recipe layer imports trl (and so transformers, huggingface_hub, datasets) lazily: a recipe's
 # ``env:`` (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, ...) must be in os.environ before those libraries
-# are imported, since they read these variables once, at import (see `_apply_env_early`).
+# are imported, since they read these variables once, at import (`load_recipe` applies it first).
 if TYPE_CHECKING:
     from slice_trl.cli.recipe import Recipe
 
 
 def __getattr__(name):
-    if name in ("Recipe", "RecipeError", "help_text", "load_recipe"):
+    if name in ("Recipe", "RecipeError", "load_recipe"):
         from slice_trl.cli import recipe as _recipe
 
         return getattr(_recipe, name)
@@ -87,37 +87,24 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     `slice_trl.hub.PushReport` for push-only)."""
     from slice_trl.utils import console
     from slice_trl.cli import preflight
-    from slice_trl.cli.recipe import RecipeError
 
     if dry_run:
         print("\n".join(preflight.dry_run_report(recipe)))
         return None
     publish = _publisher(recipe)
     if push_only:
-        if publish is None:
-            raise RecipeError("--push-only needs push_repo_id (the Hub model repo) in the recipe or as --push_repo_id.")
+        preflight.check_push_only(recipe)
         report = publish(recipe.training.output_dir)
         print(report)
         return report
 
-    from transformers import AutoTokenizer
-
-    from slice_trl.models.loading import load_model_and_tokenizer, resolve_model_path
+    from slice_trl.models.loading import load_model_and_tokenizer
     from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     preflight.check_recipe(recipe)
     m = recipe.model
     trust = recipe.training.trust_remote_code
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m.model_name_or_path),
-                                                  revision=m.model_revision, trust_remote_code=trust)
-    except (OSError, ValueError) as err:  # a wrong name/path, or offline without the model in the cache
-        raise RecipeError(f"model_name_or_path={m.model_name_or_path!r}: the tokenizer could not be loaded "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a Hub id, "
-                          "a local checkpoint directory or 'smollm2-135m-instruct' (the bundled offline "
-                          "model).") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = recipe.load_tokenizer()
     tasks = recipe.load_tasks(tokenizer)
     state = preflight.check_previous_run(recipe, tasks)  # nothing in output_dir is written before this
     if state == "replace" and _is_main_process():
@@ -162,27 +149,33 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     return out
 
 
-def _apply_env_early(path: str | None) -> None:
-    """Best effort: put the recipe file's ``env:`` mapping into os.environ before trl & co. are
-    imported (load_recipe validates and applies it again). Anything unreadable is left for
-    load_recipe to report."""
-    if path is None or not os.path.isfile(path):
-        return
-    try:
-        import yaml
+def help_text() -> str:
+    """``--help``: every recipe key with its help text, grouped as in a recipe."""
+    from dataclasses import field, fields
 
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except Exception:  # noqa: BLE001 - reported by load_recipe
-        return
-    env = raw.get("env") if isinstance(raw, dict) else None
-    if isinstance(env, dict):
-        from slice_trl.models.integrity import protected_env_keys
+    from slice_trl.cli.recipe import RunArguments, model_config_cls, section_classes
+    from slice_trl.configs.config import ContinualSFTConfig
+    from slice_trl.tasks import TaskSpec
 
-        if protected_env_keys(env):
-            return  # load_recipe reports them; nothing of such an env is applied
-        for k, v in env.items():
-            os.environ[str(k)] = "" if v is None else str(v)
+    lines = ["Recipe keys (YAML, or --key value on the command line):", ""]
+
+    def block(title, cls, prefix=""):
+        lines.append(title)
+        for f in fields(cls):
+            if not f.init:
+                continue
+            helptext = " ".join(str(f.metadata.get("help", "")).split())
+            lines.append(f"  {prefix}{f.name} (default {f.default!r}): {helptext}" if f.default is not
+                         field().default else f"  {prefix}{f.name}: {helptext}")
+        lines.append("")
+
+    block("Script (RunArguments):", RunArguments)
+    block("Model and LoRA (trl.ModelConfig):", model_config_cls())
+    for name, cls in section_classes().items():
+        block(f"Section '{name}:' ({cls.__name__}), override with --{name}.KEY VALUE:", cls, prefix=f"{name}.")
+    block("Each entry of 'tasks:' (TaskSpec):", TaskSpec, prefix="tasks[].")
+    block("Training of every stage (ContinualSFTConfig = trl.SFTConfig + the continual loop):", ContinualSFTConfig)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         print(describe())
         return 0
     if flags & {"--help", "-h"} or not rest:
-        from slice_trl.cli.recipe import help_text
-
         print(USAGE)
         print(__doc__)
         print(help_text())
@@ -203,15 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
     if "--overwrite" in flags:  # start over: the old content of output_dir is moved aside first
         overrides = [*overrides, "--resume", "false"]
-    _apply_env_early(path)
-    from slice_trl.utils.console import configure  # imports the Hub libraries: after the recipe's env is applied
-
-    configure(verbose="--verbose" in flags)
     from slice_trl.cli.recipe import RecipeError, load_recipe
+
+    def configure():  # imports the Hub libraries: load_recipe calls it once the recipe's env is applied
+        from slice_trl.utils.console import configure
+
+        configure(verbose="--verbose" in flags)
 
     try:
         # --dry-run and --push-only need neither the task data nor the training hardware on this machine
-        recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"})
+        recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"},
+                             before_libraries=configure)
         out = run(recipe, dry_run="--dry-run" in flags, push_only="--push-only" in flags)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)

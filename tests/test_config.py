@@ -62,6 +62,18 @@ def test_from_dict_rejects_unknown_keys_with_a_suggestion():
     assert InitConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_old_gradient_checkpointing_key_is_read_as_activation_checkpointing():
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing: the init section
+    follows, and a recipe written with the old key keeps working (the same field, not a second one)."""
+    assert "gradient_checkpointing" not in InitConfig().to_dict()
+    assert InitConfig.from_dict({"gradient_checkpointing": True}).activation_checkpointing is True
+    assert InitConfig.from_dict({"gradient_checkpointing": True, "activation_checkpointing": True}) == \
+        InitConfig(activation_checkpointing=True)
+    with pytest.raises(ValueError, match=r"gradient_checkpointing=True and activation_checkpointing=False are both "
+                                         r"set; .*set only activation_checkpointing"):
+        InitConfig.from_dict({"gradient_checkpointing": True, "activation_checkpointing": False})
+
+
 def test_from_dict_still_validates_values():
     with pytest.raises(ValueError, match=r"InitConfig\.c="):
         InitConfig.from_dict({"c": 1.5})

@@ -183,6 +183,26 @@ def test_dry_run_of_a_valid_recipe_loads_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_command_line_reads_the_recipe_once(tmp_path, capsys, monkeypatch):
+    """One pass: the CLI opens the recipe file once (its env: is applied from that same read)."""
+    import builtins
+    import io
+
+    path = write(tmp_path, BASE + "output_dir: " + str(tmp_path / "out") + "\n")
+    opened = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(path) if isinstance(file, (str, os.PathLike)) else False:
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)  # Path.read_text opens through io.open
+    monkeypatch.setattr(builtins, "open", counting_open)
+    assert run_mod.main([str(path), "--dry-run"]) == 0
+    assert len(opened) == 1, opened
+
+
 # ------------------------------------------------------------------ task data from the Hub, offline
 def _hub_recipe(tmp_path, source: str):
     extra = ", task: task088" if source == "superni" else ""

@@ -185,14 +185,18 @@ def test_recipe_env_is_set_before_the_hub_libraries_are_imported(tmp_path, monke
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 
+    # load_recipe reads the file once and applies its env before it (or the CLI's logging setup, run as
+    # before_libraries) imports any of them
     name = "SLICE_TRL_TEST_EARLY_ENV"
-    monkeypatch.delenv(name, raising=False)
     recipe = tmp_path / "env.yaml"
     recipe.write_text(f"model_name_or_path: m\nenv: {{{name}: /some/where}}\n"
                       "tasks:\n  - {name: first, source: builtin}\n")
-    run_mod._apply_env_early(str(recipe))
-    assert os.environ[name] == "/some/where"
-    for broken in ("- a\n", "env: [a]\n", "tasks: [a, b\n"):  # left for load_recipe to report
-        recipe.write_text(broken)
-        run_mod._apply_env_early(str(recipe))
-    run_mod._apply_env_early(str(tmp_path / "missing.yaml"))
+    code = ("import os, sys; from slice_trl.cli.recipe import load_recipe; seen = []; "
+            f"load_recipe({str(recipe)!r}, before_libraries=lambda: seen.append((os.environ.get({name!r}), "
+            "sorted(m for m in ('trl', 'transformers', 'huggingface_hub', 'datasets') if m in sys.modules)))); "
+            f"print(seen, os.environ.get({name!r}))")
+    env = {k: v for k, v in os.environ.items() if k != name}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(env, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[('/some/where', [])] /some/where", proc.stdout

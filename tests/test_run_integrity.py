@@ -103,6 +103,11 @@ def test_flatten_and_differences_by_hand():
                                                "new_flag: (unset) -> True"]
     assert integrity.differences(old, new, sections=("lora",)) == []
     assert integrity.differences(old, new, skip=("init.c", "new_flag")) == ["tasks[0].sha256: 'x' -> 'y'"]
+    # a run stored before init.gradient_checkpointing was renamed compares under the new name
+    renamed = {"training": {"init": {"gradient_checkpointing": False}}}
+    assert integrity.differences(renamed, {"training": {"init": {"activation_checkpointing": False}}}) == []
+    assert integrity.differences(renamed, {"training": {"init": {"activation_checkpointing": True}}}) == [
+        "init.activation_checkpointing: False -> True"]
 
 
 def test_task_fingerprint_follows_the_content(tiny_tokenizer):

@@ -47,6 +47,22 @@ def _key(name, part):
     return f"base_model.model.{name}.lora_{part}.weight"
 
 
+# ------------------------------------------------------------------ no strategy
+def test_a_run_without_strategy_uses_the_no_op_strategy_and_leaves_no_trace(tmp_path):
+    from slice_trl.strategies import NoStrategy
+
+    trainer = build(tmp_path, n_tasks=2)
+    assert type(trainer.strategy) is NoStrategy and trainer.strategy.merge == "base"
+    steps = []
+    trainer.strategy.pre_step = lambda ctx, model: steps.append(trainer._stage)  # its hooks run like any strategy's
+    trainer.train()
+    assert sorted(set(steps)) == [0, 1]
+    for t in range(2):
+        record = json.loads((stage(tmp_path, t) / "record.json").read_text())
+        assert "strategy" not in record and "strategy_step_hooks" not in record["timings"]
+        assert not (stage(tmp_path, t) / STATE_FILE).exists()
+
+
 # ------------------------------------------------------------------ O-LoRA
 def test_olora_penalty_gradient_equals_autograd_and_vanishes_iff_orthogonal():
     torch.manual_seed(0)

@@ -224,3 +224,28 @@ def test_base_row_scores_the_untrained_model_and_is_reused_on_resume(tmp_path):
         build(fresh, tasks=tasks, cls=CountingTrainer, evaluation={**evaluation, "max_samples": max_samples},
               init=init).train()
         assert CountingTrainer.calls == calls
+
+
+def test_private_trl_and_transformers_api_is_used_only_through_trl_private():
+    """Every private TRL/transformers use sits in slice_trl/trainer/trl_private.py, each with the version
+    it was checked against; the trainer itself has no `if self.strategy` branch (NoStrategy)."""
+    import re
+
+    import trl
+    import transformers
+
+    from pathlib import Path
+
+    from slice_trl.trainer import trl_private
+
+    root = Path(trl_private.__file__).parents[1]
+    private = re.compile(r"\._prepare_dataset\(|\bmodel_wrapped\b|\b_commit_hash|trl\.trainer\.sft_trainer|"
+                         r"set_zero3_state|deepspeed_plugin|is_deepspeed_enabled|lr_scheduler = None")
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if p.name != "trl_private.py" and private.search(p.read_text()))
+    assert users == [], users
+    assert trl_private.CHECKED_AGAINST["trl"] == trl.__version__  # upgrading: re-check every wrapper there
+    assert trl_private.CHECKED_AGAINST["transformers"] == transformers.__version__
+    trainer_src = (root / "trainer" / "continual_sft_trainer.py").read_text()
+    assert not re.search(r"self\.strategy( is|:|\))", trainer_src)  # (a branch on its merge mode is fine)
+    assert len(trainer_src.splitlines()) <= 450

@@ -97,6 +97,12 @@ def check_repo_ids(recipe: Recipe) -> None:
                   f"use 'namespace/name', e.g. --{key} my-org/slice-run")
 
 
+def check_push_only(recipe: Recipe) -> None:
+    """``--push-only`` publishes to the recipe's Hub model repo: it must name one."""
+    if not recipe.run.push_repo_id:
+        raise RecipeError("--push-only needs push_repo_id (the Hub model repo) in the recipe or as --push_repo_id.")
+
+
 def _empty_peft_model(recipe: Recipe):
     """The base model built from its config with empty (meta) weights, with the recipe's LoRA
     attached by PEFT itself (so PEFT resolves target_modules exactly as the run will). None
@@ -117,10 +123,8 @@ def _empty_peft_model(recipe: Recipe):
         return None, None
     from peft import get_peft_model
 
-    try:  # under a ZeRO-3 launch transformers would build it inside deepspeed.zero.Init: marked as done
-        from transformers.modeling_utils import set_zero3_state as no_zero3_init
-    except ImportError:  # pragma: no cover - other transformers versions
-        from contextlib import nullcontext as no_zero3_init
+    from slice_trl.trainer.trl_private import no_zero3_init  # (ZeRO-3 would build it inside deepspeed.zero.Init)
+
     with warnings.catch_warnings(), init_empty_weights(), no_zero3_init():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.training.trust_remote_code)

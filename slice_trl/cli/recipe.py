@@ -1,5 +1,12 @@
-"""Recipe YAML + command-line overrides -> validated configs. Every user error is raised here,
-as a `RecipeError` naming the key and the fix, before any model is loaded.
+"""Recipe YAML + command-line overrides -> validated configs, in one pass (`load_recipe`): the
+file is read once, its ``env:`` applied once, and every error of the recipe itself is raised
+here, as a `RecipeError` naming the key and the fix, before any model is loaded (a config
+dataclass's own ValueError becomes a `RecipeError` here). The checks that need more than the
+recipe (the model's structure, output_dir, the Hub, the task data) are `slice_trl.cli.preflight`.
+
+This module imports no ML library at import time: a recipe's ``env:`` (HF_HOME, HF_HUB_OFFLINE,
+HF_ENDPOINT, ...) must be in ``os.environ`` before trl, transformers, huggingface_hub and datasets
+are imported, since they read these variables once, at import.
 
 A recipe follows TRL's `TrlParser` conventions (flat keys of `ContinualSFTConfig`, TRL's
 `ModelConfig` and `RunArguments`; an ``env:`` mapping goes to ``os.environ``), plus three nested
@@ -13,16 +20,32 @@ from __future__ import annotations
 import os
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from slice_trl.configs.config import ContinualSFTConfig, EvalConfig, InitConfig, ReplayConfig
 from slice_trl.configs.settings import duplicate_names, suggest
-from slice_trl.strategies import REGISTRY, StrategyConfig
 
-SECTIONS = {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
+if typing.TYPE_CHECKING:
+    from slice_trl.configs.config import ContinualSFTConfig
+
+SECTION_NAMES = ("init", "replay", "evaluation", "strategy")
+
+
+def section_classes() -> dict:
+    """Recipe section -> its config class (imported here, not at module import: see the docstring)."""
+    from slice_trl.configs.settings import EvalConfig, InitConfig, ReplayConfig
+    from slice_trl.strategies import StrategyConfig
+
+    return {"init": InitConfig, "replay": ReplayConfig, "evaluation": EvalConfig, "strategy": StrategyConfig}
+
+
+def __getattr__(name):  # SECTIONS: the same mapping as a module attribute, built when first asked for
+    if name == "SECTIONS":
+        return section_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RecipeError(ValueError):
@@ -50,14 +73,16 @@ class RunArguments:
     push_private: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
 
 
-def _model_config_cls():
+def model_config_cls():
     from trl import ModelConfig
 
     return ModelConfig
 
 
 def _dataclasses():
-    return (RunArguments, ContinualSFTConfig, _model_config_cls())
+    from slice_trl.configs.config import ContinualSFTConfig
+
+    return (RunArguments, ContinualSFTConfig, model_config_cls())
 
 
 def flat_fields() -> dict[str, object]:
@@ -103,9 +128,9 @@ def _merge(recipe: dict, overrides: dict) -> dict:
     merged = dict(recipe)
     for key, value in overrides.items():
         base = merged.get(key)
-        if key in SECTIONS and isinstance(value, dict) and (base is None or isinstance(base, dict)):
+        if key in SECTION_NAMES and isinstance(value, dict) and (base is None or isinstance(base, dict)):
             merged[key] = {**(base or {}), **value}
-        elif key in SECTIONS and isinstance(value, dict):
+        elif key in SECTION_NAMES and isinstance(value, dict):
             pass  # the recipe's section is not a mapping: keep it so that validation reports it
         else:
             merged[key] = value
@@ -170,6 +195,8 @@ def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
 def _concrete_section_class(cls, section: dict):
     """The dataclass whose fields a section holds: for ``strategy:`` the named strategy's config
     class (its fields are type-checked too), else ``cls`` itself."""
+    from slice_trl.strategies import REGISTRY, StrategyConfig
+
     if cls is StrategyConfig and isinstance(section.get("name"), str):
         strategy = REGISTRY.get(section["name"])
         if strategy is not None:
@@ -224,6 +251,26 @@ class Recipe:
         self.model.use_peft = True
         return get_peft_config(self.model)
 
+    def load_tokenizer(self):
+        """The model's tokenizer (pad token = eos when it has none); a wrong name, or a Hub id not
+        cached while offline, is one `RecipeError`."""
+        from transformers import AutoTokenizer
+
+        from slice_trl.models.loading import resolve_model_path
+
+        m = self.model
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m.model_name_or_path), revision=m.model_revision,
+                                                      trust_remote_code=self.training.trust_remote_code)
+        except (OSError, ValueError) as err:  # a wrong name/path, or offline without the model in the cache
+            raise RecipeError(f"model_name_or_path={m.model_name_or_path!r}: the tokenizer could not be loaded "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a Hub "
+                              "id, a local checkpoint directory or 'smollm2-135m-instruct' (the bundled offline "
+                              "model).") from None
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
     def load_tasks(self, tokenizer=None, *, local_only: bool = False) -> list:
         """The recipe's tasks (`slice_trl.tasks.build_tasks`); a data problem is one `RecipeError`
         naming the task. With a tokenizer the examples are fitted to ``max_length``; without one
@@ -236,16 +283,36 @@ class Recipe:
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | None = None,
-                for_this_machine: bool = True) -> Recipe:
-    """Read, merge and validate a recipe. Raises `RecipeError` (never loads a model).
+                for_this_machine: bool = True, before_libraries: Callable[[], None] | None = None) -> Recipe:
+    """Read, merge and validate a recipe in one pass. Raises `RecipeError` (never loads a model).
+
+    The file is read once; its ``env:`` is checked, then applied to ``os.environ`` (once), then
+    ``before_libraries`` runs (the CLI's logging setup), and only then are trl & co. imported to
+    validate the rest. An invalid recipe leaves ``os.environ`` as it was.
 
     ``for_this_machine=False`` validates a recipe meant for another machine (a GPU recipe on a
     CPU-only box, as `--dry-run` does): hardware checks of TrainingArguments are skipped by
     validating it as a CPU run."""
-    from trl import TrlParser
+    where, merged, env = _read(path, overrides)
+    previous = {k: os.environ.get(k) for k in map(str, env)}
+    for k, v in env.items():
+        os.environ[str(k)] = "" if v is None else str(v)
+    try:
+        if before_libraries is not None:
+            before_libraries()
+        return _validate(path, where, merged, for_this_machine)
+    except RecipeError:
+        for k, v in previous.items():  # an invalid recipe leaves the environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        raise
 
-    from slice_trl.tasks import MissingDataError, TaskSpec
 
+def _read(path, overrides) -> tuple[str, dict, dict]:
+    """The recipe file (read once) merged with the overrides, and its checked ``env:`` mapping:
+    (where, merged keys without env, env). Imports no ML library."""
     raw: dict = {}
     where = "recipe"
     if path is not None:
@@ -274,9 +341,18 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         raise RecipeError(f"{where}: env sets {protected}, which a recipe may not set (they decide where your Hub "
                           "token is read from or sent); remove them from env: and set them in your own shell "
                           "if you mean to.")
+    return where, merged, env
 
+
+def _validate(path, where: str, merged: dict, for_this_machine: bool) -> Recipe:
+    """Every check of the recipe's keys, sections and tasks, then TRL's parser -> `Recipe`."""
+    from trl import TrlParser
+
+    from slice_trl.tasks import MissingDataError, TaskSpec
+
+    sections = section_classes()
     known = flat_fields()
-    allowed = set(known) | set(SECTIONS) | {"tasks", "sequence"}
+    allowed = set(known) | set(sections) | {"tasks", "sequence"}
     for key in merged:
         if key not in allowed:
             raise RecipeError(f"{where}: unknown key {key!r}.{suggest(key, allowed)} Run `python -m slice_trl.run "
@@ -289,7 +365,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         if value not in choices:
             raise RecipeError(f"{where}: {key}={value!r} is not valid.{suggest(value, choices)} "
                               f"Choose one of {choices}.")
-    for name, cls in SECTIONS.items():
+    for name, cls in sections.items():
         section = merged.get(name)
         if section is None:
             continue
@@ -344,11 +420,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
         raise RecipeError(f"{where}: lora_r={lora_r!r} must be a positive integer (the LoRA rank).")
     merged.setdefault("output_dir", str(Path("runs") / (Path(where).stem if path else "run")))
 
-    # the environment is only touched once the recipe is known to be valid (and before the CUDA
-    # check below, which e.g. CUDA_VISIBLE_DEVICES affects)
-    for k, v in env.items():
-        os.environ[str(k)] = "" if v is None else str(v)
-    if not for_this_machine:
+    if not for_this_machine:  # (the recipe's env, e.g. CUDA_VISIBLE_DEVICES, is applied already)
         import torch
 
         if not torch.cuda.is_available():
@@ -368,27 +440,3 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | dict | No
     raw_out = {**merged, **({"sequence": sequence} if sequence is not None else {}), "tasks": tasks}
     return Recipe(Path(path) if path else None, raw_out, run_args, training, model, specs, missing)
 
-
-def help_text() -> str:
-    """Every key with its help text, grouped as in a recipe."""
-    lines = ["Recipe keys (YAML, or --key value on the command line):", ""]
-
-    def block(title, cls, prefix=""):
-        lines.append(title)
-        for f in fields(cls):
-            if not f.init:
-                continue
-            helptext = " ".join(str(f.metadata.get("help", "")).split())
-            lines.append(f"  {prefix}{f.name} (default {f.default!r}): {helptext}" if f.default is not
-                         field().default else f"  {prefix}{f.name}: {helptext}")
-        lines.append("")
-
-    from slice_trl.tasks import TaskSpec
-
-    block("Script (RunArguments):", RunArguments)
-    block("Model and LoRA (trl.ModelConfig):", _model_config_cls())
-    for name, cls in SECTIONS.items():
-        block(f"Section '{name}:' ({cls.__name__}), override with --{name}.KEY VALUE:", cls, prefix=f"{name}.")
-    block("Each entry of 'tasks:' (TaskSpec):", TaskSpec, prefix="tasks[].")
-    block("Training of every stage (ContinualSFTConfig = trl.SFTConfig + the continual loop):", ContinualSFTConfig)
-    return "\n".join(lines)

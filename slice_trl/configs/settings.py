@@ -105,8 +105,10 @@ class InitConfig(FromDict):
         metadata={"help": "Examples per forward/backward inside a mini-batch; bounds activation memory. "
                   "The mean gradient does not depend on it."},
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Use gradient checkpointing during gradient estimation."}
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Activation checkpointing during gradient estimation (transformers 5's name, as the "
+                  "training's own activation_checkpointing; the old key gradient_checkpointing is read as this)."},
     )
     svd_oversample: int = field(
         default=4, metadata={"help": "Randomised SVD rank q = min(svd_oversample * r, min(d_out, d_in))."}
@@ -128,6 +130,20 @@ class InitConfig(FromDict):
         metadata={"help": "Storage dtype of G_prev: 'float32' or 'bfloat16' (halves its memory; products are "
                   "still taken in float32)."},
     )
+
+    RENAMED = {"gradient_checkpointing": "activation_checkpointing"}  # old key -> field (transformers 5's rename)
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        """A recipe's ``init:`` section; an old key of `RENAMED` is read as its new name."""
+        data = dict(data or {})
+        for old, new in cls.RENAMED.items():
+            if old in data:
+                if new in data and data[new] != data[old]:
+                    raise ValueError(f"{cls.__name__}.{old}={data[old]!r} and {new}={data[new]!r} are both set; "
+                                     f"{old} is the old name of {new}: set only {new}.")
+                data[new] = data.pop(old)
+        return super().from_dict(data)
 
     def __post_init__(self):
         n = type(self).__name__

@@ -268,14 +268,14 @@ class SliceInitializer(_RescaledInitializer):
             # G_prev first, so it can sit in CPU memory / bf16 while G_cur is estimated.
             t0 = time.perf_counter()
             g_prev, report.n_batches_prev = estimate_mean_gradients(
-                model, previous_batches, weights, cfg.micro_batch_size, cfg.gradient_checkpointing,
+                model, previous_batches, weights, cfg.micro_batch_size, cfg.activation_checkpointing,
                 store_dtype=getattr(torch, cfg.prev_grad_dtype),
                 store_device="cpu" if cfg.prev_grad_device == "cpu" else None, progress="G_prev")
             report.timings["grad_prev"] = time.perf_counter() - t0
             check_finite(g_prev, "previous-task")
         t0 = time.perf_counter()
         g_cur, report.n_batches_cur = estimate_mean_gradients(
-            model, current_batches, weights, cfg.micro_batch_size, cfg.gradient_checkpointing, progress="G_cur")
+            model, current_batches, weights, cfg.micro_batch_size, cfg.activation_checkpointing, progress="G_cur")
         report.timings["grad_cur"] = time.perf_counter() - t0
         check_finite(g_cur, "current-task")
         t0 = time.perf_counter()

@@ -55,6 +55,8 @@ IGNORED_KEYS = frozenset({
 # Fields of earlier versions that were removed without ever changing a result: left out of a stored
 # fingerprint when it is compared, so a run made before their removal still resumes.
 RETIRED_KEYS = frozenset({"merge_after_task"})  # never read: every stage merged into the base
+# Keys renamed without changing a result: a stored fingerprint's old key is compared as the new one.
+RENAMED_KEYS = {"init.gradient_checkpointing": "init.activation_checkpointing"}  # transformers 5's name
 # Keys added later, with their defaults: a run recorded before they existed ran with the default.
 ADDED_KEYS = {"evaluation.every": 1, "evaluation.score_upcoming": False}
 
@@ -214,7 +216,7 @@ def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
         old = {k: v for k, v in old.items() if k in sections}
         new = {k: v for k, v in new.items() if k in sections}
     a, b = flatten(old), flatten(new)
-    a = {k: v for k, v in a.items() if k not in RETIRED_KEYS}
+    a = {RENAMED_KEYS.get(k, k): v for k, v in a.items() if k not in RETIRED_KEYS}
     missing = object()
     out = []
     for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:

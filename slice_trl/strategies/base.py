@@ -132,6 +132,47 @@ class Strategy:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = dict(state)
 
+    # What the trainer writes of a strategy: `NoStrategy` answers "nothing" to each.
+    def save(self, folder) -> None:
+        """Write ``state`` into a finished stage's folder (`STATE_FILE`)."""
+        save_state(self, folder)
+
+    def restore(self, folder) -> None:
+        """Reload ``state`` from the last finished stage's folder (resume)."""
+        self.load_state_dict(load_state(folder))
+
+    def record_fields(self) -> dict:
+        """Added to every stage record: the strategy's name and its JSON-safe ``report``."""
+        import json
+
+        return {"strategy": {"name": self.name, "report": json.loads(json.dumps(self.report, default=str))}}
+
+    def timing_fields(self, seconds: float) -> dict:
+        """Added to a stage record's timings: ``seconds`` spent in the per-step hooks."""
+        return {"strategy_step_hooks": seconds}
+
+
+class NoStrategy(Strategy):
+    """The strategy of a recipe that names none: every hook does nothing, each stage's adapter is
+    merged into the base, and nothing of it is written (no state file, no record or timing
+    entry), so a run without a strategy is exactly the plain initialiser + merge loop. Not in
+    `REGISTRY`: a recipe selects it by leaving ``strategy`` out."""
+
+    def __init__(self, config: StrategyConfig | None = None):
+        super().__init__(config)
+
+    def save(self, folder) -> None:
+        pass
+
+    def restore(self, folder) -> None:
+        pass
+
+    def record_fields(self) -> dict:
+        return {}
+
+    def timing_fields(self, seconds: float) -> dict:
+        return {}
+
 
 def engine_problem(name: str, zero_stage: int | None) -> str | None:
     """Why strategy ``name`` cannot run under DeepSpeed ZeRO ``zero_stage`` (None: no DeepSpeed),

@@ -7,8 +7,6 @@ TRL tokenisation, so every gradient in the package is of the loss SFTTrainer tra
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from datasets import Dataset
 
@@ -18,24 +16,24 @@ def prepare_sft_dataset(dataset: Dataset, tokenizer, max_length: int | None = 25
     """TRL's SFT tokenisation (chat template, completion-only labels, truncation) outside a
     trainer. Returns a dataset with ``input_ids`` and, for prompt/completion data, labels masked
     to the completion."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from slice_trl.trainer.trl_private import prepare_dataset_without_trainer
 
     args = SFTConfig(output_dir="unused", max_length=max_length, completion_only_loss=completion_only_loss,
                      bf16=False, report_to=[], dataset_num_proc=None)
     sample = dataset[0]
     completion_only = (completion_only_loss if completion_only_loss is not None
                        else "prompt" in sample and "completion" in sample)
-    # _prepare_dataset reads only these three attributes of the trainer.
-    shim = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only)
-    return SFTTrainer._prepare_dataset(shim, dataset, tokenizer, args, False, None, "probe")
+    return prepare_dataset_without_trainer(dataset, tokenizer, args, completion_only)
 
 
 def default_collator(tokenizer):
     """The collator SFTTrainer builds for text data (right padding, labels padded with -100)."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from slice_trl.trainer.trl_private import sft_collator_cls
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataCollatorForLanguageModeling(pad_token_id=pad)
+    return sft_collator_cls()(pad_token_id=pad)
 
 
 def sample_batches(prepared: Dataset, collator, batch_size: int, n_batches: int, seed: int) -> list[dict]:

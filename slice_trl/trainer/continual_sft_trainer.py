@@ -14,7 +14,8 @@ after the last stage (after every stage with ``evaluation.general_every_stage``)
 
 Each numbered method is meant to be overridden to change one thing. ``train()`` runs the whole
 sequence (resuming from ``output_dir`` if stages are already finished there) and returns a
-`ContinualTrainOutput`.
+`ContinualTrainOutput`. A recipe without a strategy runs `NoStrategy` (every hook a no-op); the
+private TRL/transformers API the loop needs is reached only through `slice_trl.trainer.trl_private`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from trl import SFTTrainer
 
 from slice_trl.utils import console, distributed
 from slice_trl.models import integrity
-from slice_trl.trainer import stages
+from slice_trl.trainer import stages, trl_private
 from slice_trl.trainer.batching import sample_batches
 from slice_trl.configs.config import ContinualSFTConfig
 from slice_trl.evaluation import evaluate_general, evaluate_task, tasks_to_score
@@ -42,7 +43,7 @@ from slice_trl.models.lora import ADAPTER
 from slice_trl.trainer.replay import ReplaySampleProvider, stage_seed
 from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
 from slice_trl.trainer.stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
-from slice_trl.strategies import StageContext, StepHooks, build_strategy, load_state, save_state
+from slice_trl.strategies import StageContext, StepHooks, build_strategy
 from slice_trl.tasks.base import Task, validate_tasks
 from slice_trl.trainer.tracking import ContinualTracking
 
@@ -104,20 +105,17 @@ class ContinualSFTTrainer(SFTTrainer):
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self._prepared: dict[str, Dataset] = {self.tasks[0].name: self.train_dataset}
-        self.strategy = None
-        self.step_hooks = None  # the strategy's per-step hooks (a TrainerCallback)
         self.stage_context = StageContext(tasks=self.tasks, prepared_train=lambda t: self.prepared_train(self.tasks[t]),
                                           collate=lambda rows: self.data_collator(rows),
                                           attach_adapter=self.attach_adapter, current_model=lambda: self.model)
-        if args.strategy is not None:
-            plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
-            self.strategy = build_strategy(args.strategy, plugin and plugin.zero_stage)  # refuses what cannot run
-            self.step_hooks = StepHooks(self.strategy, self.stage_context)
-            self.add_callback(self.step_hooks)
+        # the recipe's strategy, or `NoStrategy` (every hook a no-op) when it names none; refuses what cannot run
+        self.strategy = build_strategy(args.strategy, trl_private.zero_stage(self))
+        self.step_hooks = StepHooks(self.strategy, self.stage_context)  # pre_step/post_step, a TrainerCallback
+        self.add_callback(self.step_hooks)
         self.tracking = ContinualTracking(self)  # report_to: one tracker run for the whole sequence
         warn_if_far_from_paper(self.model, ADAPTER, args.init)  # SFTTrainer attached the adapter: real scalings
         # The continual loop attaches its own adapter per stage: start from the plain base.
-        self.model = self.model_wrapped = self.model.unload()
+        trl_private.use_model(self, self.model.unload())
 
     # ------------------------------------------------------------------ helpers
     def _fingerprint(self, model, args) -> dict:
@@ -125,7 +123,7 @@ class ContinualSFTTrainer(SFTTrainer):
         is named by run_info's "base_model"/"base_model_revision" when given (the CLI), else by
         the model's own name_or_path and commit hash."""
         name = self.run_info.get("base_model") or getattr(model, "name_or_path", None)
-        revision = self.run_info.get("base_model_revision") or getattr(model.config, "_commit_hash", None)
+        revision = self.run_info.get("base_model_revision") or trl_private.commit_hash(model)
         base = integrity.model_identity(name, revision) if name else {"id": None, "revision": revision}
         if not name and not distributed.zero3_enabled():  # an in-memory model: identify it by its weights
             base["state_sha256"] = integrity.state_sha256(model)  # (ZeRO-3 shards differ between ranks)
@@ -145,8 +143,7 @@ class ContinualSFTTrainer(SFTTrainer):
         return self._prepared[task.name]
 
     def _prepare(self, ds: Dataset, name: str) -> Dataset:
-        return self._prepare_dataset(ds, self.processing_class, self.args, self.args.packing, None,
-                                     name)
+        return trl_private.prepare_dataset(self, ds, name)
 
     def _batches(self, ds: Dataset, n_batches: int, seed: int) -> list[dict]:
         cfg = self.args.init
@@ -161,8 +158,7 @@ class ContinualSFTTrainer(SFTTrainer):
         peft_model = get_peft_model(self.model, copy.deepcopy(self.lora_config), **kwargs)
         if self.args.activation_checkpointing:
             peft_model.enable_input_require_grads()
-        self.model = self.model_wrapped = peft_model
-        return peft_model
+        return trl_private.use_model(self, peft_model)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._stage >= 0:
@@ -178,12 +174,11 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def initialize_adapter(self, t: int, replay: list[Dataset]) -> InitReport:
         """Attach a fresh adapter and run the initialiser on current-task and replay batches, then
-        the strategy's ``before_task`` (if any)."""
-        if self.strategy is not None:
-            from peft import PeftModel
+        the strategy's ``before_task``."""
+        from peft import PeftModel
 
-            if isinstance(self.model, PeftModel):  # adapter-space strategies keep the deployed adapter
-                self.model = self.model_wrapped = self.model.unload()  # base untouched
+        if isinstance(self.model, PeftModel):  # an adapter-space strategy's deployed adapter: dropped, base untouched
+            trl_private.use_model(self, self.model.unload())
         peft_model = self.attach_adapter()
         cfg = self.args.init
         seed = stage_seed(cfg.seed, t)
@@ -193,8 +188,7 @@ class ContinualSFTTrainer(SFTTrainer):
             # each_task: prev_steps batches per earlier task; pooled: prev_steps in total
             previous.extend(self._batches(self._prepare(sample, f"replay-{t}-{j}"), cfg.prev_steps, seed + j + 1))
         report = self.initializer(peft_model, ADAPTER, current, previous or None)
-        if self.strategy is not None:
-            self.strategy.before_task(self.stage_context, t, peft_model)
+        self.strategy.before_task(self.stage_context, t, peft_model)
         return report
 
     def train_stage(self, t: int):
@@ -206,28 +200,18 @@ class ContinualSFTTrainer(SFTTrainer):
             train = concatenate_datasets([train, self._prepare(mix, f"{task.name}-replay")]).shuffle(
                 seed=stage_seed(self.args.seed, t, 3))
         self.train_dataset = train
-        self.optimizer, self.lr_scheduler = None, None  # TRL would reuse the old adapter's optimizer
-        if self.strategy is not None:
-            self.step_hooks.seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
-            self.strategy.before_training(self.stage_context, t)
+        trl_private.reset_optimizer(self)  # TRL would reuse the old adapter's optimizer
+        self.step_hooks.seconds = 0.0  # time in the strategy's per-step hooks (part of "train")
+        self.strategy.before_training(self.stage_context, t)
         set_seed(stage_seed(self.args.seed, t))
         return super().train()
 
     def finish_stage(self, t: int) -> None:
-        """Save the trained adapter (raw and converted), then merge it into the base."""
-        path = self.stage_path(t)
-        if self.strategy is not None:
-            return self._finish_stage_with_strategy(t, path)
-        if self.accelerator.is_main_process:
-            stages.save_trained(self.model, ADAPTER, path)
-        distributed.barrier()
-        self.model = self.model_wrapped = merge_into_base(self.model)
-
-    def _finish_stage_with_strategy(self, t: int, path: Path) -> None:
-        """``before_save``, save the trained adapter, ``after_task``, save the strategy state, then merge into
-        the base (``merge == "base"``) or keep the strategy's deployed adapter (``"adapter"``: the
-        base is never changed; ``adapter_original_base`` then holds the deployed adapter)."""
-        strategy = self.strategy
+        """``before_save``, save the trained adapter (raw and converted), ``after_task``, save the
+        strategy state, then merge into the base (``merge == "base"``) or keep the strategy's
+        deployed adapter (``"adapter"``: the base is never changed; ``adapter_original_base`` then
+        holds the deployed adapter). Without a strategy (`NoStrategy`): save, then merge."""
+        path, strategy = self.stage_path(t), self.strategy
         strategy.before_save(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
@@ -240,12 +224,9 @@ class ContinualSFTTrainer(SFTTrainer):
             if strategy.merge == "adapter":
                 self.model.save_pretrained(str(path / stages.CONVERTED), selected_adapters=[ADAPTER],
                                            safe_serialization=True)
-            save_state(strategy, path)
+            strategy.save(path)
         distributed.barrier()
-        if strategy.merge == "base":
-            self.model = self.model_wrapped = merge_into_base(self.model)
-        else:
-            self.model_wrapped = self.model
+        trl_private.use_model(self, merge_into_base(self.model) if strategy.merge == "base" else self.model)
 
     def evaluate_seen_tasks(self, t: int) -> dict:
         """Score the tasks of stage t: every seen one, or task t alone between ``evaluation.every`` stages, and
@@ -331,21 +312,21 @@ class ContinualSFTTrainer(SFTTrainer):
         records = []
         for t in range(done):
             path = self.stage_path(t)
-            if self.strategy is None or self.strategy.merge == "base":
+            if self.strategy.merge == "base":
                 self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
             record = stages.read_record(path)
             results.record_stage(t, record["scores"])
             records.append(record)
             logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
-        if self.strategy is not None and done:
-            self.strategy.load_state_dict(load_state(self.stage_path(done - 1)))
+        if done:
+            self.strategy.restore(self.stage_path(done - 1))
             self.strategy.on_resume(self.stage_context, done)
-        self.model_wrapped = self.model
+        trl_private.use_model(self, self.model)
         return done, records
 
     def _stage_record(self, t: int, report: InitReport, train_out, scores: dict, results: ResultsMatrix,
                       timings: dict, replay_sizes: list[int]) -> dict:
-        record = {
+        return {
             "stage": t + 1,
             "task": self.tasks[t].name,
             **stages.score_fields(scores),
@@ -355,11 +336,8 @@ class ContinualSFTTrainer(SFTTrainer):
             "replay_examples": replay_sizes,
             "train_metrics": dict(train_out.metrics) if train_out is not None else {},
             "timings": timings,
+            **self.strategy.record_fields(),
         }
-        if self.strategy is not None:
-            record["strategy"] = {"name": self.strategy.name,
-                                  "report": json.loads(json.dumps(self.strategy.report, default=str))}
-        return record
 
     def _write_results(self, results: ResultsMatrix, records: Sequence[dict], general: dict | None = None) -> None:
         """results.json and the heatmap; ``general``: GP/IP of the final model (default: the last record's)."""
@@ -409,8 +387,7 @@ class ContinualSFTTrainer(SFTTrainer):
             t0 = time.perf_counter()
             train_out = self.train_stage(t)
             timings["train"] = time.perf_counter() - t0
-            if self.strategy is not None:
-                timings["strategy_step_hooks"] = self.step_hooks.seconds
+            timings.update(self.strategy.timing_fields(self.step_hooks.seconds))
             t0 = time.perf_counter()
             self.finish_stage(t)
             timings["save_merge"] = time.perf_counter() - t0
