@@ -289,9 +289,10 @@ def test_other_strategies_pass_the_engine_check_under_zero3(tmp_path, monkeypatc
 
 def test_the_trainer_refuses_the_same_combinations():
     """The Python API (no preflight) gets the same rule from `build_strategy`."""
-    from slice_trl.strategies import REGISTRY, StrategyConfig, build_strategy
+    from slice_trl.strategies import StrategyConfig, build_strategy
+    from slice_trl.utils.registry import strategies
 
-    for name in REGISTRY:
+    for name in strategies.names():
         config = StrategyConfig.from_dict({"name": name})
         assert build_strategy(config).name == name  # no DeepSpeed: every strategy
         for stage in (0, 2, 3):
