@@ -202,3 +202,29 @@ def test_an_installed_plugin_package_adds_each_kind_and_runs(tmp_path):
         assert state["steps"].item() == steps_per_stage * (t + 1)
     run_info = json.loads((out_dir / "run.json").read_text())
     assert run_info["init"]["method"] == "const_a" and run_info["strategy"]["name"] == "count_steps"
+
+
+def test_a_registry_refuses_a_second_owner_of_a_name_and_an_unknown_trait():
+    from slice_trl.utils.registry import Registry, initializers
+
+    reg = Registry("widget", "slice_trl.utils", "slice_trl.widgets", "widget.name", defaults={"fast": False})
+
+    @reg.register("w1", fast=True)
+    def one():
+        return 1
+
+    assert reg.get("w1").obj is one and reg.get("w1").fast is True and "w1" in reg
+    reg.register("w1", fast=True)(one)  # the same object again (a module imported twice) is harmless
+
+    def other():
+        return 2
+
+    with pytest.raises(ValueError, match="widget 'w1' is registered twice"):
+        reg.register("w1")(other)
+    with pytest.raises(TypeError, match=r"unknown traits \['slow'\]"):
+        reg.register("w2", slow=True)
+    with pytest.raises(ValueError, match=r"widget.name='w' is unknown \(no such widget\).*Choose one of \['w1'\]"):
+        reg.get("w")
+    # a finished run's record may name an initialiser not installed here: its traits fall back
+    assert initializers.trait("not_installed", "display_name") is None
+    assert initializers.trait("slice", "display_name") == "SLICE"

@@ -144,7 +144,7 @@ def validate_spec(spec) -> None:
         raise MissingDataError(spec.error(str(exc)).args[0]) from None
 
 
-@task_sources.register("cl_benchmark", validate=validate_spec)
+@task_sources.register("cl_benchmark", validate=validate_spec, whole_eval=True)  # max_eval None: the test split
 def load_spec(spec, options: LoadOptions) -> Task:
     """The task a validated cl_benchmark `TaskSpec` names."""
     return load_cl_benchmark_task(spec.path, spec.task, options, origin=spec.origin)

@@ -5,7 +5,8 @@ The sources are registered in `slice_trl.utils.registry.task_sources`, each by i
 ``@task_sources.register(name, validate=..., fields=(...))`` on its loader ``(spec, options) -> Task``:
 ``validate(spec)`` raises through `TaskSpec.error` / `TaskSpec.one_location` /
 `TaskSpec.check_path_exists` and may normalise the spec; ``fields`` names the source-only TaskSpec
-fields it reads (``files``, ``fields``), which every other source refuses."""
+fields it reads (``files``, ``fields``), which every other source refuses; ``whole_eval`` True lets
+``max_eval: null`` mean the source's whole held-out split."""
 
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ class TaskSpec:
                 metrics.get(self.metric)
         except ValueError as err:
             raise self.error(str(err)) from None
-        whole_test = self.max_eval is None and self.source == "cl_benchmark"  # the benchmark's test split, whole
+        whole_test = self.max_eval is None and source.whole_eval  # e.g. cl_benchmark's test split, whole
         for name in ("seed", "min_keep_tokens") + (() if whole_test else ("max_eval",)):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise self.error(f"{name}={getattr(self, name)!r} must be an integer.")

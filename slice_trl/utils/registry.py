@@ -158,5 +158,5 @@ initializers = Registry(
 strategies = Registry("strategy", "slice_trl.strategies", "slice_trl.strategies", "strategy.name", cutoff=0.5)
 # the two below are named inside a task entry, whose errors say which task (TaskSpec(<task>): source=...)
 task_sources = Registry("task source", "slice_trl.tasks", "slice_trl.task_sources", "source",
-                        defaults={"validate": None, "load": None, "fields": ()})
+                        defaults={"validate": None, "fields": (), "whole_eval": False})
 metrics = Registry("metric", "slice_trl.evaluation.metrics", "slice_trl.metrics", "metric")
