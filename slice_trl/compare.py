@@ -42,6 +42,7 @@ from slice_trl.evaluation.cl_metrics import FIELD_METRICS
 from slice_trl.models.integrity import RUN_JSON
 from slice_trl.utils.jsonio import read_summary
 from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.utils.registry import initializers
 from slice_trl.utils.stats import paired_summary
 
 METRICS = ("AP", "FP", "forgetting", "learned", "retained")
@@ -52,10 +53,11 @@ PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5
 
 
 def default_label(info: dict) -> str:
-    """Arm name from a run.json: the initialiser (with c and projection for SLICE), + strategy."""
+    """Arm name from a run.json: the initialiser (with its gate's c and projection when it has one,
+    i.e. SLICE), + strategy."""
     init = info.get("init", {})
     label = init.get("method", "run")
-    if label == "slice":
+    if initializers.trait(label, "has_gate", False):
         label += f"_c{init.get('c')}_{init.get('projection', 'global')}"
     if info.get("strategy"):
         label += f"+{info['strategy']['name']}"

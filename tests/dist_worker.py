@@ -27,7 +27,7 @@
     ``merged[t]`` (after the merge) and ``logits[t]`` (the deployed model on `PROBE_IDS`).
 
 ``dist_worker.py bench_svd`` (under ``torch.distributed.run``) - the measurement behind the
-    factor-sharing decision in `slice_trl.initializers._RescaledInitializer._finish`: LoRA-GA
+    factor-sharing decision in `slice_trl.initializers.RescaledInitializer._finish`: LoRA-GA
     slices recomputed on every rank, vs computed on rank 0 and broadcast, vs sharded over the
     ranks (module i on rank i % world) and broadcast from the owner.
 """

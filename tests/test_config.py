@@ -23,7 +23,6 @@ def test_c_in_unit_interval_is_accepted_as_float(c):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("method", "pissa"),
         ("projection", "layerwise"),
         ("prev_batching", "mixed"),
         ("prev_grad_dtype", "float16"),
@@ -97,6 +96,10 @@ def test_which_data_a_method_needs(kwargs, uses_grads):
 def test_invalid_choice_suggests_the_closest_name():
     with pytest.raises(ValueError, match="Did you mean 'slice'"):
         InitConfig(method="slise")
+    # the method is asked of the initialiser registry: the error names the recipe field and every known one
+    with pytest.raises(ValueError, match=r"init\.method='pissa' is unknown \(no such initialiser\)\. Choose one of "
+                                         r"\['lora_ga', 'loram', 'slice', 'vanilla'\]"):
+        InitConfig(method="pissa")
 
 
 def test_warmup_is_the_papers_ratio_and_warmup_ratio_is_honoured(tmp_path):

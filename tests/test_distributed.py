@@ -17,7 +17,7 @@ tests/dist_worker.py, 3 epochs, SLICE with G_prev at stage 2):
   singular vectors, so their arbitrary SVD signs do not cancel): stage 2's A/B then differ by
   O(1). So only stage 1 is compared in that setting.
 
-The factor-sharing decision in `_RescaledInitializer._finish` was measured with
+The factor-sharing decision in `RescaledInitializer._finish` was measured with
 ``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py bench_svd``.
 """
 

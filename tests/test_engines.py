@@ -289,9 +289,10 @@ def test_other_strategies_pass_the_engine_check_under_zero3(tmp_path, monkeypatc
 
 def test_the_trainer_refuses_the_same_combinations():
     """The Python API (no preflight) gets the same rule from `build_strategy`."""
-    from slice_trl.strategies import REGISTRY, StrategyConfig, build_strategy
+    from slice_trl.strategies import StrategyConfig, build_strategy
+    from slice_trl.utils.registry import strategies
 
-    for name in REGISTRY:
+    for name in strategies.names():
         config = StrategyConfig.from_dict({"name": name})
         assert build_strategy(config).name == name  # no DeepSpeed: every strategy
         for stage in (0, 2, 3):
@@ -305,7 +306,7 @@ def test_the_trainer_refuses_the_same_combinations():
 
 def test_a_launched_run_prints_on_rank_0_only():
     """Quiet console (`console.configure`): rank 0 logs as one process does; other ranks errors only."""
-    code = ("import logging, warnings; from slice_trl import console; console.configure(verbose=False); "
+    code = ("import logging, warnings; from slice_trl.utils import console; console.configure(verbose=False); "
             "log = logging.getLogger('slice_trl.x'); log.info('info line'); log.warning('warning line'); "
             "warnings.warn('python warning'); log.error('error line')")
     out = {}

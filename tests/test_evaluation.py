@@ -404,9 +404,21 @@ def test_eval_config_lm_eval_fields():
     assert EvalConfig.from_dict({"lm_eval_tasks": "hellaswag"}).lm_eval_tasks == ["hellaswag"]
 
 
-def test_every_task_metric_has_a_scorer():
-    # tasks.base.METRICS (validated when a task is built) and the scorers must name the same metrics
-    from slice_trl.evaluation.metrics import METRIC_FUNCTIONS
-    from slice_trl.tasks.base import METRICS
+def test_every_metric_a_task_accepts_scores_and_an_unknown_one_is_refused():
+    # a task accepts exactly the registered scorers; each scores a prediction equal to its reference 1
+    # and a disjoint one 0 (true of exact match and ROUGE-L alike)
+    from datasets import Dataset
 
-    assert sorted(METRIC_FUNCTIONS) == sorted(METRICS)
+    from slice_trl.evaluation.metrics import score_predictions
+    from slice_trl.tasks.base import Task
+    from slice_trl.utils.registry import metrics
+
+    rows = Dataset.from_list([{"prompt": "p", "completion": "c"}])
+    assert {"exact_match", "rougeL", "sni_exact_match", "sni_rougeL"} <= set(metrics.names())
+    for name in metrics.names():
+        assert Task("t", rows, rows, metric=name).metric == name
+        assert score_predictions(["The cat sat", "dog"], ["the cat sat", "bird"], name) == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"Task 't': metric='rouge' is unknown.*Did you mean 'rougeL'"):
+        Task("t", rows, rows, metric="rouge")
+    with pytest.raises(ValueError, match=r"metric='bleu' is unknown"):
+        score_predictions(["a"], ["a"], "bleu")

@@ -22,9 +22,8 @@ from slice_trl.initializers import (
     SliceInitializer,
     VanillaInitializer,
     build_initializer,
-    lora_layers,
-    write_and_absorb,
 )
+from slice_trl.models.lora import lora_layers, write_and_absorb
 from slice_trl.kernels.decompose import lora_ga_slices, module_seed
 from slice_trl.models.gradients import DEFAULT_TARGETS, canonical_name, estimate_mean_gradients, target_weights
 from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
@@ -313,7 +312,9 @@ def no_gradient_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("gradient estimation started before the input was validated")
 
-    monkeypatch.setattr(init_mod, "estimate_mean_gradients", fail)
+    from slice_trl.initializers import slice as slice_module  # where SLICE and LoRA-GA look the estimator up
+
+    monkeypatch.setattr(slice_module, "estimate_mean_gradients", fail)
 
 
 @pytest.mark.parametrize("method", ["slice", "lora_ga"])
@@ -341,7 +342,9 @@ def test_no_target_module_matched_is_a_clear_error(base_model, data, no_gradient
 
 @pytest.mark.parametrize("which, label", [(0, "previous-task"), (1, "current-task")])
 def test_non_finite_gradient_names_the_module_and_changes_nothing(base_model, data, monkeypatch, which, label):
-    real = init_mod.estimate_mean_gradients
+    from slice_trl.initializers import slice as slice_module  # where SLICE looks the estimator up
+
+    real = slice_module.estimate_mean_gradients
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -351,7 +354,7 @@ def test_non_finite_gradient_names_the_module_and_changes_nothing(base_model, da
         calls.append(1)
         return g, n
 
-    monkeypatch.setattr(init_mod, "estimate_mean_gradients", poisoned)
+    monkeypatch.setattr(slice_module, "estimate_mean_gradients", poisoned)
     model = _peft(base_model)
     w_before = _base_weights(model)
     with pytest.raises(FloatingPointError, match=rf"The {label} gradient of module 'model\.layers\.1\.mlp\.gate_proj'"):
@@ -535,9 +538,23 @@ def test_relative_magnitude_and_the_far_from_paper_warning(caplog):
         assert len(caplog.records) == 1
 
 
-def test_every_configurable_method_has_an_initializer():
-    # settings.INIT_METHODS (validated before a model loads) and the registry must name the same methods
-    from slice_trl.initializers import INITIALIZERS
-    from slice_trl.configs.settings import INIT_METHODS
+def test_each_initializer_file_registers_itself_with_its_traits():
+    # adding an initialiser is adding one file: every module of the package but `base` registers one name
+    from pathlib import Path
 
-    assert sorted(INITIALIZERS) == sorted(INIT_METHODS)
+    from slice_trl.utils.registry import initializers
+
+    files = {p.stem for p in Path(init_mod.__file__).parent.glob("*.py")} - {"__init__", "base"}
+    assert set(initializers.names()) >= files
+    assert {n: (e.uses_gradients, e.needs_2r) for n, e in ((n, initializers.get(n)) for n in files)} == {
+        "slice": (True, True), "lora_ga": (True, True), "loram": (False, False), "vanilla": (False, False)}
+    assert InitConfig(method="lora_ga").needs_2r and not InitConfig(method="loram").needs_2r
+    with pytest.raises(ValueError, match=r"init\.method='slise' is unknown \(no such initialiser\)\. Did you mean 'slice'"):
+        InitConfig(method="slise")
+
+
+def test_data_free_initializers_need_no_batches(base_model):
+    # uses_gradients False: called with no data at all (what the trainer does for them)
+    for method in ("loram", "vanilla"):
+        report = build_initializer(_cfg(method))(_peft(base_model), ADAPTER, None, None)
+        assert report.n_batches_cur == 0 and len(report.modules) == 14

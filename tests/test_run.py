@@ -40,8 +40,8 @@ def test_help_lists_every_section_with_help_text():
         ("init.c", "SLICE projection strength c in [0, 1]"),
         ("init.method", "'slice' = gradient surgery"),
         ("evaluation.max_new_tokens", "Greedy generation budget per example"),
-        ("tasks[].source", "Where the task comes from: one of ['superni', 'trace', 'generic', 'builtin', 'hub_splits', "
-                           "'cl_benchmark']"),
+        ("tasks[].source", "Where the task comes from: a registered source (built in: superni, trace, generic, builtin, "
+                           "hub_splits, cl_benchmark;"),
         ("learning_rate", "Learning rate of each stage (paper: 1e-4)"),
         ("data_dir", "Directory that relative task paths resolve against"),
         ("push_repo_id", "Publish every finished stage"),

@@ -157,7 +157,7 @@ def check_model_structure(recipe: Recipe) -> bool:
             raise RecipeError(f"lora_target_modules={list(targets)!r}: {m.model_name_or_path!r} has no module "
                               f"{absent}; remove them or choose from its linear layers {leaves}.")
     try:
-        check_rank(lora_layers(peft_model, ADAPTER), ADAPTER, needs_2r=recipe.training.init.uses_gradients)
+        check_rank(lora_layers(peft_model, ADAPTER), ADAPTER, needs_2r=recipe.training.init.needs_2r)
     except ValueError as err:
         raise RecipeError(f"lora_r={m.lora_r}: {err}".replace("LoraConfig.r=", "r=")) from None
     return True

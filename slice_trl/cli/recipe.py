@@ -195,12 +195,11 @@ def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
 def _concrete_section_class(cls, section: dict):
     """The dataclass whose fields a section holds: for ``strategy:`` the named strategy's config
     class (its fields are type-checked too), else ``cls`` itself."""
-    from slice_trl.strategies import REGISTRY, StrategyConfig
+    from slice_trl.strategies import StrategyConfig
+    from slice_trl.utils.registry import strategies
 
-    if cls is StrategyConfig and isinstance(section.get("name"), str):
-        strategy = REGISTRY.get(section["name"])
-        if strategy is not None:
-            return strategy.config_cls
+    if cls is StrategyConfig and isinstance(section.get("name"), str) and section["name"] in strategies:
+        return strategies.get(section["name"]).obj.config_cls
     return cls
 
 

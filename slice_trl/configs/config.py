@@ -2,7 +2,8 @@
 
 The sections themselves (`InitConfig`, `ReplayConfig`, `EvalConfig`) live in the leaf module
 `slice_trl.configs.settings` and are re-exported here; the strategy section is
-`slice_trl.strategies.StrategyConfig`.
+`slice_trl.strategies.StrategyConfig` subclass of the named strategy, looked up in the strategy registry
+(`slice_trl.utils.registry.strategies`) when the config is validated: this module imports no component.
 """
 
 from __future__ import annotations
@@ -12,9 +13,21 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from slice_trl.configs.settings import EvalConfig, InitConfig, ReplayConfig
+from slice_trl.utils.registry import strategies
+from slice_trl.configs.settings import EvalConfig, InitConfig, ReplayConfig, suggest
 
-__all__ = ["ContinualSFTConfig", "EvalConfig", "InitConfig", "ReplayConfig", "WARMUP_DEFAULT"]
+__all__ = ["ContinualSFTConfig", "EvalConfig", "InitConfig", "ReplayConfig", "WARMUP_DEFAULT", "report_to_names",
+           "validate_report_to"]
+
+
+def _as_mapping(value, field_name: str):
+    """A JSON object string -> dict; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"ContinualSFTConfig.{field_name} must be a mapping or a JSON object string: {err}") from None
 
 
 def _sub_config(value, cls, field_name: str):
@@ -24,17 +37,32 @@ def _sub_config(value, cls, field_name: str):
         return cls()
     if isinstance(value, cls):
         return value
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"ContinualSFTConfig.{field_name} must be a mapping or a JSON object string: {err}") from None
+    value = _as_mapping(value, field_name)
     if not isinstance(value, dict):
         raise ValueError(f"ContinualSFTConfig.{field_name} must be a mapping of {cls.__name__} fields, got {type(value).__name__}.")
     try:
         return cls.from_dict(value)
     except ValueError as err:
         raise ValueError(f"{field_name}: {err}") from None
+
+
+def report_to_names(report_to) -> list[str]:
+    """The tracker names of a ``report_to`` value (None / "none": none)."""
+    if report_to is None or report_to == "none":
+        return []
+    return [report_to] if isinstance(report_to, str) else list(report_to)
+
+
+def validate_report_to(report_to) -> None:
+    """Every ``report_to`` name is one transformers has an integration for (or "all"/"none");
+    raises ``ValueError`` in one line naming the valid ones."""
+    from transformers.integrations import integration_utils as hf_integrations
+
+    valid = sorted(hf_integrations.INTEGRATION_TO_CALLBACK)
+    for name in report_to_names(report_to):
+        if name not in valid and name not in ("all", "none"):
+            raise ValueError(f"report_to={name!r} is not a tracker transformers supports.{suggest(name, valid)} "
+                             f"Choose from {', '.join(valid)}, or 'all' (every installed one) or 'none'.")
 
 
 WARMUP_DEFAULT = 0.01  # the paper: warm up over 1% of each stage's steps
@@ -116,10 +144,10 @@ class ContinualSFTConfig(SFTConfig):
 
     def __post_init__(self):
         if self.strategy is not None:
-            from slice_trl.strategies import REGISTRY, StrategyConfig
-
-            self.strategy = _sub_config(self.strategy, StrategyConfig, "strategy")
-            strategy_cls = REGISTRY[self.strategy.name]
+            section = _as_mapping(self.strategy, "strategy")
+            name = section.get("name") if isinstance(section, dict) else getattr(section, "name", None)
+            strategy_cls = strategies.get(name).obj  # an unknown name: strategy.name=... with the known ones
+            self.strategy = _sub_config(section, strategy_cls.config_cls, "strategy")
             given = self.init.get("method") if isinstance(self.init, dict) else (
                 self.init.method if isinstance(self.init, InitConfig) else None)
             if strategy_cls.defines_init and given is None:  # its own init: default to vanilla
@@ -143,9 +171,7 @@ class ContinualSFTConfig(SFTConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
-        from slice_trl.trainer.tracking import validate_report_to  # one line naming the trackers transformers supports
-
-        validate_report_to(self.report_to)
+        validate_report_to(self.report_to)  # one line naming the trackers transformers supports
 
     def _apply_warmup_ratio(self) -> None:
         if self.warmup_ratio is None:

@@ -4,24 +4,17 @@
 sections of a recipe (fields of `slice_trl.configs.config.ContinualSFTConfig`). Every field has help
 metadata, and every user error is raised from ``__post_init__`` with the field's name and the fix.
 
-This module is a leaf: it imports nothing from the package, so every layer may use `suggest`,
-`check_choice`, `reject_unknown_keys`, `duplicate_names` and `FromDict`.
+This module imports only the utils layer (the registries, asked at validation time), so every
+layer above may use `suggest`, `check_choice`, `reject_unknown_keys`, `duplicate_names` and `FromDict`.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-
-def suggest(value, choices: Iterable, *, n: int = 1, cutoff: float = 0.6) -> str:
-    """The "did you mean" hint of an error message: `` Did you mean 'x'?`` for the closest of
-    ``choices`` (``n`` > 1: `` Did you mean ['x', 'y']?``), or ``""`` when nothing is close."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=n, cutoff=cutoff)
-    if not close:
-        return ""
-    return f" Did you mean {close[0]!r}?" if n == 1 else f" Did you mean {close}?"
+from slice_trl.utils import registry
+from slice_trl.utils.registry import suggest  # noqa: F401  (re-exported: every layer's close-match hint)
 
 
 def check_choice(where: str, name: str, value, choices) -> None:
@@ -60,7 +53,6 @@ class FromDict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-INIT_METHODS = ("slice", "lora_ga", "loram", "vanilla")
 PROJECTIONS = ("global", "per_module")
 PREV_BATCHING = ("each_task", "pooled")
 GRAD_DTYPES = ("float32", "bfloat16")
@@ -72,7 +64,8 @@ class InitConfig(FromDict):
 
     method: str = field(
         default="slice",
-        metadata={"help": f"Initialiser: one of {list(INIT_METHODS)}. 'slice' = gradient surgery (the paper), "
+        metadata={"help": "Initialiser: a registered name (slice_trl.initializers; a package of your own adds one "
+                  "through the 'slice_trl.initializers' entry point group). 'slice' = gradient surgery (the paper), "
                   "'lora_ga' = variance-matched LoRA-GA, 'loram' = DST-I bases, 'vanilla' = PEFT's default init."},
     )
     c: float = field(
@@ -147,7 +140,7 @@ class InitConfig(FromDict):
 
     def __post_init__(self):
         n = type(self).__name__
-        check_choice(n, "method", self.method, INIT_METHODS)
+        registry.initializers.get(self.method)  # unknown name: the error names init.method and the known ones
         check_choice(n, "projection", self.projection, PROJECTIONS)
         check_choice(n, "prev_batching", self.prev_batching, PREV_BATCHING)
         check_choice(n, "prev_grad_dtype", self.prev_grad_dtype, GRAD_DTYPES)
@@ -164,7 +157,13 @@ class InitConfig(FromDict):
 
     @property
     def uses_gradients(self) -> bool:
-        return self.method in ("slice", "lora_ga")
+        """Whether the initialiser estimates gradients from data (its registered trait)."""
+        return registry.initializers.get(self.method).uses_gradients
+
+    @property
+    def needs_2r(self) -> bool:
+        """Whether the initialiser takes 2r singular directions (rank check: 2r <= min(d_out, d_in))."""
+        return registry.initializers.get(self.method).needs_2r
 
 
 @dataclass

@@ -2,15 +2,21 @@
 (generation tasks; also the Alpaca GP/IP benchmark's metric), each a score in [0, 1]; and the
 scorer of the continual benchmarks SuperNI-15, Long Sequence and Standard CL as their authors run
 it (``sni_exact_match``, ``sni_rougeL``: Super-NaturalInstructions' ``compute_metrics.py``, copied
-by O-LoRA and SAPT; docs/benchmarks.md lists where it differs from ours)."""
+by O-LoRA and SAPT; docs/benchmarks.md lists where it differs from ours).
+
+Each scorer registers itself by name in `slice_trl.utils.registry.metrics` (``@metrics.register("rougeL")``);
+a task's ``metric:`` is checked against that registry, and a package of your own adds a scorer through
+the ``slice_trl.metrics`` entry point group."""
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-__all__ = ["METRIC_FUNCTIONS", "normalize_answer", "exact_match", "rouge_l", "score_predictions", "sni_normalize",
+from slice_trl.utils.registry import metrics
+
+__all__ = ["normalize_answer", "exact_match", "rouge_l", "score_predictions", "sni_normalize",
            "sni_exact_match", "sni_rouge_l"]
 
 def normalize_answer(text: str) -> str:
@@ -18,6 +24,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
+@metrics.register("exact_match")
 def exact_match(pred: str, ref: str) -> float:
     """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
     return float(normalize_answer(pred) == normalize_answer(ref))
@@ -41,6 +48,7 @@ class _UnicodeRougeTokenizer:
 _SCORER = None
 
 
+@metrics.register("rougeL")
 def rouge_l(pred: str, ref: str) -> float:
     """ROUGE-L F-measure in [0, 1] from ``rouge_score.rouge_scorer.RougeScorer(["rougeL"])``
     (sentence-level LCS, no stemming), with a Unicode-aware tokenizer (`_UnicodeRougeTokenizer`;
@@ -63,6 +71,7 @@ def sni_normalize(text: str) -> str:
     return " ".join("".join(ch for ch in str(text).lower() if ch not in _PUNCTUATION).split())
 
 
+@metrics.register("sni_exact_match")
 def sni_exact_match(pred: str, ref: str) -> float:
     """1.0 when `sni_normalize` of the prediction equals that of the reference (a label), else 0.0."""
     return float(sni_normalize(pred) == sni_normalize(ref))
@@ -71,6 +80,7 @@ def sni_exact_match(pred: str, ref: str) -> float:
 _SNI_SCORER = None
 
 
+@metrics.register("sni_rougeL")
 def sni_rouge_l(pred: str, ref: str) -> float:
     """ROUGE-L F-measure as the benchmarks score it: rouge_score's default tokenizer (lower-case,
     ``[a-z0-9]`` words) with the Porter stemmer (``use_stemmer=True``), on the raw texts."""
@@ -82,16 +92,10 @@ def sni_rouge_l(pred: str, ref: str) -> float:
     return float(_SNI_SCORER.score(ref, pred)["rougeL"].fmeasure)
 
 
-METRIC_FUNCTIONS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "rougeL": rouge_l,
-                                                             "sni_exact_match": sni_exact_match,
-                                                             "sni_rougeL": sni_rouge_l}
-
-
 def score_predictions(predictions: Sequence[str], references: Sequence[str], metric: str) -> list[float]:
-    """Per-example scores in [0, 1] with ``metric`` ("exact_match" or "rougeL")."""
-    if metric not in METRIC_FUNCTIONS:
-        raise ValueError(f"Unknown metric {metric!r}; use one of {sorted(METRIC_FUNCTIONS)}.")
+    """Per-example scores in [0, 1] with the registered scorer named ``metric`` (e.g. "exact_match",
+    "rougeL")."""
+    fn = metrics.get(metric).obj
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    fn = METRIC_FUNCTIONS[metric]
     return [fn(p, r) for p, r in zip(predictions, references)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slice_trl.trainer import stages as layout
+from slice_trl.utils.registry import initializers
 from slice_trl.evaluation.cl_metrics import FIELD_METRICS
 from slice_trl.hub.files import BaseModel, base_model, public_run, sorted_modules
 from slice_trl.hub.layout import finished_stages, read_json
@@ -26,7 +27,6 @@ MODEL_CARD_TEMPLATE = "continual_run.md"
 DATASET_CARD_TEMPLATE = "task_splits.md"
 MODEL_TAGS = ["continual-learning", "lora", "slice", "peft", "slice-trl"]
 DATASET_TAGS = ["continual-learning", "slice-trl"]
-INIT_DISPLAY = {"slice": "SLICE", "lora_ga": "LoRA-GA", "loram": "LoRAM", "vanilla": "vanilla LoRA"}
 
 
 def template_text(name: str, template_path: str | os.PathLike | None = None) -> str:
@@ -278,7 +278,7 @@ def render_model_card(
         base_model_link=f"{constants.ENDPOINT}/{base.hub_id}" if base.hub_id else None,
         gguf=base.gguf, gguf_package=base.gguf_package,
         task_names=task_names,
-        init_method_display=INIT_DISPLAY.get(str(init_method), str(init_method or "LoRA")),
+        init_method_display=initializers.trait(str(init_method), "display_name") or str(init_method or "LoRA"),
         seed=run.get("seed"),
         stages=stages,
         stages_missing=missing,

@@ -1,9 +1,10 @@
-"""Continual strategies (docs/strategies.md): the interface and registry in `base`, one module per
-strategy. Select one in a recipe with ``strategy: {name: keeplora, ...}``."""
+"""Continual strategies (docs/strategies.md): the interface and `register` in `base`, one module per
+strategy, each registered in `slice_trl.utils.registry.strategies` (found there by importing this
+package's modules; a package of your own adds one through the ``slice_trl.strategies`` entry point
+group). Select one in a recipe with ``strategy: {name: keeplora, ...}``."""
 
-from slice_trl.strategies import eblora, inflora, keeplora, olora, slao  # noqa: F401  (each registers itself in REGISTRY)
+from slice_trl.utils.registry import strategies
 from slice_trl.strategies.base import (
-    REGISTRY,
     NoStrategy,
     StageContext,
     StepHooks,
@@ -24,8 +25,8 @@ def build_strategy(config: StrategyConfig | None, zero_stage: int | None = None)
     why = engine_problem(config.name, zero_stage)
     if why:
         raise ValueError(why)
-    return REGISTRY[config.name](config)
+    return strategies.get(config.name).obj(config)
 
 
-__all__ = ["REGISTRY", "NoStrategy", "StageContext", "StepHooks", "Strategy", "StrategyConfig", "build_strategy",
-           "engine_problem", "load_state", "register", "save_state"]
+__all__ = ["NoStrategy", "StageContext", "StepHooks", "Strategy", "StrategyConfig", "build_strategy", "engine_problem",
+           "load_state", "register", "save_state"]

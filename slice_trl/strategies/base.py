@@ -1,4 +1,4 @@
-"""The continual-strategy interface of `ContinualSFTTrainer`, the registry and the config section.
+"""The continual-strategy interface of `ContinualSFTTrainer`, its `register` decorator and the config section.
 
 A strategy acts at these points of every stage (docs/strategies.md). It sees the loop through a
 `StageContext` (the tasks, a task's prepared train split, the collator, attaching a fresh adapter,
@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, fields
 import torch
 from transformers import TrainerCallback
 
+from slice_trl.utils.registry import strategies
 from slice_trl.models.lora import ADAPTER
-from slice_trl.configs.settings import FromDict, suggest
+from slice_trl.configs.settings import FromDict
 
 STATE_FILE = "strategy_state.safetensors"
-REGISTRY: dict[str, type[Strategy]] = {}
 
 
 @dataclass
@@ -44,7 +44,9 @@ class StrategyConfig(FromDict):
     """Base of every per-strategy config; ``name`` selects the strategy."""
 
     name: str = field(default="", metadata={"help": "Continual strategy: one of the registered names "
-                                                   "(eblora, inflora, keeplora, olora, slao)."})
+                                                   "(built in: eblora, inflora, keeplora, olora, slao; a package "
+                                                   "of your own adds one through the 'slice_trl.strategies' "
+                                                   "entry point group)."})
 
     # Called as StrategyConfig.from_dict(section): dispatch to the named strategy's config class.
     @classmethod
@@ -54,16 +56,16 @@ class StrategyConfig(FromDict):
             return super().from_dict(data)
         name = data.get("name")
         if not name:
-            raise ValueError(f"strategy needs a 'name': one of {sorted(REGISTRY)}, e.g. strategy: {{name: olora}}.")
-        if name not in REGISTRY:
-            raise ValueError(f"Unknown strategy {name!r}.{suggest(name, sorted(REGISTRY), cutoff=0.5)} "
-                             f"Known strategies: {sorted(REGISTRY)}.")
-        return REGISTRY[name].config_cls.from_dict(data)
+            raise ValueError(f"strategy needs a 'name': one of {strategies.names()}, e.g. strategy: {{name: olora}}.")
+        return strategies.get(name).obj.config_cls.from_dict(data)
 
 
 def register(cls):
-    REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: register a `Strategy` subclass as ``cls.name`` in
+    `slice_trl.utils.registry.strategies`, its class attributes ``defines_init``, ``merge`` and
+    ``edits_gradients`` as the entry's traits (what config validation and preflight ask)."""
+    return strategies.register(cls.name, defines_init=cls.defines_init, merge=cls.merge,
+                               edits_gradients=cls.edits_gradients)(cls)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class NoStrategy(Strategy):
     """The strategy of a recipe that names none: every hook does nothing, each stage's adapter is
     merged into the base, and nothing of it is written (no state file, no record or timing
     entry), so a run without a strategy is exactly the plain initialiser + merge loop. Not in
-    `REGISTRY`: a recipe selects it by leaving ``strategy`` out."""
+    `slice_trl.utils.registry.strategies`: a recipe selects it by leaving ``strategy`` out."""
 
     def __init__(self, config: StrategyConfig | None = None):
         super().__init__(config)
@@ -185,9 +187,9 @@ def engine_problem(name: str, zero_stage: int | None) -> str | None:
     ``accelerator.backward`` (`DeepSpeedEngineWrapper.backward`), before the Trainer's
     ``on_pre_optimizer_step``, and ZeRO keeps the gradients in its own buffers, so the edit would
     be silently lost."""
-    if zero_stage is None or not REGISTRY[name].edits_gradients:
+    if zero_stage is None or not strategies.get(name).edits_gradients:
         return None
-    runnable = ", ".join(n for n, cls in REGISTRY.items() if not cls.edits_gradients)
+    runnable = ", ".join(e.name for e in strategies.entries() if not e.edits_gradients)
     return (f"strategy.name={name!r} edits the gradients once per optimiser step, but under DeepSpeed "
             f"(ZeRO-{zero_stage}) the optimiser steps inside backward, before that hook, and the edit would be "
             "silently lost; launch it with DDP (accelerate_configs/multi_gpu.yaml) or as one process, or choose "

@@ -7,16 +7,18 @@ Sources: "superni" (natural-instructions task files or a Hub dataset), "trace" (
 directories or a Hub dataset), "generic" (any prompt/completion or messages dataset),
 "builtin" (the offline conflicting suite of `builtin.py`), "hub_splits" (prepared splits pushed
 by this project), "cl_benchmark" (O-LoRA/SAPT benchmark task folders, their own train/test split).
-Named benchmark sequences (``sequence: superni15/order1``) are in `sequences.py`. `TaskSpec` (spec.py) checks everything it can without loading data or a model;
+Each source's module registers its loader and validator in `slice_trl.utils.registry.task_sources`
+(a new source is one new module here, or a package of your own through the
+``slice_trl.task_sources`` entry point group). Named benchmark sequences (``sequence: superni15/order1``) are in `sequences.py`. `TaskSpec` (spec.py) checks everything it can without loading data or a model;
 `build_task` / `build_tasks` here load, split and fit. The loaders can also be called directly,
 with `LoadOptions` fields as keywords (base.py).
 """
 
 from __future__ import annotations
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.configs.settings import duplicate_names
 from slice_trl.tasks.base import (
-    METRICS,
     LoadOptions,
     Task,
     fit_prompt,
@@ -29,12 +31,12 @@ from slice_trl.tasks.base import (
 from slice_trl.tasks.builtin import BUILTIN_TASKS, builtin_suite, builtin_task
 from slice_trl.tasks.cl_benchmark import load_cl_benchmark_task
 from slice_trl.tasks.generic import load_generic_task, load_hub_splits_task
-from slice_trl.tasks.spec import SOURCES, MissingDataError, TaskSpec
+from slice_trl.tasks.spec import MissingDataError, TaskSpec
 from slice_trl.tasks.superni import default_metric, load_superni_task, resolve_task_file
 from slice_trl.tasks.trace import DEFAULT_FILES, load_trace_task, resolve_task_dir
 
 __all__ = [
-    "SOURCES", "METRICS", "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "validate_tasks",
+    "MissingDataError", "BUILTIN_TASKS", "Task", "TaskSpec", "LoadOptions", "validate_tasks",
     "build_task", "build_tasks", "split_train_eval", "fit_prompt", "sequence_length", "sequence_lengths", "builtin_suite",
     "builtin_task", "load_superni_task", "load_trace_task", "load_generic_task", "load_hub_splits_task",
     "default_metric", "resolve_task_file", "resolve_task_dir", "load_cl_benchmark_task",
@@ -46,25 +48,7 @@ def build_task(spec: TaskSpec, tokenizer=None, max_length: int | None = None) ->
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"build_task expects a TaskSpec, got {type(spec).__name__}; use TaskSpec.from_dict(...).")
     spec.validate()
-    if spec.source == "builtin":
-        task = builtin_task(spec.task, n_train=spec.max_train or 256, n_eval=spec.max_eval, seed=spec.seed,
-                            tokenizer=tokenizer, max_length=max_length)
-        task.name = spec.display_name
-        if spec.metric:
-            task.metric = spec.metric
-        return task
-    options = spec.load_options(tokenizer, max_length)
-    if spec.source == "superni":
-        return load_superni_task(spec.path, spec.task, spec.dataset_id, options)
-    if spec.source == "trace":
-        files = tuple(spec.files) if spec.files else DEFAULT_FILES
-        return load_trace_task(spec.path, spec.task, spec.dataset_id, options, files=files)
-    if spec.source == "cl_benchmark":
-        return load_cl_benchmark_task(spec.path, spec.task, options, origin=spec.origin)
-    if spec.source == "generic":
-        return load_generic_task(options.name, spec.path, spec.dataset_id, options, fields=spec.fields,
-                                 config=spec.task)
-    return load_hub_splits_task(spec.dataset_id, spec.task, options)
+    return task_sources.get(spec.source).obj(spec, spec.load_options(tokenizer, max_length))
 
 
 def build_tasks(specs, tokenizer=None, max_length: int | None = None, *, local_only: bool = False,

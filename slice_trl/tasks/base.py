@@ -9,9 +9,8 @@ from dataclasses import dataclass, field, replace
 
 from datasets import Dataset
 
+from slice_trl.utils.registry import metrics
 from slice_trl.configs.settings import duplicate_names
-
-METRICS = ("exact_match", "rougeL", "sni_exact_match", "sni_rougeL")  # evaluation/metrics.py
 
 
 @dataclass
@@ -31,8 +30,10 @@ class Task:
     info: dict = field(default_factory=dict)  # loader notes: source, shortened/dropped counts
 
     def __post_init__(self):
-        if self.metric not in METRICS:
-            raise ValueError(f"Task {self.name!r}: metric={self.metric!r} is unknown; use one of {METRICS}.")
+        try:
+            metrics.get(self.metric)  # a registered scorer (slice_trl.evaluation.metrics or a plug-in)
+        except ValueError as err:
+            raise ValueError(f"Task {self.name!r}: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.configs.settings import suggest
 from slice_trl.tasks.base import LoadOptions, Task, make_task, user_prompt_example
 
@@ -108,3 +109,27 @@ def builtin_suite(
     if not names:
         raise ValueError(f"names is empty; choose tasks from {list(BUILTIN_TASKS)}.")
     return [builtin_task(n, n_train, n_eval, seed, tokenizer=tokenizer, max_length=max_length) for n in names]
+
+
+def validate_spec(spec) -> None:
+    """A recipe's builtin entry (`TaskSpec`): no data location; ``task`` (default: ``name``) is a
+    built-in task."""
+    if spec.path is not None or spec.dataset_id is not None:
+        raise spec.error("source='builtin' is generated in code: remove path= and dataset_id=.")
+    if spec.task is None and spec.name in BUILTIN_TASKS:
+        spec.task = spec.name  # {name: first, source: builtin} is enough
+    if spec.task not in BUILTIN_TASKS:
+        raise spec.error(f"task={spec.task!r} is not a built-in task.{suggest(spec.task, BUILTIN_TASKS)} "
+                         f"Choose one of {list(BUILTIN_TASKS)}.")
+
+
+@task_sources.register("builtin", validate=validate_spec)
+def load_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated builtin `TaskSpec` names: ``max_train`` (default 256) and ``max_eval``
+    examples generated with ``seed``."""
+    task = builtin_task(spec.task, n_train=spec.max_train or 256, n_eval=spec.max_eval, seed=spec.seed,
+                        tokenizer=options.tokenizer, max_length=options.max_length)
+    task.name = spec.display_name
+    if spec.metric:
+        task.metric = spec.metric
+    return task

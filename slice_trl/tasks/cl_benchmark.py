@@ -24,7 +24,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.tasks.base import LoadOptions, Task, make_task, read_json, user_prompt_example
+from slice_trl.tasks.spec import MissingDataError
 
 REQUIRED_FILES = ("train.json", "test.json")
 
@@ -127,3 +129,22 @@ def load_cl_benchmark_task(path: str | Path, task: str | None = None, options: L
     # both caps are seeded samples here, so make_task's own max_train cut is a no-op
     return make_task(opts.name or folder.name, _capped(train, opts.max_train, opts.seed),
                      _capped(test, opts.max_eval, opts.seed), to_parts, metric, info, opts)
+
+
+def validate_spec(spec) -> None:
+    """A recipe's cl_benchmark entry (`TaskSpec`): a local task folder (or the benchmark's root with
+    task=) that exists."""
+    if spec.path is None or spec.dataset_id is not None:
+        raise spec.error("source='cl_benchmark' reads a local task folder: set path= (the folder, or the benchmark's "
+                         "root with task=) and no dataset_id=.")
+    spec.check_path_exists()
+    try:
+        resolve_benchmark_dir(spec.path, spec.task, spec.origin)
+    except FileNotFoundError as exc:
+        raise MissingDataError(spec.error(str(exc)).args[0]) from None
+
+
+@task_sources.register("cl_benchmark", validate=validate_spec, whole_eval=True)  # max_eval None: the test split
+def load_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated cl_benchmark `TaskSpec` names."""
+    return load_cl_benchmark_task(spec.path, spec.task, options, origin=spec.origin)

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.configs.settings import reject_unknown_keys, suggest
 from slice_trl.tasks.base import LoadOptions, Task, load_hub_dataset, make_task, read_json, split_train_eval
+from slice_trl.tasks.spec import MissingDataError
 
 FIELD_ROLES = ("prompt", "completion", "messages", "system")
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -258,3 +260,44 @@ def load_hub_splits_task(dataset_id: str, task: str, options: LoadOptions | None
     info = {"source": "hub_splits", "dataset_id": dataset_id, "task": task, "revision": opts.revision}
     return make_task(opts.name or task, parts["train"], parts["eval"], lambda conv: conversation_parts(*conv), metric,
                      info, opts)
+
+
+def validate_spec(spec) -> None:
+    """A recipe's generic entry (`TaskSpec`): one of path/dataset_id, valid ``fields``, and local
+    files that exist."""
+    spec.one_location("data files")
+    try:
+        check_fields(spec.fields)
+    except ValueError as exc:
+        raise spec.error(str(exc)) from None
+    if spec.path is not None:
+        spec.check_path_exists()
+        try:
+            local_files(spec.path)
+        except FileNotFoundError as exc:
+            raise MissingDataError(spec.error(f"path: {exc}").args[0]) from None
+        except ValueError as exc:
+            raise spec.error(f"path: {exc}") from None
+
+
+@task_sources.register("generic", validate=validate_spec, fields=("fields",))
+def load_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated generic `TaskSpec` names."""
+    return load_generic_task(options.name, spec.path, spec.dataset_id, options, fields=spec.fields, config=spec.task)
+
+
+def validate_hub_splits_spec(spec) -> None:
+    """A recipe's hub_splits entry (`TaskSpec`): dataset_id= and task=, no path=."""
+    if not spec.dataset_id:
+        raise spec.error("source='hub_splits' needs dataset_id= (the repo of prepared splits).")
+    if spec.path is not None:
+        raise spec.error("source='hub_splits' reads from the Hub: remove path= (use source='generic' for local "
+                         "files).")
+    if not spec.task:
+        raise spec.error("source='hub_splits' needs task= (the config named after the task in the repo).")
+
+
+@task_sources.register("hub_splits", validate=validate_hub_splits_spec)
+def load_hub_splits_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated hub_splits `TaskSpec` names."""
+    return load_hub_splits_task(spec.dataset_id, spec.task, options)

@@ -1,5 +1,12 @@
 """`TaskSpec`: one entry of a recipe's ``tasks:`` list, checked without loading data or a model
-(local paths are checked to exist), and `MissingDataError` for data absent on this machine."""
+(local paths are checked to exist), and `MissingDataError` for data absent on this machine.
+
+The sources are registered in `slice_trl.utils.registry.task_sources`, each by its own module with
+``@task_sources.register(name, validate=..., fields=(...))`` on its loader ``(spec, options) -> Task``:
+``validate(spec)`` raises through `TaskSpec.error` / `TaskSpec.one_location` /
+`TaskSpec.check_path_exists` and may normalise the spec; ``fields`` names the source-only TaskSpec
+fields it reads (``files``, ``fields``), which every other source refuses; ``whole_eval`` True lets
+``max_eval: null`` mean the source's whole held-out split."""
 
 from __future__ import annotations
 
@@ -7,15 +14,11 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from pathlib import Path
 
-from slice_trl.configs.settings import reject_unknown_keys, suggest
-from slice_trl.tasks.base import METRICS, LoadOptions
-from slice_trl.tasks.builtin import BUILTIN_TASKS
-from slice_trl.tasks.cl_benchmark import resolve_benchmark_dir
-from slice_trl.tasks.generic import check_fields, local_files
-from slice_trl.tasks.superni import resolve_task_file
-from slice_trl.tasks.trace import resolve_task_dir
+from slice_trl.utils.registry import metrics, task_sources
+from slice_trl.configs.settings import reject_unknown_keys
+from slice_trl.tasks.base import LoadOptions
 
-SOURCES = ("superni", "trace", "generic", "builtin", "hub_splits", "cl_benchmark")
+BUILTIN_SOURCES = "superni, trace, generic, builtin, hub_splits, cl_benchmark"  # for help texts only
 
 
 class MissingDataError(ValueError):
@@ -30,7 +33,8 @@ class TaskSpec:
 
     source: str | None = field(
         default=None,
-        metadata={"help": f"Where the task comes from: one of {list(SOURCES)}."},
+        metadata={"help": f"Where the task comes from: a registered source (built in: {BUILTIN_SOURCES}; a package "
+                  "of your own adds one through the 'slice_trl.task_sources' entry point group)."},
     )
     name: str | None = field(
         default=None,
@@ -54,12 +58,14 @@ class TaskSpec:
         default=None,
         metadata={"help": "The source's task id. superni: task088_identify_typo_verification or task088. trace: "
                   "the task folder (FOMC) under a TRACE root, or the Hub config. generic: the Hub config. builtin: "
-                  f"one of {list(BUILTIN_TASKS)} (default: name). hub_splits: the config (task) name in the "
+                  "one of tasks.BUILTIN_TASKS (default: name). hub_splits: the config (task) name in the "
                   "pushed repo."},
     )
     metric: str | None = field(
         default=None,
-        metadata={"help": f"Scoring of the held-out split: one of {list(METRICS)}. Default: superni per docs/method.md "
+        metadata={"help": "Scoring of the held-out split: a registered metric (built in: exact_match, rougeL, "
+                  "sni_exact_match, sni_rougeL; a package of your own adds one through the 'slice_trl.metrics' "
+                  "entry point group). Default: superni per docs/method.md "
                   "(exact_match for task088/task1510/task363, else rougeL); trace and generic rougeL; builtin "
                   "exact_match."},
     )
@@ -125,132 +131,58 @@ class TaskSpec:
         return {f.name: getattr(self, f.name) for f in dc_fields(self)}
 
     # -- validation -----------------------------------------------------------------------------
-    def _err(self, msg: str) -> ValueError:
+    def error(self, msg: str) -> ValueError:
+        """``msg`` as this task's ValueError, ``TaskSpec(<name>): msg`` (a source's validator raises it)."""
         label = self.name or self.task or self.path or self.dataset_id or "?"
         return ValueError(f"TaskSpec({label}): {msg}")
 
     def validate(self) -> None:
-        """Raise ValueError naming the field and the fix for every problem found without loading."""
+        """Raise ValueError naming the field and the fix for every problem found without loading:
+        the fields every source shares here, then the source's own validator (its registry entry)."""
         if not self.source:
-            raise self._err(f"source is required; choose one of {list(SOURCES)}.")
-        if self.source not in SOURCES:
-            raise self._err(f"source={self.source!r} is unknown.{suggest(self.source, SOURCES)} "
-                            f"Choose one of {list(SOURCES)}.")
-        if self.metric is not None and self.metric not in METRICS:
-            raise self._err(f"metric={self.metric!r} is unknown.{suggest(self.metric, METRICS)} Choose one of "
-                            f"{list(METRICS)} (or leave it unset for the source's default).")
-        whole_test = self.max_eval is None and self.source == "cl_benchmark"  # the benchmark's test split, whole
+            raise self.error(f"source is required; choose one of {task_sources.names()}.")
+        try:
+            source = task_sources.get(self.source)
+            if self.metric is not None:
+                metrics.get(self.metric)
+        except ValueError as err:
+            raise self.error(str(err)) from None
+        whole_test = self.max_eval is None and source.whole_eval  # e.g. cl_benchmark's test split, whole
         for name in ("seed", "min_keep_tokens") + (() if whole_test else ("max_eval",)):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise self._err(f"{name}={getattr(self, name)!r} must be an integer.")
+                raise self.error(f"{name}={getattr(self, name)!r} must be an integer.")
         if not whole_test and self.max_eval < 1:
-            raise self._err(f"max_eval={self.max_eval!r} must be >= 1 (the paper holds out 200).")
+            raise self.error(f"max_eval={self.max_eval!r} must be >= 1 (the paper holds out 200).")
         if self.max_train is not None and (not isinstance(self.max_train, int) or self.max_train < 1):
-            raise self._err(f"max_train={self.max_train!r} must be a positive integer, or unset for all examples.")
+            raise self.error(f"max_train={self.max_train!r} must be a positive integer, or unset for all examples.")
         if self.min_keep_tokens < 0:
-            raise self._err(f"min_keep_tokens={self.min_keep_tokens!r} must be >= 0.")
-        if self.fields is not None and self.source not in ("generic",):
-            raise self._err(f"fields is only used by source='generic' (source is {self.source!r}); remove it.")
-        if self.files is not None and self.source != "trace":
-            raise self._err(f"files is only used by source='trace' (source is {self.source!r}); remove it.")
+            raise self.error(f"min_keep_tokens={self.min_keep_tokens!r} must be >= 0.")
+        for entry in task_sources.entries():  # a source-only field (files, fields) set for another source
+            for name in entry.fields:
+                if getattr(self, name) is not None and name not in source.fields:
+                    raise self.error(f"{name} is only used by source={entry.name!r} (source is {self.source!r}); "
+                                     "remove it.")
         if self.path is not None:
             self.path = str(self.path)
-        getattr(self, f"_validate_{self.source}")()
+        if source.validate is not None:
+            source.validate(self)
 
-    def _one_location(self, what: str) -> None:
+    def one_location(self, what: str) -> None:
+        """Exactly one of path= (local ``what``) and dataset_id= is set."""
         if (self.path is None) == (self.dataset_id is None):
             both = "both are set" if self.path is not None else "neither is set"
-            raise self._err(f"source={self.source!r} needs exactly one of path= (local {what}) or dataset_id= "
-                            f"(Hub dataset); {both}.")
+            raise self.error(f"source={self.source!r} needs exactly one of path= (local {what}) or dataset_id= "
+                             f"(Hub dataset); {both}.")
 
-    def _check_path_exists(self) -> None:
+    def check_path_exists(self) -> None:
+        """path= exists (or is a glob); a `MissingDataError` saying where it was looked for otherwise."""
         p = Path(self.path)
         if not p.exists() and not any(ch in self.path for ch in "*?["):
             get = f" Get the data from {self.origin}." if self.origin else ""
-            raise MissingDataError(self._err(
+            raise MissingDataError(self.error(
                 f"path={self.path!r} does not exist; fix the path (a relative path is resolved against the "
                 f"recipe's data_dir when set, else the working directory {str(Path.cwd())!r}).{get}"
             ).args[0])
-
-    def _validate_superni(self) -> None:
-        self._one_location("natural-instructions task file or directory")
-        if self.dataset_id is not None:
-            if not self.task:
-                raise self._err("task= is required with dataset_id= (e.g. task088_identify_typo_verification).")
-            return
-        self._check_path_exists()
-        if Path(self.path).is_dir() and not self.task:
-            raise self._err(f"path={self.path!r} is a directory: set task= (e.g. task088 or "
-                            "task088_identify_typo_verification).")
-        try:
-            file = resolve_task_file(self.path, self.task)
-        except FileNotFoundError as exc:  # the directory exists but lacks this task's file
-            raise MissingDataError(self._err(f"task={self.task!r}: {exc}").args[0]) from None
-        except ValueError as exc:
-            raise self._err(f"task={self.task!r}: {exc}") from None
-        self.task = file.stem  # the full name, also for a short id such as task088
-
-    def _validate_trace(self) -> None:
-        self._one_location("TRACE task directory")
-        if self.dataset_id is not None:
-            return
-        self._check_path_exists()
-        try:
-            where = resolve_task_dir(self.path, self.task)
-        except FileNotFoundError as exc:
-            raise MissingDataError(self._err(f"path/task: {exc}").args[0]) from None
-        if self.files is not None:
-            if isinstance(self.files, str):
-                self.files = [self.files]
-            if not self.files or where.is_file():
-                raise self._err("files= must list file names inside the TRACE task directory, e.g. [train.json].")
-            missing = [f for f in self.files if not (where / f).is_file()]
-            if missing:
-                raise self._err(f"files {missing} are not in {str(where)!r} (it has "
-                                f"{sorted(p.name for p in where.glob('*.json'))}).")
-
-    def _validate_generic(self) -> None:
-        self._one_location("data files")
-        try:
-            check_fields(self.fields)
-        except ValueError as exc:
-            raise self._err(str(exc)) from None
-        if self.path is not None:
-            self._check_path_exists()
-            try:
-                local_files(self.path)
-            except FileNotFoundError as exc:
-                raise MissingDataError(self._err(f"path: {exc}").args[0]) from None
-            except ValueError as exc:
-                raise self._err(f"path: {exc}") from None
-
-    def _validate_builtin(self) -> None:
-        if self.path is not None or self.dataset_id is not None:
-            raise self._err("source='builtin' is generated in code: remove path= and dataset_id=.")
-        if self.task is None and self.name in BUILTIN_TASKS:
-            self.task = self.name  # {name: first, source: builtin} is enough
-        if self.task not in BUILTIN_TASKS:
-            raise self._err(f"task={self.task!r} is not a built-in task.{suggest(self.task, BUILTIN_TASKS)} "
-                            f"Choose one of {list(BUILTIN_TASKS)}.")
-
-    def _validate_cl_benchmark(self) -> None:
-        if self.path is None or self.dataset_id is not None:
-            raise self._err("source='cl_benchmark' reads a local task folder: set path= (the folder, or the benchmark's "
-                            "root with task=) and no dataset_id=.")
-        self._check_path_exists()
-        try:
-            resolve_benchmark_dir(self.path, self.task, self.origin)
-        except FileNotFoundError as exc:
-            raise MissingDataError(self._err(str(exc)).args[0]) from None
-
-    def _validate_hub_splits(self) -> None:
-        if not self.dataset_id:
-            raise self._err("source='hub_splits' needs dataset_id= (the repo of prepared splits).")
-        if self.path is not None:
-            raise self._err("source='hub_splits' reads from the Hub: remove path= (use source='generic' for local "
-                            "files).")
-        if not self.task:
-            raise self._err("source='hub_splits' needs task= (the config named after the task in the repo).")
 
     def load_options(self, tokenizer=None, max_length: int | None = None) -> LoadOptions:
         """What the loaders take from this spec (`LoadOptions`), with the length-fitting budget."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.configs.settings import suggest
 from slice_trl.tasks.base import (
     LoadOptions,
@@ -33,6 +34,7 @@ from slice_trl.tasks.base import (
     split_train_eval,
     user_prompt_example,
 )
+from slice_trl.tasks.spec import MissingDataError
 
 # docs/method.md, "Evaluation and metrics": classification-like tasks are scored by exact match,
 # every other Super-NI task by ROUGE-L.
@@ -249,3 +251,30 @@ def load_superni_task(path: str | Path | None = None, task: str | None = None, d
     info.update(task=task_name, n_instances=len(instances), skipped_no_output=skipped, split_seed=opts.seed,
                 max_eval=opts.max_eval, metric_reason=why)
     return make_task(opts.name or task_name, train_raw, eval_raw, to_parts, metric, info, opts)
+
+
+def validate_spec(spec) -> None:
+    """A recipe's superni entry (`TaskSpec`): one of path/dataset_id; a local file (or directory with
+    task=) that holds the task; normalises ``spec.task`` to the full task name."""
+    spec.one_location("natural-instructions task file or directory")
+    if spec.dataset_id is not None:
+        if not spec.task:
+            raise spec.error("task= is required with dataset_id= (e.g. task088_identify_typo_verification).")
+        return
+    spec.check_path_exists()
+    if Path(spec.path).is_dir() and not spec.task:
+        raise spec.error(f"path={spec.path!r} is a directory: set task= (e.g. task088 or "
+                         "task088_identify_typo_verification).")
+    try:
+        file = resolve_task_file(spec.path, spec.task)
+    except FileNotFoundError as exc:  # the directory exists but lacks this task's file
+        raise MissingDataError(spec.error(f"task={spec.task!r}: {exc}").args[0]) from None
+    except ValueError as exc:
+        raise spec.error(f"task={spec.task!r}: {exc}") from None
+    spec.task = file.stem  # the full name, also for a short id such as task088
+
+
+@task_sources.register("superni", validate=validate_spec)
+def load_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated superni `TaskSpec` names."""
+    return load_superni_task(spec.path, spec.task, spec.dataset_id, options)

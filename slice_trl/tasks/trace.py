@@ -25,6 +25,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from slice_trl.utils.registry import task_sources
 from slice_trl.tasks.base import (
     LoadOptions,
     Task,
@@ -34,6 +35,7 @@ from slice_trl.tasks.base import (
     split_train_eval,
     user_prompt_example,
 )
+from slice_trl.tasks.spec import MissingDataError
 
 TRACE_TASKS = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm")
 DEFAULT_FILES = ("train.json",)
@@ -119,3 +121,32 @@ def load_trace_task(path: str | Path | None = None, task: str | None = None, dat
 
     info.update(task=task_name, n_records=len(records), split_seed=opts.seed, max_eval=opts.max_eval)
     return make_task(opts.name or task_name, train_raw, eval_raw, to_parts, opts.metric or "rougeL", info, opts)
+
+
+def validate_spec(spec) -> None:
+    """A recipe's trace entry (`TaskSpec`): one of path/dataset_id; the task directory exists and
+    holds every file of ``files``."""
+    spec.one_location("TRACE task directory")
+    if spec.dataset_id is not None:
+        return
+    spec.check_path_exists()
+    try:
+        where = resolve_task_dir(spec.path, spec.task)
+    except FileNotFoundError as exc:
+        raise MissingDataError(spec.error(f"path/task: {exc}").args[0]) from None
+    if spec.files is not None:
+        if isinstance(spec.files, str):
+            spec.files = [spec.files]
+        if not spec.files or where.is_file():
+            raise spec.error("files= must list file names inside the TRACE task directory, e.g. [train.json].")
+        missing = [f for f in spec.files if not (where / f).is_file()]
+        if missing:
+            raise spec.error(f"files {missing} are not in {str(where)!r} (it has "
+                             f"{sorted(p.name for p in where.glob('*.json'))}).")
+
+
+@task_sources.register("trace", validate=validate_spec, fields=("files",))
+def load_spec(spec, options: LoadOptions) -> Task:
+    """The task a validated trace `TaskSpec` names."""
+    files = tuple(spec.files) if spec.files else DEFAULT_FILES
+    return load_trace_task(spec.path, spec.task, spec.dataset_id, options, files=files)

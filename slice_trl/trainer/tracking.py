@@ -45,7 +45,8 @@ from transformers.integrations import integration_utils as hf_integrations
 from slice_trl.utils import console
 from slice_trl.models.integrity import RUN_JSON
 from slice_trl.evaluation.results import write_json_atomic
-from slice_trl.configs.settings import suggest
+from slice_trl.configs.config import report_to_names as _names
+from slice_trl.configs.config import validate_report_to  # noqa: F401  (re-exported: checked where the config is)
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +58,6 @@ PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "trackio": ("trackio"
             "swanlab": ("swanlab", "swanlab"), "codecarbon": ("codecarbon", "codecarbon"),
             "dagshub": ("dagshub", "dagshub mlflow"), "flyte": ("flytekit", "flytekit flytekitplugins-deck-standard"),
             "azure_ml": ("azureml", "azureml-core"), "kubeflow": ("kubeflow", "kubeflow-training")}
-
-
-def _names(report_to) -> list[str]:
-    if report_to is None or report_to == "none":
-        return []
-    return [report_to] if isinstance(report_to, str) else list(report_to)
-
-
-def validate_report_to(report_to) -> None:
-    """Every ``report_to`` name is one transformers has an integration for (or "all"/"none");
-    raises ``ValueError`` in one line naming the valid ones."""
-    valid = sorted(hf_integrations.INTEGRATION_TO_CALLBACK)
-    for name in _names(report_to):
-        if name not in valid and name not in ("all", "none"):
-            raise ValueError(f"report_to={name!r} is not a tracker transformers supports.{suggest(name, valid)} "
-                             f"Choose from {', '.join(valid)}, or 'all' (every installed one) or 'none'.")
 
 
 def check_installed(report_to) -> None:

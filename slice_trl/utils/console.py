@@ -16,6 +16,8 @@ import os
 import sys
 import warnings
 
+from slice_trl.utils.registry import initializers
+
 _state = {"quiet": False}
 
 VERBOSE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -87,7 +89,7 @@ def stage_line(record: dict, n_stages: int) -> str:
         detail = f"cos {cos:+.3f}, gamma {gamma:.3f}" if isinstance(cos, float) and isinstance(gamma, float) else ""
         what += f", projection {'fired' if surgery.get('fired') else 'did not fire'}"
         what += f" ({detail})" if detail else ""
-    elif init.get("method") == "slice":  # only SLICE projects; LoRA-GA & co. never do (no clause for them)
+    elif initializers.trait(init.get("method"), "has_gate", False):  # LoRA-GA & co. never project (no clause)
         c = (surgery or {}).get("c")
         why = "no earlier task" if record.get("stage") == 1 else "c = 0" if c == 0 else "no replay batches"
         what += f", projection not applied ({why})"
