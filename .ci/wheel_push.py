@@ -28,7 +28,7 @@ from slice_trl.utils.testing import tiny_llama  # noqa: E402
 
 checkout = Path(os.environ["SLICE_TRL_TEST_HUB_DIR"]).resolve().parent
 package = Path(slice_trl.__file__).resolve().parent
-template = Path(str(resources.files("slice_trl.hub").joinpath("templates", "continual_run.md")))
+template = Path(str(resources.files("slice_trl").joinpath("model_cards", "continual_run.md")))
 assert Path(sys.prefix) in package.parents, f"slice_trl comes from {package}, not the wheel in {sys.prefix}"
 assert checkout not in package.parents and template.is_file() and Path(sys.prefix) in template.parents, template
 print(f"slice_trl from the wheel: {package}")

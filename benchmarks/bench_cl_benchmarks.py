@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the shared launcher, also when imported from elsewhere
 
 from slice_trl.compare import compare as compare_runs, summarise_run  # noqa: E402
-from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
+from slice_trl.utils.jsonio import write_json_atomic  # noqa: E402
 from slice_trl.tasks.sequences import expand_sequence  # noqa: E402
 
 from bench_continual import run_entry_point  # noqa: E402  (one way to launch a benchmark run)

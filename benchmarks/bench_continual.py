@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as 
 
 from slice_trl.compare import PAPER_OPP1, compare as compare_runs, summarise_run  # noqa: E402
 from slice_trl.utils.jsonio import read_summary, write_summary  # noqa: E402
-from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
+from slice_trl.utils.jsonio import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # ../shared/data next to the checkout (main), or next to the worktrees' folder (/work/wt/<name>)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from slice_trl.configs.config import EvalConfig  # noqa: E402
 from slice_trl.evaluation.schedule import task_evaluations, tasks_to_score  # noqa: E402
-from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
+from slice_trl.utils.jsonio import write_json_atomic  # noqa: E402
 
 SHARED = next((p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.is_dir()),
               ROOT.parent / "shared" / "data")

@@ -46,7 +46,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # slice_trl from this checkout, also when run as a script
 
-from slice_trl.evaluation.results import write_json_atomic  # noqa: E402
+from slice_trl.utils.jsonio import write_json_atomic  # noqa: E402
+from slice_trl.utils.run_folder import RunFolder  # noqa: E402
 
 DRAW_SEED_STEP = 1000  # draw d uses the run's seeds + d * 1000 (replay sample and current batches alike)
 
@@ -79,7 +80,7 @@ def build_trainer(run_dir: Path, scratch: Path, data_dir: str | None = None):
     from slice_trl.cli.recipe import load_recipe
     from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
-    info = json.loads((run_dir / integrity.RUN_JSON).read_text())
+    info = RunFolder(run_dir).read_run()
     if info.get("init", {}).get("method") != "slice" or info.get("strategy"):
         raise SystemExit(f"{run_dir} is not a SLICE run without a strategy (init.method = "
                          f"{info.get('init', {}).get('method')!r}): its gate has nothing to measure.")
@@ -191,17 +192,18 @@ def main(argv=None) -> int:
     from slice_trl.trainer import stages
 
     run_dir = Path(args.run_dir).resolve()
-    if not (run_dir / "run.json").is_file():
-        p.error(f"run_dir {run_dir} has no run.json: give the output_dir of a SLICE run.")
+    run = RunFolder(run_dir)
+    if not run.run_file.is_file():
+        p.error(f"run_dir {run_dir} has no {run.RUN}: give the output_dir of a SLICE run.")
     cache = Path(args.cache) if args.cache else run_dir.parent / f"gate_stability_{run_dir.name}"
     out = Path(args.results_dir) / args.name
-    names = json.loads((run_dir / "run.json").read_text())["task_names"]
-    folder = (lambda t: stages.stage_dir(run_dir, t, names[t]))
+    names = run.read_run()["task_names"]
+    folder = (lambda t: run.stage(t, names[t]))
 
     def finished(t: int) -> bool:  # a stage is finished iff its record exists (written last)
-        while args.follow and not stages.is_finished(folder(t)):
+        while args.follow and not folder(t).finished:
             time.sleep(60)
-        return stages.is_finished(folder(t))
+        return folder(t).finished
 
     if not finished(0):
         p.error(f"{run_dir} has no finished stage: the gate first acts at stage 2, on stage 1's model.")
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
             probed[t] = found
 
     def report() -> bool:
-        recorded = {t: stages.read_record(folder(t))["init"]["surgery"] if stages.is_finished(folder(t)) else None
+        recorded = {t: folder(t).read_record()["init"]["surgery"] if folder(t).finished else None
                     for t in probed}
         rows = [summarise(t + 1, recorded[t], draws, args.draws) for t, draws in probed.items()]
         complete = (len(probed) == len(names) - 1 and all(recorded.values())

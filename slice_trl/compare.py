@@ -2,12 +2,12 @@
 
     python -m slice_trl.compare RUN [RUN ...] [--out DIR] [--pair A:B ...] [--paper-opp1]
 
-A RUN is a run folder (``output_dir`` of `slice_trl.run`: run.json, results.json,
-stages/*/record.json and, with ``evaluation.score_base``, base/record.json), a run summary JSON
+A RUN is a run folder (``output_dir`` of `slice_trl.run`: its facts, results and stage records
+and, with ``evaluation.score_base``, the base model's record; `slice_trl.utils.run_folder`), a run summary JSON
 written by `summarise_run` (what the benchmark commits), a Hub repo the run was published to
 (``user/repo`` or ``user/repo@revision``; read when no local path has that name; only its JSON
 files are downloaded), or ``LABEL=RUN`` to name its arm. Runs
-with the same label are seeds of one arm; the default label is read from run.json (initialiser,
+with the same label are seeds of one arm; the default label is read from the run's facts (initialiser,
 c and projection for SLICE, strategy).
 
 Writes into ``--out`` (default ``compare/``):
@@ -30,18 +30,16 @@ Writes into ``--out`` (default ``compare/``):
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
 from collections import Counter
 from pathlib import Path
 
-from slice_trl.trainer import stages
 from slice_trl.evaluation.cl_metrics import FIELD_METRICS
-from slice_trl.models.integrity import RUN_JSON
-from slice_trl.utils.jsonio import read_summary
-from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.utils.jsonio import read_json, read_summary, write_json_atomic
+from slice_trl.utils.run_folder import RunFolder
+from slice_trl.evaluation.results import ResultsMatrix
 from slice_trl.utils.registry import initializers
 from slice_trl.utils.stats import paired_summary
 
@@ -53,8 +51,8 @@ PAPER_OPP1 = {"paper Opp1 (5 tasks, 3B) vanilla": (27.27, 12.53), "paper Opp1 (5
 
 
 def default_label(info: dict) -> str:
-    """Arm name from a run.json: the initialiser (with its gate's c and projection when it has one,
-    i.e. SLICE), + strategy."""
+    """Arm name from a run's facts (`RunFolder.read_run`): the initialiser (with its gate's c and
+    projection when it has one, i.e. SLICE), + strategy."""
     init = info.get("init", {})
     label = init.get("method", "run")
     if initializers.trait(label, "has_gate", False):
@@ -66,19 +64,18 @@ def default_label(info: dict) -> str:
 
 def summarise_run(folder: str | Path, records: list[Path] | None = None) -> dict:
     """What one run folder holds, as a flat summary: R (and base row), metrics, the per-stage
-    gate log and timings, and the run's settings (run.json). ``complete`` is False while stages
+    gate log and timings, and the run's settings (its facts). ``complete`` is False while stages
     are missing. ``records``: the stage records' paths in stage order (default: the local layout,
-    ``stages/*/record.json``; a published run names its stage folders differently)."""
-    folder = Path(folder)
-    info = json.loads((folder / RUN_JSON).read_text())
-    results = ResultsMatrix.from_dict(json.loads((folder / "results.json").read_text()))
-    base_path = folder / stages.BASE / stages.RECORD
-    base = json.loads(base_path.read_text()) if base_path.is_file() else None
+    `RunFolder.stage_records`; a published run names its stage folders differently)."""
+    run = RunFolder(folder)
+    info = read_json(run.run_file)
+    results = ResultsMatrix.from_dict(read_json(run.results_file))
+    base = read_json(run.base_record) if run.base_record.is_file() else None
     if results.base is None and base is not None:
         results.set_base(base["scores"])
     if records is None:
-        records = sorted((folder / stages.STAGES).glob(f"*/{stages.RECORD}"))
-    records = [json.loads(p.read_text()) for p in records]
+        records = run.stage_records()
+    records = [read_json(p) for p in records]
     return {
         "label": default_label(info), "seed": info.get("seed"), "task_names": results.task_names,
         "complete": results.completed == results.num_tasks, **results.to_dict(), **results.summary(),
@@ -114,8 +111,8 @@ def load_run(spec: str) -> dict:
     if not path.exists() and HUB_REPO.match(text):
         run = _hub_run(text)
     elif path.is_dir():
-        if not (path / "results.json").is_file():
-            raise ValueError(f"{path} has no results.json: not a finished (or started) run folder. Give the "
+        if not RunFolder(path).results_file.is_file():
+            raise ValueError(f"{path} has no {RunFolder.RESULTS}: not a finished (or started) run folder. Give the "
                              "output_dir of a run.")
         run = summarise_run(path)
     elif path.is_file():

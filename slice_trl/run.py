@@ -53,7 +53,7 @@ def _split_flags(argv: list[str]) -> tuple[list[str], set[str]]:
 
 
 def _public_recipe(recipe: Recipe) -> dict:
-    """The recipe as written to run.json: credentials (hub_token, ``hf_...`` strings, the resolved
+    """The recipe as kept with the run's facts: credentials (hub_token, ``hf_...`` strings, the resolved
     HF token) are redacted, as on the Hub."""
     from slice_trl.hub.redaction import known_secrets, redact
 
@@ -144,8 +144,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         print(out.results.table())
         if out.general:
             print(console.summary_line(out.general))
-        print(f"results: {recipe.training.output_dir}/results.json, heatmap: "
-              f"{recipe.training.output_dir}/results_heatmap.png")
+        folder = trainer.run_folder
+        print(f"results: {folder.results_file}, heatmap: {folder.heatmap}")
     return out
 
 

@@ -106,8 +106,6 @@ def runs(tmp_path_factory):
 def test_bf16_run_keeps_the_invariants(runs, row):
     from peft import PeftModel
 
-    from slice_trl.trainer import stages
-
     trainer, out = runs[row]
     log = trainer.log_
     model = trainer.model.base_model.model if row == "slao" else trainer.model
@@ -120,7 +118,7 @@ def test_bf16_run_keeps_the_invariants(runs, row):
         # the init moved the base by far more than the tolerance: without absorption the outputs would move
         assert log["unabsorbed"][0] > 4 * BF16_TOL, (row, log["unabsorbed"][0])
     # the published adapter on the original base reproduces stage 1's deployed outputs
-    path = trainer.stage_path(0) / stages.CONVERTED
+    path = trainer.stage_folder(0).converted
     published = PeftModel.from_pretrained(conflicting_base(), str(path))
     diff = float((_logits(published) - log["deployed"][0]).abs().max())
     assert diff < BF16_TOL, (row, diff)

@@ -344,6 +344,16 @@ def test_final_commit_with_gp_ip_then_up_to_date(hub_modes, hub_repo_name, run):
     assert hub.head(repo) == head and not hub.requests_matching("POST", "/commit/")
 
 
+def test_a_commit_reads_the_run_facts_once(hub, hub_repo_name, run, monkeypatch):
+    from slice_trl.utils.run_folder import RunFolder
+
+    reads, read_run = [], RunFolder.read_run
+    monkeypatch.setattr(RunFolder, "read_run", lambda self: reads.append(self.root) or read_run(self))
+    report = shub.push_pending(run["out"], f"{hub.user}/{hub_repo_name}")
+    assert report.pushed == [1, 2] and report.final == "up to date"
+    assert reads == [run["out"]] * 3  # one read per commit tried: stage 1, stage 2, the run-level files
+
+
 def test_push_survives_failures_and_resumes_without_duplicates(hub_modes, hub_repo_name, run):
     hub, out = hub_modes, run["out"]
     repo = f"{hub.user}/{hub_repo_name}"

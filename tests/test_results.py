@@ -9,7 +9,8 @@ import sys
 import matplotlib.image
 import pytest
 
-from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.evaluation.results import ResultsMatrix
+from slice_trl.utils.jsonio import write_json_atomic
 
 NAMES = ["task088", "task1510", "task181"]
 # R[i][j] = score on task j after training through task i

@@ -167,18 +167,18 @@ def test_damaged_or_incomplete_stage_is_named(tmp_path):
 
     out = tmp_path / "run"
     for t, name in enumerate(["a", "b"]):
-        stage = stages.stage_dir(out, t, name)
-        for sub in (stages.INIT, stages.RAW):
+        stage = out / "stages" / f"0{t + 1}-{name}"
+        for sub in ("init_adapter", "adapter"):
             (stage / sub).mkdir(parents=True)
             save_file({"w": torch.zeros(64)}, str(stage / sub / "adapter_model.safetensors"))
-        (stage / stages.RECORD).write_text("{}")
+        (stage / "record.json").write_text("{}")
     assert stages.check_finished(out, ["a", "b"]) == 2
-    raw = stages.stage_dir(out, 1, "b") / stages.RAW / "adapter_model.safetensors"
+    raw = out / "stages" / "02-b" / "adapter" / "adapter_model.safetensors"
     raw.write_bytes(raw.read_bytes()[:-50])  # truncated
     with pytest.raises(stages.DamagedStageError, match=r"02-b.*adapter/adapter_model.safetensors is damaged.*"
                                                        r"Delete that folder to retrain stage 2"):
         stages.check_finished(out, ["a", "b"])
-    (stages.stage_dir(out, 0, "a") / stages.INIT / "adapter_model.safetensors").unlink()
+    (out / "stages" / "01-a" / "init_adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(stages.DamagedStageError, match=r"01-a.*init_adapter/adapter_model.safetensors is missing"):
         stages.check_finished(out, ["a", "b"])
 
@@ -350,8 +350,8 @@ def test_rerun_with_other_settings_stops_same_settings_resume(tmp_path, tiny_bas
         assert noise not in log, noise
     assert max(len(x) for x in lines) < 200
     before = _snapshot(out)
-    run_json = json.loads((out / "run.json").read_text())
-    assert run_json["fingerprint"]["training"]["init"]["method"] == "vanilla"
+    run_file = json.loads((out / "run.json").read_text())
+    assert run_file["fingerprint"]["training"]["init"]["method"] == "vanilla"
 
     slice_run = _cli(recipe)  # SLICE, same output_dir
     assert slice_run.returncode == 2
@@ -368,7 +368,7 @@ def test_rerun_with_other_settings_stops_same_settings_resume(tmp_path, tiny_bas
     assert "FutureWarning" in again.stderr  # library warnings included
     stage_files = {k: v for k, v in before.items() if k.startswith("stages")}
     assert {k: v for k, v in _snapshot(out).items() if k.startswith("stages")} == stage_files  # nothing retrained
-    assert json.loads((out / "run.json").read_text())["fingerprint"] == run_json["fingerprint"]
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == run_file["fingerprint"]
 
 
 def test_changed_task_data_under_the_same_name_stops(tmp_path, tiny_base, monkeypatch):

@@ -13,7 +13,7 @@ from slice_trl.configs.config import ContinualSFTConfig
 from slice_trl.models.lora import lora_layers
 from slice_trl.cli.recipe import SECTIONS
 from slice_trl.strategies import StrategyConfig
-from slice_trl.strategies.base import STATE_FILE
+from slice_trl.utils.run_folder import StageFolder
 from slice_trl.strategies.olora import penalty, penalty_grad
 from slice_trl.strategies.slao import merge_coefficients
 from slice_trl.utils.testing import tiny_llama, tiny_tokenizer
@@ -109,7 +109,7 @@ def test_slice_plus_olora_three_tasks_penalty_once_per_optimizer_step(tmp_path, 
         record = json.loads((stage(tmp_path, t) / "record.json").read_text())
         assert record["init"]["method"] == "slice" and record["strategy"]["name"] == "olora"
         assert record["strategy"]["report"]["steps"] == 2
-        state = load_file(str(stage(tmp_path, t) / STATE_FILE))
+        state = load_file(str(stage(tmp_path, t) / StageFolder.STRATEGY_STATE))
         assert all(v.shape == (4 * (t + 1), v.shape[1]) for v in state.values())  # r x d_in per task
         name = next(iter(state))
         torch.testing.assert_close(state[name][4 * t:], raw_adapter(tmp_path, t)[_key(name, "A")], rtol=0, atol=0)
@@ -259,7 +259,7 @@ def test_slao_three_tasks_adapter_space_merge(tmp_path):
         b_mg = sum(c * trained[j][_key(name, "B")] for j, c in enumerate(coeffs))
         torch.testing.assert_close(layer.lora_B["default"].weight.detach(), b_mg, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.lora_A["default"].weight.detach(), trained[2][_key(name, "A")])
-    s1, s3 = (load_file(str(stage(tmp_path, t) / STATE_FILE)) for t in (0, 2))
+    s1, s3 = (load_file(str(stage(tmp_path, t) / StageFolder.STRATEGY_STATE)) for t in (0, 2))
     assert {k: v.shape for k, v in s1.items()} == {k: v.shape for k, v in s3.items()}  # constant state
     deployed = load_file(str(stage(tmp_path, 2) / "adapter_original_base" / "adapter_model.safetensors"))
     name = next(iter(layers))

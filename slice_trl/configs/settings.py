@@ -204,7 +204,7 @@ class EvalConfig(FromDict):
     score_base: bool = field(
         default=False,
         metadata={"help": "Score the base model on every task before stage 1 (the base row R_0 of R), stored in "
-                  "output_dir/base/record.json and reused on resume."},
+                  "the run folder's base/ and reused on resume."},
     )
     every: int = field(
         default=1,
@@ -220,7 +220,7 @@ class EvalConfig(FromDict):
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={"help": "lm-evaluation-harness tasks for GP (0-shot) and IP (few-shot), scored for the base model "
-                  "(once, cached in output_dir/base/general.json) and after the last stage (needs the 'eval' extra). "
+                  "(once, cached in the run folder's base/) and after the last stage (needs the 'eval' extra). "
                   "The paper: [hellaswag, commonsense_qa, bbh_fewshot_object_counting, slice_alpaca]. Empty = skip."},
     )
     lm_eval_include_path: str | None = field(

@@ -1,5 +1,5 @@
 """General ability (GP / IP) as the paper reports it: its benchmarks, local data, base-model
-reference and the numbers written to ``results.json`` and the stage records.
+reference and the numbers written to the run's results and the stage records.
 
 docs/method.md, "Evaluation and metrics": GP = mean zero-shot score on held-out general benchmarks
 (HellaSwag acc_norm, CommonsenseQA acc, BBH object counting exact match; Alpaca by ROUGE-L on

@@ -30,10 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from slice_trl.evaluation.cl_metrics import FIELD_METRICS, field_metrics, last, max_drops
-from slice_trl.utils.jsonio import write_json_atomic  # re-exported: the package imports it from here
 from slice_trl.configs.settings import duplicate_names
 
-__all__ = ["ResultsMatrix", "write_json_atomic"]
+__all__ = ["ResultsMatrix"]
 
 
 def _mean(values: Sequence[float]) -> float:

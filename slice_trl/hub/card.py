@@ -1,7 +1,8 @@
 """The model card of a run (and the dataset card of its task splits).
 
-Templates ship inside the package (``slice_trl/hub/templates/``) and are read with
-`importlib.resources`, so a wheel install renders the same cards as a checkout. Scores are shown
+The templates are the repository's top-level ``model_cards/`` folder (read them, or pass your own
+with ``template_path``); the package reaches it as ``slice_trl/model_cards`` (a link in a checkout,
+copies in a wheel) through `importlib.resources`, so a wheel install renders the same cards. Scores are shown
 x100, like the heatmap; the YAML header holds the licence and a ``model-index`` with the final
 scores (per task, AP/FP/forgetting and GP/IP when they were measured). Rendering is
 deterministic (no dates), so an unchanged run renders the same card and makes no commit.
@@ -16,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from slice_trl.trainer import stages as layout
+from slice_trl.utils.jsonio import read_json
+from slice_trl.utils.run_folder import RunFolder
 from slice_trl.utils.registry import initializers
 from slice_trl.evaluation.cl_metrics import FIELD_METRICS
-from slice_trl.hub.files import BaseModel, base_model, public_run, sorted_modules
-from slice_trl.hub.layout import finished_stages, read_json
+from slice_trl.hub.files import BaseModel, base_model, public_run, read_run, sorted_modules
 from slice_trl.hub.redaction import known_secrets, public, scrub
 
 MODEL_CARD_TEMPLATE = "continual_run.md"
@@ -33,7 +34,7 @@ def template_text(name: str, template_path: str | os.PathLike | None = None) -> 
     """A card template: ``template_path`` when given, else the one shipped with the package."""
     if template_path is not None:
         return Path(template_path).read_text(encoding="utf-8")
-    return resources.files("slice_trl.hub").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("slice_trl").joinpath("model_cards", name).read_text(encoding="utf-8")
 
 
 def x100(value: Any) -> str:
@@ -95,7 +96,7 @@ def licence(base: BaseModel, explicit: str | None = None) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- GP / IP
 def _benchmarks(general: dict) -> list[dict]:
-    """Per-benchmark rows {name, metric, gp, ip, base_gp, base_ip} from results.json["general"]:
+    """Per-benchmark rows {name, metric, gp, ip, base_gp, base_ip} from the results' ``"general"``:
     its "benchmarks" mapping when present, else the ``zero_shot`` / ``few_shot`` detail."""
     rows = []
     detail = general.get("benchmarks")
@@ -206,28 +207,31 @@ def render_model_card(
     token: str | bool | None = None,
     template_path: str | os.PathLike | None = None,
     license: str | None = None,
+    run: dict | None = None,
+    results: dict | None = None,
 ):
     """The ``huggingface_hub.ModelCard`` of a run, listing the stages in ``published``
     ({stage number: repo folder}). ``dataset_repo_id`` names the task-splits dataset (pass it only
-    once the splits are on the Hub); ``license`` overrides the base model's licence."""
+    once the splits are on the Hub); ``license`` overrides the base model's licence. ``run`` and
+    ``results``: the run's facts and results as read already (default: read from ``output_dir``)."""
     from huggingface_hub import ModelCard, ModelCardData, constants
 
-    output_dir = Path(output_dir)
+    here = RunFolder(output_dir)
     secrets = known_secrets(token)
-    raw_run = read_json(output_dir / "run.json") if (output_dir / "run.json").is_file() else {}
-    run = public_run(output_dir, secrets)
+    raw_run = run if run is not None else read_run(here)
+    run = public_run(raw_run, secrets)
     base = base_model(raw_run)
-    results = public(read_json(output_dir / "results.json"), secrets) if (output_dir / "results.json").is_file() else {}
+    results = public(results if results is not None else here.read_results() or {}, secrets)
     task_names = list(results.get("task_names") or run.get("task_names") or [])
     metrics = {name: _dig(run, "tasks", name, "metric") for name in task_names}
     R = results.get("R") or []
-    local = {s.number: s for s in finished_stages(output_dir)}
+    local = {s.number: s for s in here.finished_stages()}
 
     stages = []
     for number, folder in sorted(published.items()):
         task = task_names[number - 1] if 0 < number <= len(task_names) else folder
         rank = "–"
-        converted = local[number].path / layout.CONVERTED / layout.ADAPTER_CONFIG if number in local else None
+        converted = local[number].converted / local[number].ADAPTER_CONFIG if number in local else None
         if converted is not None and converted.is_file():
             rank = str(read_json(converted).get("r", "–"))
         own = R[number - 1][number - 1] if len(R) >= number and R[number - 1] and len(R[number - 1]) >= number else None
@@ -285,9 +289,9 @@ def render_model_card(
         r_table=r_table,
         summary=summary,
         general=general,
-        has_heatmap=(output_dir / "results_heatmap.png").is_file(),
+        has_heatmap=here.heatmap.is_file(),
         has_recipe=run.get("recipe") is not None,
-        has_base_scores=(output_dir / layout.BASE).is_dir(),
+        has_base_scores=here.base_dir.is_dir(),
         lora_rows=lora_rows,
         example_stage=example,
         dataset_repo_id=dataset_repo_id,

@@ -16,12 +16,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from slice_trl.trainer import stages as layout
-from slice_trl.hub.layout import StageDir, read_json
+from slice_trl.utils.jsonio import read_json
+from slice_trl.utils.run_folder import StageFolder
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = layout.ADAPTER_CONFIG, layout.WEIGHTS
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = StageFolder.ADAPTER_CONFIG, StageFolder.WEIGHTS
 
 
 def _adapter_files_dir(path: str | os.PathLike) -> Path:
@@ -134,15 +134,15 @@ def convert_adapter_files(
         )
 
 
-def published_adapter_dir(stage: StageDir) -> Path:
+def published_adapter_dir(stage: StageFolder) -> Path:
     """The converted adapter of a stage; made from the raw + init adapters when it is missing."""
-    published = stage.path / layout.CONVERTED
+    published = stage.converted
     if (published / ADAPTER_CONFIG).is_file() and (published / ADAPTER_WEIGHTS).is_file():
         return published
-    raw, init = stage.path / layout.RAW, stage.path / layout.INIT
+    raw, init = stage.raw, stage.init
     if raw.is_dir() and init.is_dir():
-        logger.info("Stage %d has no %s/: converting %s/ with %s/.", stage.number, layout.CONVERTED, layout.RAW,
-                    layout.INIT)
+        logger.info("Stage %d has no %s/: converting %s/ with %s/.", stage.number, stage.CONVERTED, stage.RAW,
+                    stage.INIT)
         return convert_adapter_files(raw, init, published)
-    raise FileNotFoundError(f"Stage {stage.number} ({stage.path}) has neither {layout.CONVERTED}/ nor "
-                            f"{layout.RAW}/ + {layout.INIT}/ to publish.")
+    raise FileNotFoundError(f"Stage {stage.number} ({stage.path}) has neither {stage.CONVERTED}/ nor "
+                            f"{stage.RAW}/ + {stage.INIT}/ to publish.")

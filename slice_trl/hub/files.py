@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slice_trl.trainer import stages as layout
+from slice_trl.utils.jsonio import json_bytes, read_json
+from slice_trl.utils.run_folder import RunFolder, StageFolder
 from slice_trl.hub.convert import published_adapter_dir
-from slice_trl.hub.layout import StageDir, json_bytes, read_json
 from slice_trl.hub.redaction import LOCAL, public
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -35,7 +35,7 @@ class BaseModel:
 
 
 def base_model(run: dict) -> BaseModel:
-    """`BaseModel` of a run.json (local or public copy)."""
+    """`BaseModel` of a run's facts (`RunFolder.read_run`; local or public copy)."""
     from slice_trl.models.loading import EMBEDDED_MODEL, EMBEDDED_SOURCE
 
     name = run.get("base_model")
@@ -50,7 +50,7 @@ def base_model(run: dict) -> BaseModel:
 
 
 def sorted_modules(value: Any) -> Any:
-    """LoRA ``target_modules`` as a sorted list (run.json may hold PEFT's set as its str())."""
+    """LoRA ``target_modules`` as a sorted list (the run's facts may hold PEFT's set as its str())."""
     if isinstance(value, str) and value[:1] in "{[(":
         try:
             value = ast.literal_eval(value)
@@ -61,14 +61,19 @@ def sorted_modules(value: Any) -> Any:
     return value  # a regex string, or None
 
 
-def public_run(output_dir: Path, secrets: list[str]) -> dict:
-    """run.json as published: redacted, path-free, target modules sorted, the base model's Hub id."""
-    path = output_dir / "run.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the trainer writes it when the run starts.")
-    run = read_json(path)
+def read_run(folder: RunFolder) -> dict:
+    """The run's facts as the trainer wrote them; raises when they are missing or not an object."""
+    run = folder.read_run()
+    if run is None:
+        raise FileNotFoundError(f"{folder.run_file} is missing: the trainer writes it when the run starts.")
     if not isinstance(run, dict):
-        raise ValueError(f"{path} must hold a JSON object.")
+        raise ValueError(f"{folder.run_file} must hold a JSON object.")
+    return run
+
+
+def public_run(run: dict, secrets: list[str]) -> dict:
+    """The run's facts (`read_run`) as published: redacted, path-free, target modules sorted, the
+    base model's Hub id."""
     base = base_model(run)
     run = public(run, secrets)
     run["base_model"] = base.name
@@ -78,36 +83,36 @@ def public_run(output_dir: Path, secrets: list[str]) -> dict:
     return run
 
 
-def stage_files(stage: StageDir, secrets: list[str], base: BaseModel) -> dict[str, bytes | Path]:
+def stage_files(stage: StageFolder, secrets: list[str], base: BaseModel) -> dict[str, bytes | Path]:
     """{path in repo: content} of one stage: the converted adapter and the stage's record."""
     adapter = published_adapter_dir(stage)
-    config = read_json(adapter / layout.ADAPTER_CONFIG)
+    config = read_json(adapter / stage.ADAPTER_CONFIG)
     config["base_model_name_or_path"] = base.hub_id  # PEFT wrote the local path the model came from
     if "target_modules" in config:
         config["target_modules"] = sorted_modules(config["target_modules"])
-    record = read_json(stage.path / layout.RECORD)
     return {
-        f"{stage.folder}/{layout.ADAPTER_CONFIG}": json_bytes(public(config, secrets)),
-        f"{stage.folder}/{layout.WEIGHTS}": adapter / layout.WEIGHTS,
-        f"{stage.folder}/{layout.RECORD}": json_bytes(public(record, secrets)),
+        stage.hub_path(stage.ADAPTER_CONFIG): json_bytes(public(config, secrets)),
+        stage.hub_path(stage.WEIGHTS): adapter / stage.WEIGHTS,
+        stage.hub_path(stage.RECORD): json_bytes(public(stage.read_record(), secrets)),
     }
 
 
-def run_files(output_dir: Path, run: dict, secrets: list[str], card: str) -> dict[str, bytes | Path]:
-    """{path in repo: content} of the run-level files: run.json, recipe.yaml, results.json, the
-    heatmap, ``base/*.json`` (base-model scores, when the run has them) and the README card."""
+def run_files(folder: RunFolder, run: dict, results: dict | None, secrets: list[str],
+              card: str) -> dict[str, bytes | Path]:
+    """{path in repo: content} of the run-level files: the run's facts (``run``: `public_run`), the
+    recipe, the results (``results``: `RunFolder.read_results`), the heatmap, the base model's
+    scores (when the run has them) and the README card."""
     import yaml
 
-    files: dict[str, bytes | Path] = {"run.json": json_bytes(run)}
+    files: dict[str, bytes | Path] = {folder.hub_path(folder.run_file): json_bytes(run)}
     if run.get("recipe") is not None:
-        files["recipe.yaml"] = yaml.safe_dump(run["recipe"], sort_keys=False, allow_unicode=True).encode("utf-8")
-    if (output_dir / "results.json").is_file():
-        files["results.json"] = json_bytes(public(read_json(output_dir / "results.json"), secrets))
-    if (output_dir / "results_heatmap.png").is_file():
-        files["results_heatmap.png"] = output_dir / "results_heatmap.png"
-    base_dir = output_dir / layout.BASE
-    if base_dir.is_dir():
-        for path in sorted(base_dir.rglob("*.json")):
-            files[f"{layout.BASE}/{path.relative_to(base_dir).as_posix()}"] = json_bytes(public(read_json(path), secrets))
-    files["README.md"] = card.encode("utf-8")
+        files[folder.RECIPE] = yaml.safe_dump(run["recipe"], sort_keys=False, allow_unicode=True).encode("utf-8")
+    if results is not None:
+        files[folder.hub_path(folder.results_file)] = json_bytes(public(results, secrets))
+    if folder.heatmap.is_file():
+        files[folder.hub_path(folder.heatmap)] = folder.heatmap
+    if folder.base_dir.is_dir():
+        for path in sorted(folder.base_dir.rglob("*.json")):
+            files[folder.hub_path(path)] = json_bytes(public(read_json(path), secrets))
+    files[folder.CARD] = card.encode("utf-8")
     return files

@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slice_trl.trainer import stages as layout
-from slice_trl.hub.layout import read_json, stage_folders
+from slice_trl.utils.run_folder import RunFolder, StageFolder, published_stages
 from slice_trl.hub.redaction import is_local_placeholder
 
 
@@ -17,32 +16,32 @@ def _published(repo_id: str, revision: str | None, token):
     from huggingface_hub import HfApi
 
     info = HfApi(token=token, library_name="slice-trl").model_info(repo_id, revision=revision)
-    return info, stage_folders(s.rfilename for s in info.siblings or [])
+    return info, published_stages(s.rfilename for s in info.siblings or [])
 
 
 def _download(repo_id: str, sha: str, folders: list[str], token, cache_dir=None, local_dir=None,
               in_folders: str = "*", extra: tuple[str, ...] = ()) -> Path:
-    """run.json, results.json, the files ``in_folders`` (a glob) of each stage folder in ``folders``
-    and the ``extra`` patterns, all from commit ``sha``."""
+    """The run's facts and results, the files ``in_folders`` (a glob) of each stage folder in
+    ``folders`` and the ``extra`` patterns, all from commit ``sha``."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["run.json", "results.json", *extra] + [f"{f}/{in_folders}" for f in folders]
+    patterns = [RunFolder.RUN, RunFolder.RESULTS, *extra] + [f"{f}/{in_folders}" for f in folders]
     return Path(snapshot_download(repo_id, revision=sha, token=token, cache_dir=cache_dir, local_dir=local_dir,
                                   allow_patterns=patterns))
 
 
 def download_run_records(repo_id: str, revision: str | None = None, token: str | None = None,
                          cache_dir: str | os.PathLike | None = None) -> tuple[Path, list[Path]]:
-    """The JSON files of a published run, all from one commit and no adapter weights: run.json,
-    results.json, ``base/*.json`` and every published stage's record.json. Returns (the local
-    snapshot folder, the stage records' paths in stage order)."""
+    """The JSON files of a published run, all from one commit and no adapter weights: the run's
+    facts, its results, the base model's scores and every published stage's record. Returns (the
+    local snapshot folder, the stage records' paths in stage order)."""
     info, folders = _published(repo_id, revision, token)
     if not folders:
         raise ValueError(f"{repo_id}@{revision or 'main'} holds no published stage (no stage-NN-<task>/ folder): "
                          "not a slice-trl run repo, or nothing is pushed yet.")
     local = _download(repo_id, info.sha, list(folders.values()), token, cache_dir=cache_dir,
-                      in_folders=layout.RECORD, extra=(f"{layout.BASE}/*.json",))
-    return local, [local / folders[k] / layout.RECORD for k in sorted(folders)]
+                      in_folders=StageFolder.RECORD, extra=(RunFolder.BASE_JSON,))
+    return local, [local / RunFolder.hub_record(folders[k]) for k in sorted(folders)]
 
 
 def _stages_up_to(repo_id: str, revision: str | None, stage: int, folders: dict[int, str]) -> list[str]:
@@ -54,13 +53,17 @@ def _stages_up_to(repo_id: str, revision: str | None, stage: int, folders: dict[
 
 
 def _base_model_of(local: Path, repo_id: str) -> str:
-    if not (local / "run.json").is_file():
-        raise FileNotFoundError(f"{repo_id} has no run.json: pass base_model=... (the Hub id of the base model).")
-    base = read_json(local / "run.json").get("base_model")
+    run = RunFolder(local).read_run()
+    if run is None:
+        raise FileNotFoundError(f"{repo_id} has no {RunFolder.RUN}: pass base_model=... (the Hub id of the base "
+                                "model).")
+    base = run.get("base_model")
     if not base:
-        raise ValueError(f"{repo_id}/run.json names no base_model: pass base_model=... (the Hub id of the base model).")
+        raise ValueError(f"{repo_id}/{RunFolder.RUN} names no base_model: pass base_model=... (the Hub id of the base "
+                         "model).")
     if is_local_placeholder(base):
-        raise ValueError(f"{repo_id} was trained on a local checkpoint ({base!r} in run.json), which is not on the Hub: "
+        raise ValueError(f"{repo_id} was trained on a local checkpoint ({base!r} in {RunFolder.RUN}), which is not on "
+                         "the Hub: "
                          "pass base_model=... (a Hub id or a local folder holding the same weights).")
     return base
 
@@ -79,8 +82,8 @@ def load_stage(
 ):
     """The model at the end of stage ``stage`` (1-indexed) of a published run, and its tokenizer.
 
-    Reads ``run.json`` from the repo for the base model (``base_model=`` overrides it; needed when
-    the run was trained on a local checkpoint), loads it with
+    Reads the run's facts (`RunFolder.run_file`) from the repo for the base model (``base_model=``
+    overrides it; needed when the run was trained on a local checkpoint), loads it with
     `slice_trl.models.loading.load_model_and_tokenizer` (so the bundled GGUF alias gives the very weights
     the run used), applies and merges the adapters of stages 1..k-1 in order, then applies stage
     k's adapter: merged into a plain model when ``merge=True`` (default), else returned as a
@@ -106,18 +109,16 @@ def load_stage(
 
 
 def list_run(repo_id: str, revision: str | None = None, token: str | None = None) -> dict:
-    """What a published run holds: ``{"repo_id", "sha", "stages": {k: folder}, "run": run.json,
-    "results": results.json}`` (the two files are {} when absent)."""
+    """What a published run holds: ``{"repo_id", "sha", "stages": {k: folder}, "run": the run's
+    facts, "results": its results}`` (the two are {} when absent)."""
     from slice_trl.hub.push import quiet_hub
 
     info, folders = _published(repo_id, revision, token)
     with quiet_hub():
         local = _download(repo_id, info.sha, [], token)
-    return {
-        "repo_id": repo_id, "sha": info.sha, "stages": folders,
-        "run": read_json(local / "run.json") if (local / "run.json").is_file() else {},
-        "results": read_json(local / "results.json") if (local / "results.json").is_file() else {},
-    }
+    snapshot = RunFolder(local)
+    return {"repo_id": repo_id, "sha": info.sha, "stages": folders,
+            "run": snapshot.read_run() or {}, "results": snapshot.read_results() or {}}
 
 
 def format_listing(listing: dict) -> str:
@@ -157,8 +158,8 @@ def pull(repo_id: str, stage: int, *, revision: str | None = None, out: str | os
     wanted = _stages_up_to(repo_id, revision, int(stage), folders)
     local = _download(repo_id, info.sha, wanted, token, local_dir=out)
     result = {"adapter": local / wanted[-1], "merged": None}
-    if not (result["adapter"] / layout.ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"{repo_id}: {wanted[-1]}/{layout.ADAPTER_CONFIG} did not download.")
+    if not (result["adapter"] / StageFolder.ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"{repo_id}: {wanted[-1]}/{StageFolder.ADAPTER_CONFIG} did not download.")
     if merge is not None:
         model, tokenizer = load_stage(repo_id, int(stage), revision=info.sha, dtype=dtype, token=token,
                                       base_model=base_model)

@@ -1,10 +1,11 @@
 """Publishing a run: one commit per finished stage, a final commit with GP/IP, no empty commits.
 
-Each stage's commit holds its folder (converted adapter + record.json) and the refreshed run-level
-files (run.json, recipe.yaml, results.json, the heatmap, ``base/``, the card). Deciding what
+Each stage's commit holds its folder (converted adapter + the stage's record) and the refreshed
+run-level files (the run's facts, the recipe, the results, the heatmap, ``base/``, the card; names:
+`slice_trl.utils.run_folder`). Deciding what
 changed is huggingface_hub's job: ``create_commit`` leaves out every file whose content the Hub
 already has and makes no commit at all when nothing is left; it then returns the current head,
-which is how a push is known to be "up to date". ``pushed.json`` in the run folder records what
+which is how a push is known to be "up to date". `RunFolder.pushed` in the run folder records what
 was pushed (commit and sha256 of each file) so that a stage pushed earlier is reported as such,
 not as pending, when the Hub cannot be reached.
 """
@@ -12,16 +13,15 @@ not as pending, when the Hub cannot be reached.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slice_trl.utils.jsonio import read_json, write_json_atomic
+from slice_trl.utils.run_folder import RunFolder, StageFolder, published_stages
 from slice_trl.hub.card import render_model_card
-from slice_trl.hub.files import base_model, public_run, run_files, stage_files
-from slice_trl.hub.layout import PUSHED_MARKER, StageDir, finished_stages, read_json, stage_folders
+from slice_trl.hub.files import base_model, public_run, read_run, run_files, stage_files
 from slice_trl.hub.redaction import describe, known_secrets
 from slice_trl.hub.splits import pending_splits, push_pending_splits
 
@@ -33,7 +33,7 @@ RUN_FILES = 0  # key of the run-level files in `PushReport.failed`
 @dataclass
 class PushReport:
     """What `push_pending` did. ``failed`` maps stage number -> reason (0 = the run-level files);
-    ``unverified`` lists stages that ``pushed.json`` says were pushed, with unchanged files, while
+    ``unverified`` lists stages that `RunFolder.pushed` says were pushed, with unchanged files, while
     the Hub could not be reached to confirm it; ``splits`` says what happened to task splits that
     were pending ("" when none were)."""
 
@@ -41,7 +41,7 @@ class PushReport:
     revision: str = "main"
     pushed: list[int] = field(default_factory=list)
     up_to_date: list[int] = field(default_factory=list)
-    unverified: dict[int, str] = field(default_factory=dict)  # stage -> commit recorded in pushed.json
+    unverified: dict[int, str] = field(default_factory=dict)  # stage -> commit recorded in RunFolder.pushed
     failed: dict[int, str] = field(default_factory=dict)
     commits: list[str] = field(default_factory=list)
     final: str = ""  # "pushed" / "up to date" for the run-level (GP/IP) commit after the stages
@@ -67,7 +67,7 @@ class PushReport:
         elif self.up_to_date:
             out.append(f"{where}: stage(s) {self.up_to_date} up to date")
         for number, commit in sorted(self.unverified.items()):
-            out.append(f"{where}: stage {number} was pushed earlier (commit {commit[:10]}, per {PUSHED_MARKER}); "
+            out.append(f"{where}: stage {number} was pushed earlier (commit {commit[:10]}, per {RunFolder.PUSHED}); "
                        "the Hub could not be reached to confirm it")
         for number, reason in sorted(self.failed.items()):
             what = "run files" if number == RUN_FILES else f"stage {number}"
@@ -136,42 +136,40 @@ def _sha256s(operations) -> dict[str, str]:
     return {op.path_in_repo: op.upload_info.sha256.hex() for op in operations}
 
 
-# ----------------------------------------------------------------------------- pushed.json
-def _read_marker(output_dir: Path) -> dict:
+# ----------------------------------------------------------------------------- RunFolder.pushed
+def _read_marker(folder: RunFolder) -> dict:
     try:
-        return read_json(output_dir / PUSHED_MARKER)
+        return read_json(folder.pushed)
     except (OSError, ValueError):
         return {}
 
 
-def _update_marker(output_dir: Path, repo_id: str, revision: str, head: str, stage: StageDir | None,
+def _update_marker(folder: RunFolder, repo_id: str, revision: str, head: str, stage: StageFolder | None,
                    operations) -> None:
-    """Record in ``pushed.json`` what is on the Hub (informative: the Hub listing decides)."""
-    path = output_dir / PUSHED_MARKER
+    """Record in `RunFolder.pushed` what is on the Hub (informative: the Hub listing decides)."""
     try:
-        data = _read_marker(output_dir)
+        data = _read_marker(folder)
         entry = data.setdefault(f"{repo_id}@{revision}", {"repo_id": repo_id, "revision": revision, "stages": {}})
         entry["head"] = head
         if stage is not None:
-            folder = stage.folder + "/"
+            prefix = stage.hub_folder + "/"
             entry["stages"][str(stage.number)] = {
-                "task": stage.task, "folder": stage.folder, "commit": head,
-                "files": {p: h for p, h in _sha256s(operations).items() if p.startswith(folder)},
+                "task": stage.task, "folder": stage.hub_folder, "commit": head,
+                "files": {p: h for p, h in _sha256s(operations).items() if p.startswith(prefix)},
             }
-        tmp = path.with_name(f".{PUSHED_MARKER}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(folder.pushed, data)
     except Exception as err:  # the marker is a convenience: never fail a push for it
-        logger.warning("Could not update %s: %s", path, type(err).__name__)
+        logger.warning("Could not update %s: %s", folder.pushed, type(err).__name__)
 
 
-def _pushed_earlier(output_dir: Path, repo_id: str, revision: str, stage: StageDir, secrets: list[str]) -> str | None:
-    """The commit ``pushed.json`` records for ``stage`` when its files are unchanged since, else None."""
-    entry = _read_marker(output_dir).get(f"{repo_id}@{revision}", {}).get("stages", {}).get(str(stage.number))
+def _pushed_earlier(folder: RunFolder, repo_id: str, revision: str, stage: StageFolder,
+                    secrets: list[str]) -> str | None:
+    """The commit `RunFolder.pushed` records for ``stage`` when its files are unchanged since, else None."""
+    entry = _read_marker(folder).get(f"{repo_id}@{revision}", {}).get("stages", {}).get(str(stage.number))
     if not entry:
         return None
     try:
-        base = base_model(read_json(output_dir / "run.json"))
+        base = base_model(read_run(folder))
         now = _sha256s(_operations(stage_files(stage, secrets, base)))
     except Exception:
         return None
@@ -179,42 +177,42 @@ def _pushed_earlier(output_dir: Path, repo_id: str, revision: str, stage: StageD
 
 
 # ----------------------------------------------------------------------------- commits
-def _message(output_dir: Path, run: dict, stage: StageDir | None, update: bool) -> str:
+def _message(run: dict, results: dict | None, stage: StageFolder | None, update: bool) -> str:
     if stage is not None:
         total = len(run.get("task_names") or [])
         return f"Stage {stage.number}{f'/{total}' if total else ''}: {stage.task}" + (" (updated)" if update else "")
-    results = output_dir / "results.json"
-    general = read_json(results).get("general") if results.is_file() else None
+    general = results.get("general") if results is not None else None
     return "Final results: GP/IP and model card" if general else "Update run results and model card"
 
 
-def _commit(api, output_dir: Path, repo_id: str, revision: str, stage: StageDir | None, secrets: list[str], *,
+def _commit(api, folder: RunFolder, repo_id: str, revision: str, stage: StageFolder | None, secrets: list[str], *,
             token, dataset_repo_id: str | None, template_path, license: str | None, attempts: int = 3):
     """One commit: ``stage``'s folder with the refreshed run-level files when the stage is new on
     the Hub; the stage's folder alone when it is there already (so re-checking an old stage never
     commits run files under its name); the run-level files alone for ``stage=None``.
 
     Returns ``(CommitInfo, pushed)``; ``pushed`` is False when huggingface_hub found nothing
-    changed and made no commit. Retries when someone committed in between (412)."""
+    changed and made no commit. Retries when someone committed in between (412). Reads the run's
+    facts and results once."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    run = public_run(output_dir, secrets)
-    base = base_model(read_json(output_dir / "run.json"))
+    raw_run, results = read_run(folder), folder.read_results()
+    run, base = public_run(raw_run, secrets), base_model(raw_run)
     stage_ops = _operations(stage_files(stage, secrets, base)) if stage is not None else []
-    if dataset_repo_id and pending_splits(output_dir) is not None:
+    if dataset_repo_id and pending_splits(folder.root) is not None:
         dataset_repo_id = None  # the card names the dataset only once its splits are there
     for attempt in range(attempts):
         info = api.repo_info(repo_id, revision=revision)
-        published = stage_folders(s.rfilename for s in info.siblings or [])
-        update = stage is not None and published.get(stage.number) == stage.folder
+        published = published_stages(s.rfilename for s in info.siblings or [])
+        update = stage is not None and published.get(stage.number) == stage.hub_folder
         operations = list(stage_ops)
         if not update:
             if stage is not None:
-                published[stage.number] = stage.folder
-            card = render_model_card(output_dir, repo_id, published, dataset_repo_id=dataset_repo_id, token=token,
-                                     template_path=template_path, license=license)
-            operations += _operations(run_files(output_dir, run, secrets, str(card)))
-        message = _message(output_dir, run, stage, update)
+                published[stage.number] = stage.hub_folder
+            card = render_model_card(folder.root, repo_id, published, dataset_repo_id=dataset_repo_id, token=token,
+                                     template_path=template_path, license=license, run=raw_run, results=results)
+            operations += _operations(run_files(folder, run, results, secrets, str(card)))
+        message = _message(run, results, stage, update)
         try:
             with quiet_hub():
                 commit = api.create_commit(repo_id, operations=operations, commit_message=message, revision=revision,
@@ -229,8 +227,9 @@ def _commit(api, output_dir: Path, repo_id: str, revision: str, stage: StageDir 
         if pushed:
             logger.info("Published %s to %s@%s (commit %s).", message, repo_id, revision, commit.oid[:10])
         else:
-            logger.info("%s@%s already has %s: no commit.", repo_id, revision, stage.folder if stage else "the run files")
-        _update_marker(output_dir, repo_id, revision, commit.oid, stage, operations)
+            logger.info("%s@%s already has %s: no commit.", repo_id, revision,
+                        stage.hub_folder if stage else "the run files")
+        _update_marker(folder, repo_id, revision, commit.oid, stage, operations)
         return commit, pushed
     raise AssertionError("unreachable")  # pragma: no cover  (the loop returns or raises)
 
@@ -249,17 +248,17 @@ def push_stage(
 ):
     """Publish finished stage ``stage`` (1-indexed) of the run in ``output_dir`` to the model repo
     ``repo_id`` in ONE commit: ``stage-NN-<task>/`` (the adapter for the original base + the stage's
-    record.json) and the run-level files. Creates the repo (``exist_ok``) and, for
+    record) and the run-level files. Creates the repo (``exist_ok``) and, for
     ``revision != "main"``, the branch. Returns the `huggingface_hub.CommitInfo`, or None when
     nothing differed (no commit made). Raises on errors (see `push_pending` for the safe variant)."""
-    output_dir = Path(output_dir)
-    stages = {s.number: s for s in finished_stages(output_dir)}
+    folder = RunFolder(output_dir)
+    stages = {s.number: s for s in folder.finished_stages()}
     if int(stage) not in stages:
-        raise ValueError(f"Stage {stage} of {output_dir} is not finished (no stages/{int(stage):02d}-*/record.json); "
-                         f"finished: {sorted(stages)}.")
+        raise ValueError(f"Stage {stage} of {output_dir} is not finished (no {folder.STAGES}/{int(stage):02d}-*/"
+                         f"{StageFolder.RECORD}); finished: {sorted(stages)}.")
     api = _api(token)
     repo_id = _ensure_repo(api, repo_id, private, revision)
-    commit, pushed = _commit(api, output_dir, repo_id, revision, stages[int(stage)], known_secrets(token), token=token,
+    commit, pushed = _commit(api, folder, repo_id, revision, stages[int(stage)], known_secrets(token), token=token,
                              dataset_repo_id=dataset_repo_id, template_path=template_path, license=license)
     return commit if pushed else None
 
@@ -282,8 +281,8 @@ def push_pending(
     with GP/IP). Safe to call after every stage and at any time: pushing twice makes no commit.
     NEVER raises: errors are logged as warnings, without the token, and returned in the
     `PushReport`. Never modifies the run's files (it adds a missing ``adapter_original_base/`` and
-    updates ``pushed.json``). With ``stop_on_error`` the stages after a failed one are not tried."""
-    output_dir = Path(output_dir)
+    updates `RunFolder.pushed`). With ``stop_on_error`` the stages after a failed one are not tried."""
+    folder = RunFolder(output_dir)
     report = PushReport(repo_id=repo_id, revision=revision)
     secrets = known_secrets(token)
     if dataset_repo_id and pending_splits(output_dir) is not None:
@@ -293,9 +292,9 @@ def push_pending(
             report.splits_failed = (f"{describe(err, secrets)}; they stay in {pending_splits(output_dir)} and the next "
                                     "push retries them")
             logger.warning("Could not push the pending task splits to %s: %s.", dataset_repo_id, report.splits_failed)
-    stages: list[StageDir] = []
+    stages: list[StageFolder] = []
     try:
-        stages = finished_stages(output_dir)
+        stages = folder.finished_stages()
         if not stages:
             return report
         api = _api(token)
@@ -303,7 +302,7 @@ def push_pending(
     except Exception as err:
         reason = describe(err, secrets)
         for stage in stages:
-            commit = _pushed_earlier(output_dir, repo_id, revision, stage, secrets)
+            commit = _pushed_earlier(folder, repo_id, revision, stage, secrets)
             if commit:
                 report.unverified[stage.number] = commit
             else:
@@ -318,7 +317,7 @@ def push_pending(
     kwargs = dict(token=token, dataset_repo_id=dataset_repo_id, template_path=template_path, license=license)
     for index, stage in enumerate(stages):
         try:
-            commit, pushed = _commit(api, output_dir, repo_id, revision, stage, secrets, **kwargs)
+            commit, pushed = _commit(api, folder, repo_id, revision, stage, secrets, **kwargs)
             if pushed:
                 report.pushed.append(stage.number)
                 report.commits.append(commit.oid)
@@ -335,7 +334,7 @@ def push_pending(
                 return report
     if not report.failed:
         try:  # results / card may have changed after the last stage (GP/IP of the final evaluation)
-            commit, pushed = _commit(api, output_dir, repo_id, revision, None, secrets, **kwargs)
+            commit, pushed = _commit(api, folder, repo_id, revision, None, secrets, **kwargs)
             report.final = "pushed" if pushed else "up to date"
             if pushed:
                 report.commits.append(commit.oid)

@@ -1,7 +1,7 @@
 """The prepared task splits of a run, published to a dataset repo (one configuration per task).
 
 A failed split push must not cost the run, and must not be forgotten: `save_pending_splits` keeps
-the prepared splits in ``output_dir/hub_pending/task_splits/`` and every later push of the run
+the prepared splits in the run folder (`RunFolder.pending_splits`) and every later push of the run
 (`push.push_pending`: after each stage, and ``--push-only``) retries them first; the folder is
 removed once they are on the Hub. The model card names the dataset repo only when nothing is
 pending, so it never points at a dataset that is not there.
@@ -15,14 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
+from slice_trl.utils.jsonio import read_json, write_json_atomic
+from slice_trl.utils.run_folder import RunFolder
 from slice_trl.hub.card import DATASET_CARD_TEMPLATE, DATASET_TAGS, template_text
-from slice_trl.hub.layout import json_bytes, read_json
 from slice_trl.hub.redaction import known_secrets, public, scrub
 
 logger = logging.getLogger(__name__)
-
-PENDING_DIR = Path("hub_pending") / "task_splits"
-_ORDER = "tasks.json"
 
 
 def _task_notes(info: dict) -> str:
@@ -90,7 +88,7 @@ def save_pending_splits(tasks, output_dir: str | os.PathLike, reason: str) -> Pa
     the next push to retry. Returns the folder."""
     from datasets import DatasetDict
 
-    folder = Path(output_dir) / PENDING_DIR
+    folder = RunFolder(output_dir).pending_splits
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -99,14 +97,14 @@ def save_pending_splits(tasks, output_dir: str | os.PathLike, reason: str) -> Pa
         sub = f"{i + 1:02d}"
         DatasetDict({"train": task.train, "eval": task.eval}).save_to_disk(str(folder / sub))
         order.append({"folder": sub, "name": task.name, "metric": task.metric, "info": task.info})
-    (folder / _ORDER).write_bytes(json_bytes({"reason": reason, "tasks": order}))
+    write_json_atomic(folder / RunFolder.SPLITS_INDEX, {"reason": reason, "tasks": order})
     return folder
 
 
 def pending_splits(output_dir: str | os.PathLike) -> Path | None:
     """The folder of splits still to push, or None."""
-    folder = Path(output_dir) / PENDING_DIR
-    return folder if (folder / _ORDER).is_file() else None
+    folder = RunFolder(output_dir).pending_splits
+    return folder if (folder / RunFolder.SPLITS_INDEX).is_file() else None
 
 
 def push_pending_splits(output_dir: str | os.PathLike, repo_id: str, private: bool = False,
@@ -120,7 +118,7 @@ def push_pending_splits(output_dir: str | os.PathLike, repo_id: str, private: bo
     folder = pending_splits(output_dir)
     if folder is None:
         return None
-    saved = read_json(folder / _ORDER)["tasks"]
+    saved = read_json(folder / RunFolder.SPLITS_INDEX)["tasks"]
     tasks = []
     for entry in saved:
         splits = load_from_disk(str(folder / entry["folder"]))

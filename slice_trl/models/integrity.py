@@ -1,7 +1,7 @@
 """Run integrity: the fingerprint of everything that determines a run's results, and the
 output_dir rules built on it.
 
-``run.json`` holds ``fingerprint``, a nested mapping:
+The run's facts (`RunFolder.run_file`) hold ``fingerprint``, a nested mapping:
 
 - ``base_model``: ``id`` (Hub id or path as given), ``revision``, and for a local checkpoint
   ``files_sha256`` (a content hash of the checkpoint's files, cached by path, size and mtime);
@@ -29,8 +29,9 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slice_trl.utils.run_folder import RunFolder
+
 FINGERPRINT = "fingerprint"
-RUN_JSON = "run.json"
 
 # Keys of the training (and LoRA) config that cannot change a run's results (adapters, R, GP/IP): where it
 # writes, how it logs or reports, publishing, resuming, data-loader worker processes, debug aids.
@@ -228,11 +229,9 @@ def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
 
 # ------------------------------------------------------------------------------ output_dir rules
 def read_run_info(output_dir) -> dict | None:
-    path = Path(output_dir) / RUN_JSON
-    if not path.is_file():
-        return None
+    """The run's facts in ``output_dir``: None when there are none, {} when they do not parse."""
     try:
-        return json.loads(path.read_text())
+        return RunFolder(output_dir).read_run()
     except ValueError:
         return {}
 
@@ -258,9 +257,9 @@ def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint
     info = read_run_info(out)
     old = (info or {}).get(FINGERPRINT)
     if old is None:
-        what = ("holds files but no run.json" if info is None else
-                "holds a run.json without a fingerprint (a damaged run, or one from an older slice-trl)")
-        if info is None and not (out / "stages").exists():
+        what = (f"holds files but no {RunFolder.RUN}" if info is None else
+                f"holds a {RunFolder.RUN} without a fingerprint (a damaged run, or one from an older slice-trl)")
+        if info is None and not RunFolder(out).stages_dir.exists():
             return "new"  # an unrelated, stage-free folder: the run writes beside its files
         raise RunMismatchError(f"output_dir {str(out)!r} {what}: resuming could mix two runs. "
                                + _ways_out(out, overwrite_hint))

@@ -19,7 +19,7 @@ the current model), not the whole trainer:
   (`merge_and_unload`), ``"adapter"`` keep the base bitwise unchanged and deploy whatever adapter
   the strategy left in ``ctx.model`` (evaluation uses it).
 
-``state`` (name -> tensor) is saved as ``strategy_state.safetensors`` in every finished stage
+``state`` (name -> tensor) is saved as `StageFolder.strategy_state` in every finished stage
 folder and reloaded (from the last finished stage) on resume, then ``on_resume`` is called.
 """
 
@@ -33,10 +33,10 @@ import torch
 from transformers import TrainerCallback
 
 from slice_trl.utils.registry import strategies
+from slice_trl.utils.run_folder import StageFolder
 from slice_trl.models.lora import ADAPTER
 from slice_trl.configs.settings import FromDict
 
-STATE_FILE = "strategy_state.safetensors"
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Strategy:
 
     # What the trainer writes of a strategy: `NoStrategy` answers "nothing" to each.
     def save(self, folder) -> None:
-        """Write ``state`` into a finished stage's folder (`STATE_FILE`)."""
+        """Write the strategy's state into a finished stage's folder (`StageFolder.strategy_state`)."""
         save_state(self, folder)
 
     def restore(self, folder) -> None:
@@ -216,21 +216,17 @@ class StepHooks(TrainerCallback):
         self._timed("post_step")
 
 
-def save_state(strategy: Strategy, folder) -> None:
-    from pathlib import Path
-
+def save_state(strategy: Strategy, stage: StageFolder) -> None:
     from safetensors.torch import save_file
 
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file(strategy.state_dict(), str(Path(folder) / STATE_FILE))
+    stage.path.mkdir(parents=True, exist_ok=True)
+    save_file(strategy.state_dict(), str(stage.strategy_state))
 
 
-def load_state(folder) -> dict[str, torch.Tensor]:
-    from pathlib import Path
-
+def load_state(stage: StageFolder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = Path(folder) / STATE_FILE
+    path = stage.strategy_state
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the stage was finished without the strategy's state. "
                                 "Rerun with a new output_dir (or resume=False).")

@@ -26,13 +26,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 from transformers import set_seed
 from trl import SFTTrainer
 
 from slice_trl.utils import console, distributed
+from slice_trl.utils.run_folder import RunFolder, StageFolder
 from slice_trl.models import integrity
 from slice_trl.trainer import stages, trl_private
 from slice_trl.trainer.batching import sample_batches
@@ -41,7 +41,7 @@ from slice_trl.evaluation import evaluate_general, evaluate_task, tasks_to_score
 from slice_trl.initializers import InitReport, build_initializer, warn_if_far_from_paper
 from slice_trl.models.lora import ADAPTER
 from slice_trl.trainer.replay import ReplaySampleProvider, stage_seed
-from slice_trl.evaluation.results import ResultsMatrix, write_json_atomic
+from slice_trl.evaluation.results import ResultsMatrix
 from slice_trl.trainer.stages import merge_into_base  # noqa: F401  (re-exported: part of the trainer's API)
 from slice_trl.strategies import StageContext, StepHooks, build_strategy
 from slice_trl.tasks.base import Task, validate_tasks
@@ -68,7 +68,7 @@ class ContinualSFTTrainer(SFTTrainer):
         initializer: callable (model, adapter_name, current_batches, previous_batches) ->
             `InitReport`; default built from ``args.init``.
         replay_provider: default `ReplaySampleProvider(args.replay)`.
-        run_info: extra facts written to run.json (e.g. the recipe, the base model id).
+        run_info: extra facts kept with the run's own (`RunFolder.run_file`): e.g. the recipe, the base model id.
         publisher: optional callable(output_dir) run on the main process after each finished
             stage, and once more after GP/IP are written (e.g. `slice_trl.hub.push_pending`);
             it must not raise.
@@ -130,11 +130,11 @@ class ContinualSFTTrainer(SFTTrainer):
         return integrity.run_fingerprint(args, self.lora_config, base, self.tasks)
 
     @property
-    def output_path(self) -> Path:
-        return Path(self.args.output_dir)
+    def run_folder(self) -> RunFolder:
+        return RunFolder(self.args.output_dir)
 
-    def stage_path(self, t: int) -> Path:
-        return stages.stage_dir(self.output_path, t, self.tasks[t].name)
+    def stage_folder(self, t: int) -> StageFolder:
+        return self.run_folder.stage(t, self.tasks[t].name)
 
     def prepared_train(self, task: Task) -> Dataset:
         """The task's train split tokenised by SFTTrainer's own preparation (cached)."""
@@ -211,18 +211,18 @@ class ContinualSFTTrainer(SFTTrainer):
         strategy state, then merge into the base (``merge == "base"``) or keep the strategy's
         deployed adapter (``"adapter"``: the base is never changed; ``adapter_original_base`` then
         holds the deployed adapter). Without a strategy (`NoStrategy`): save, then merge."""
-        path, strategy = self.stage_path(t), self.strategy
+        path, strategy = self.stage_folder(t), self.strategy
         strategy.before_save(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
-                self.model.save_pretrained(str(path / stages.RAW), selected_adapters=[ADAPTER], safe_serialization=True)
+                self.model.save_pretrained(str(path.raw), selected_adapters=[ADAPTER], safe_serialization=True)
             else:
                 stages.save_trained(self.model, ADAPTER, path)
         distributed.barrier()
         strategy.after_task(self.stage_context, t)
         if self.accelerator.is_main_process:
             if strategy.merge == "adapter":
-                self.model.save_pretrained(str(path / stages.CONVERTED), selected_adapters=[ADAPTER],
+                self.model.save_pretrained(str(path.converted), selected_adapters=[ADAPTER],
                                            safe_serialization=True)
             strategy.save(path)
         distributed.barrier()
@@ -243,14 +243,14 @@ class ContinualSFTTrainer(SFTTrainer):
         """GP/IP (`slice_trl.evaluation.general.summarize`) of the model as it stands after ``stage`` (0 =
         the base model, before stage 1), with the change from the base model; None when
         ``evaluation.lm_eval_tasks`` is empty. The base model's scores are measured once and
-        cached in ``output_dir/base/general.json`` (reused on resume while the base model and the
+        cached in `RunFolder.base_general` (reused on resume while the base model and the
         GP/IP settings are the same)."""
         from slice_trl.evaluation import general
 
         cfg = self.args.evaluation
         if not cfg.lm_eval_tasks:
             return None
-        path = self.output_path / stages.BASE / stages.BASE_GENERAL
+        path = self.run_folder.base_general
         if stage == 0:
             identity = {"base_model": self.run_info.get("base_model") or getattr(self.model, "name_or_path", None),
                         "settings": general.settings(cfg)}
@@ -267,7 +267,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def evaluate_base(self) -> dict | None:
         """R_0 (``evaluation.score_base``): score the base model on every task before stage 1 and
-        write ``output_dir/base/record.json``; a record there from the same tasks and evaluation
+        write `RunFolder.base_record`; a record there from the same tasks and evaluation
         settings is reused (resume). Returns the record ({"scores": {task: score}, ...}) or None."""
         if not self.args.evaluation.score_base:
             return None
@@ -280,7 +280,7 @@ class ContinualSFTTrainer(SFTTrainer):
             scores = self.evaluate_seen_tasks(len(self.tasks) - 1)  # every task, on the untouched base model
             return {**stages.score_fields(scores), "timings": {"eval": time.perf_counter() - t0}}
 
-        return stages.base_measurement(self.output_path / stages.BASE / stages.RECORD, identity, measure,
+        return stages.base_measurement(self.run_folder.base_record, identity, measure,
                                        self.args.resume)
 
     # -------------------------------------------------------------- the loop
@@ -298,7 +298,7 @@ class ContinualSFTTrainer(SFTTrainer):
         }
         if self.args.strategy is not None:
             info["strategy"] = self.args.strategy.to_dict()
-        write_json_atomic(self.output_path / integrity.RUN_JSON, info)
+        self.run_folder.write_run(info)
 
     def _resume(self, results: ResultsMatrix) -> tuple[int, list[dict]]:
         if not self.args.resume:
@@ -306,20 +306,20 @@ class ContinualSFTTrainer(SFTTrainer):
         names = [t.name for t in self.tasks]
         done = 0
         if self.accelerator.is_main_process:
-            stages.check_finished(self.output_path, names)  # a damaged stage: one message naming its folder
-            done = stages.finished_prefix(self.output_path, names)
+            stages.check_finished(self.run_folder.root, names)  # a damaged stage: one message naming its folder
+            done = stages.finished_prefix(self.run_folder.root, names)
         done = distributed.broadcast_object(done)
         records = []
         for t in range(done):
-            path = self.stage_path(t)
+            path = self.stage_folder(t)
             if self.strategy.merge == "base":
                 self.model = stages.reapply_stage(self.model, self.lora_config, path, merge=True)
-            record = stages.read_record(path)
+            record = path.read_record()
             results.record_stage(t, record["scores"])
             records.append(record)
-            logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path)
+            logger.info("Resumed stage %d (%s) from %s", t + 1, names[t], path.path)
         if done:
-            self.strategy.restore(self.stage_path(done - 1))
+            self.strategy.restore(self.stage_folder(done - 1))
             self.strategy.on_resume(self.stage_context, done)
         trl_private.use_model(self, self.model)
         return done, records
@@ -340,15 +340,15 @@ class ContinualSFTTrainer(SFTTrainer):
         }
 
     def _write_results(self, results: ResultsMatrix, records: Sequence[dict], general: dict | None = None) -> None:
-        """results.json and the heatmap; ``general``: GP/IP of the final model (default: the last record's)."""
+        """The results and the heatmap; ``general``: GP/IP of the final model (default: the last record's)."""
         if not self.accelerator.is_main_process:
             return
         general = general if general is not None else (records[-1].get("general") if records else None)
         payload = {**results.to_dict(), **results.summary()}  # AP, FP, forgetting (+ learned, retained with R_0)
         if general is not None:
             payload["general"] = general
-        write_json_atomic(self.output_path / "results.json", payload)
-        results.heatmap(self.output_path / "results_heatmap.png", title=f"R ({self.args.init.method})",
+        self.run_folder.write_results(payload)
+        results.heatmap(self.run_folder.heatmap, title=f"R ({self.args.init.method})",
                         general={r["stage"] - 1: r["general"] for r in records if r.get("general")})
 
     def train(self, *args, **kwargs) -> ContinualTrainOutput:  # noqa: D401 - runs the whole sequence
@@ -357,22 +357,22 @@ class ContinualSFTTrainer(SFTTrainer):
             raise TypeError("ContinualSFTTrainer.train() takes no arguments: resuming is automatic from output_dir.")
         if self.accelerator.is_main_process:
             if not self.args.resume:  # start over: nothing of the old run may be resumed later
-                moved = integrity.move_aside(self.output_path)
+                moved = integrity.move_aside(self.run_folder.root)
                 if moved is not None:
-                    logger.warning("resume=False: moved the previous content of %s to %s", self.output_path, moved)
-            self.output_path.mkdir(parents=True, exist_ok=True)
+                    logger.warning("resume=False: moved the previous content of %s to %s", self.args.output_dir, moved)
+            self.run_folder.root.mkdir(parents=True, exist_ok=True)
             self._write_run_info()
         distributed.barrier()
         results = ResultsMatrix([t.name for t in self.tasks])
         base = self.evaluate_base()  # the base model: before _resume merges finished stages into it
         if base is not None:
             results.set_base(base["scores"])
-        general0 = self.evaluate_general_ability(0)  # base-model GP/IP (cached in output_dir/base/general.json)
+        general0 = self.evaluate_general_ability(0)  # base-model GP/IP (cached in the run folder's base/)
         start, records = self._resume(results)
         self.tracking.start(results, base, general0, start)
         for t in range(start, len(self.tasks)):
             self._stage = t
-            path = self.stage_path(t)
+            path = self.stage_folder(t)
             timings = {}
             t0 = time.perf_counter()
             set_seed(stage_seed(self.args.seed, t))
@@ -402,9 +402,9 @@ class ContinualSFTTrainer(SFTTrainer):
                 timings["general"] = time.perf_counter() - t0
             records.append(record)
             if self.accelerator.is_main_process:
-                # results.json first: record.json marks the stage finished, so it is written last
+                # results first: the record marks the stage finished, so it is written last
                 self._write_results(results, records)
-                write_json_atomic(path / stages.RECORD, record)
+                path.write_record(record)
                 self.tracking.stage_end(t, record, results, records)  # trackers, stage and progress lines
             distributed.barrier()
             self.after_stage(t, record)
@@ -413,9 +413,9 @@ class ContinualSFTTrainer(SFTTrainer):
         if general is None and self.args.evaluation.lm_eval_tasks:  # a run finished before GP/IP were asked for
             general = self.evaluate_general_ability(len(self.tasks))
         self._write_results(results, records, general)
-        self.tracking.finish(results, general, self.output_path / "results_heatmap.png")
+        self.tracking.finish(results, general, self.run_folder.heatmap)
         if general is not None:
-            self._publish()  # the final commit: results.json and the card gain GP/IP
+            self._publish()  # the final commit: the results and the card gain GP/IP
         return ContinualTrainOutput(results, records, general)
 
     def after_stage(self, t: int, record: dict) -> None:
@@ -424,4 +424,4 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def _publish(self) -> None:
         if self.publisher is not None and self.accelerator.is_main_process:
-            self.publisher(self.output_path)
+            self.publisher(self.run_folder.root)

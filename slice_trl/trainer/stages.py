@@ -1,17 +1,5 @@
-"""The on-disk layout of a continual run, and the two ways a finished stage is re-applied.
-
-```
-output_dir/
-  run.json                 base model, task names, seed, LoRA config, recipe (written first)
-  results.json             R so far, AP/FP/forgetting (rewritten after every stage)
-  results_heatmap.png
-  stages/01-<task>/        one folder per stage, t 1-indexed
-    init_adapter/          the adapter right after initialisation (A0, B0): PEFT format
-    adapter/               the trained adapter (A, B), RAW: applies to the base after absorption
-    adapter_original_base/ converted (rank 2r: A' = [A; A0], B' = [B | -B0]): applies to the base
-                           with stages 1..t-1 merged, i.e. without this package
-    record.json            written LAST, atomically: a stage is finished iff it exists
-```
+"""A finished stage, re-applied the two ways it can be, and the rules that read and write the
+stage folders (their names and files: `slice_trl.utils.run_folder`).
 
 Resume re-applies a stage exactly as the live run did (absorb A0 B0 with the same function,
 load the trained A B, merge with PEFT), so a resumed run is bitwise equal to an uninterrupted
@@ -21,41 +9,14 @@ one. Publishing uses the converted adapter.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from slice_trl.utils import distributed
-from slice_trl.evaluation.results import write_json_atomic
-
-RECORD = "record.json"
-RAW, INIT, CONVERTED = "adapter", "init_adapter", "adapter_original_base"
-STAGES = "stages"
-# the base model's scores, measured once before stage 1: R_0 (RECORD) and GP/IP (BASE_GENERAL)
-BASE, BASE_GENERAL = "base", "general.json"
-# PEFT's file names inside each adapter folder
-ADAPTER_CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_WEIGHTS = WEIGHTS
-_DIRNAME_RE = re.compile(r"^(\d+)-(.+)$")
-
-
-def safe_name(task_name: str) -> str:
-    """A task name as a folder name, locally and on the Hub: runs of other characters become '_',
-    and no leading/trailing '.' or '_' (no hidden folders)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", task_name).strip("._") or "task"
-
-
-def stage_dirname(stage: int, task_name: str) -> str:
-    """'01-task088' for stage index 0 (0-indexed in code, 1-indexed on disk)."""
-    return f"{stage + 1:02d}-{safe_name(task_name)}"
-
-
-def parse_stage_dirname(name: str) -> tuple[int, str] | None:
-    """(1-indexed stage, task) of a folder named by `stage_dirname`; None for any other name."""
-    match = _DIRNAME_RE.match(name)
-    return (int(match.group(1)), match.group(2)) if match else None
+from slice_trl.utils.jsonio import read_json, write_json_atomic
+from slice_trl.utils.run_folder import RunFolder, StageFolder
 
 
 def score_fields(scores: dict) -> dict:
@@ -68,10 +29,6 @@ def score_fields(scores: dict) -> dict:
             "predictions": {n: s.predictions for n, s in scores.items()}}
 
 
-def stage_dir(output_dir: str | Path, stage: int, task_name: str) -> Path:
-    return Path(output_dir) / STAGES / stage_dirname(stage, task_name)
-
-
 def base_measurement(path: Path, identity: dict, measure, reuse: bool = True) -> dict:
     """THE reuse rule of ``output_dir/base/``: the record at ``path`` is reused when ``reuse`` is
     set and its identity keys equal ``identity`` (the settings it was measured with); otherwise
@@ -79,7 +36,7 @@ def base_measurement(path: Path, identity: dict, measure, reuse: bool = True) ->
     writes ``{**identity, **measure()}``. Returns the record, the same on every process."""
     cached = None
     if distributed.rank_and_world()[0] == 0 and reuse and path.is_file():
-        cached = json.loads(path.read_text())
+        cached = read_json(path)
         cached = cached if all(cached.get(k) == v for k, v in identity.items()) else None
     cached = distributed.broadcast_object(cached)
     if cached is not None:
@@ -91,53 +48,46 @@ def base_measurement(path: Path, identity: dict, measure, reuse: bool = True) ->
     return record
 
 
-def is_finished(path: Path) -> bool:
-    return (path / RECORD).is_file()
-
-
-def read_record(path: Path) -> dict:
-    return json.loads((path / RECORD).read_text())
-
-
 def finished_prefix(output_dir: str | Path, task_names: list[str]) -> int:
     """Number of leading stages that are finished on disk; later partial stage folders are
     removed (an unfinished stage restarts from scratch)."""
+    run = RunFolder(output_dir)
     done = 0
     for t, name in enumerate(task_names):
-        if is_finished(stage_dir(output_dir, t, name)):
+        if run.stage(t, name).finished:
             done += 1
         else:
             break
     for t in range(done, len(task_names)):
-        partial = stage_dir(output_dir, t, task_names[t])
+        partial = run.stage(t, task_names[t]).path
         if partial.exists():
             shutil.rmtree(partial)
     return done
 
 
 class DamagedStageError(ValueError):
-    """A finished stage folder (record.json present) whose files cannot be re-applied."""
+    """A finished stage folder (its record present) whose files cannot be re-applied."""
 
 
-def _damage(path: Path) -> str | None:
-    """Why a finished stage folder cannot be resumed from, or None: record.json must parse, both
+def _damage(stage: StageFolder) -> str | None:
+    """Why a finished stage folder cannot be resumed from, or None: the record must parse, both
     adapters' weights must exist, and every safetensors file must be complete (its header is
     read; a truncated file fails there)."""
     from safetensors import safe_open
 
     try:
-        json.loads((path / RECORD).read_text())
+        json.loads(stage.record.read_text())
     except ValueError as err:
-        return f"{RECORD} is not valid JSON ({err})"
-    for sub in (INIT, RAW):
-        if not (path / sub / _WEIGHTS).is_file():
-            return f"{sub}/{_WEIGHTS} is missing"
-    for file in sorted(path.rglob("*.safetensors")):
+        return f"{stage.RECORD} is not valid JSON ({err})"
+    for sub in (stage.INIT, stage.RAW):
+        if not (stage.path / sub / stage.WEIGHTS).is_file():
+            return f"{sub}/{stage.WEIGHTS} is missing"
+    for file in sorted(stage.path.rglob("*.safetensors")):
         try:
             with safe_open(str(file), "pt"):
                 pass
         except Exception as err:  # noqa: BLE001 - SafetensorError and OSError alike
-            return f"{file.relative_to(path)} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+            return f"{file.relative_to(stage.path)} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     return None
 
 
@@ -147,37 +97,37 @@ def check_finished(output_dir: str | Path, task_names: list[str]) -> int:
     are looked at (other folders of output_dir are not stages). Reads only."""
     done = 0
     for t, name in enumerate(task_names):
-        path = stage_dir(output_dir, t, name)
-        if not is_finished(path):
+        stage = RunFolder(output_dir).stage(t, name)
+        if not stage.finished:
             break
-        why = _damage(path)
+        why = _damage(stage)
         if why is not None:
             raise DamagedStageError(
-                f"Finished stage folder {str(path)!r} is damaged: {why}. Delete that folder to retrain stage {t + 1} "
+                f"Finished stage folder {str(stage.path)!r} is damaged: {why}. Delete that folder to retrain stage {t + 1} "
                 "(and the stages after it) on the next run, or start over with a new output_dir.")
         done += 1
     return done
 
 
-def save_initial(peft_model, adapter_name: str, path: Path) -> None:
-    peft_model.save_pretrained(str(path / INIT), selected_adapters=[adapter_name], safe_serialization=True)
+def save_initial(peft_model, adapter_name: str, stage: StageFolder) -> None:
+    peft_model.save_pretrained(str(stage.init), selected_adapters=[adapter_name], safe_serialization=True)
 
 
-def save_trained(peft_model, adapter_name: str, path: Path) -> None:
+def save_trained(peft_model, adapter_name: str, stage: StageFolder) -> None:
     """Save the raw trained adapter, then the converted one (PEFT's own conversion, the one it
     uses for PiSSA/LoRA-GA: rank and alpha double, the scaling is unchanged)."""
-    peft_model.save_pretrained(str(path / RAW), selected_adapters=[adapter_name], safe_serialization=True)
+    peft_model.save_pretrained(str(stage.raw), selected_adapters=[adapter_name], safe_serialization=True)
     peft_model.save_pretrained(
-        str(path / CONVERTED), selected_adapters=[adapter_name], safe_serialization=True,
-        path_initial_model_for_weight_conversion=str(path / INIT),
+        str(stage.converted), selected_adapters=[adapter_name], safe_serialization=True,
+        path_initial_model_for_weight_conversion=str(stage.init),
     )
 
 
 def _adapter_tensors(folder: Path) -> dict:
-    return load_file(str(folder / _WEIGHTS))
+    return load_file(str(folder / StageFolder.WEIGHTS))
 
 
-def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
+def reapply_stage(base_model, lora_config, stage: StageFolder, merge: bool = True):
     """Rebuild the end of a finished stage on ``base_model`` (the model as it stood before the
     stage): attach a fresh adapter, absorb the saved A0 B0, load the trained A B, then merge.
     Returns the plain merged model (or the PeftModel when ``merge`` is False)."""
@@ -188,7 +138,7 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
     from slice_trl.models.lora import ADAPTER, lora_layers, write_and_absorb
 
     peft_model = get_peft_model(base_model, copy.deepcopy(lora_config))
-    init = _adapter_tensors(path / INIT)
+    init = _adapter_tensors(stage.init)
     layers = lora_layers(peft_model, ADAPTER)
     for name, layer in layers.items():
         prefix = f"base_model.model.{name}"
@@ -196,9 +146,9 @@ def reapply_stage(base_model, lora_config, path: Path, merge: bool = True):
         b0 = init[f"{prefix}.lora_B.weight"]
         write_and_absorb(layer, ADAPTER, a0.to(layer.lora_A[ADAPTER].weight.device),
                          b0.to(layer.lora_B[ADAPTER].weight.device))
-    result = set_peft_model_state_dict(peft_model, _adapter_tensors(path / RAW), adapter_name=ADAPTER)
+    result = set_peft_model_state_dict(peft_model, _adapter_tensors(stage.raw), adapter_name=ADAPTER)
     if result.unexpected_keys:
-        raise ValueError(f"{path / RAW} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
+        raise ValueError(f"{stage.raw} does not match the LoRA config: unexpected keys {result.unexpected_keys[:3]}")
     return merge_into_base(peft_model) if merge else peft_model
 
 

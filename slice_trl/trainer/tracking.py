@@ -21,8 +21,8 @@ every seen task's score and every entry of `ResultsMatrix.summary` after each st
 (``eval/<task>``, ``eval/AP``, ...), and at the end ``eval/final/...``; R as a table and the heatmap
 as an image go to the trackers whose client takes media (TensorBoard, trackio, wandb, mlflow).
 
-Resume: ``run.json`` ``"tracking"`` keeps the run's identity (TensorBoard log dir, run name, wandb
-and mlflow run ids) and the last step logged, written before each log reaches a tracker; a
+Resume: the ``"tracking"`` entry of the run's facts keeps the run's identity (TensorBoard log dir,
+run name, wandb and mlflow run ids) and the last step logged, written before each log reaches a tracker; a
 resumed run continues the same tracker run after that step (so a stage killed half-way keeps its
 points and its rerun follows them: no step is logged twice) and never logs a finished stage again.
 Only the main process logs and writes (the integrations themselves check ``is_world_process_zero``).
@@ -31,7 +31,6 @@ Only the main process logs and writes (the integrations themselves check ``is_wo
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import secrets
@@ -43,14 +42,12 @@ from transformers import TrainerCallback
 from transformers.integrations import integration_utils as hf_integrations
 
 from slice_trl.utils import console
-from slice_trl.models.integrity import RUN_JSON
-from slice_trl.evaluation.results import write_json_atomic
 from slice_trl.configs.config import report_to_names as _names
 from slice_trl.configs.config import validate_report_to  # noqa: F401  (re-exported: checked where the config is)
 
 logger = logging.getLogger(__name__)
 
-TRACKING = "tracking"  # run.json key
+TRACKING = "tracking"  # the key of the run's facts (`RunFolder.run_file`)
 # report_to name -> (module transformers checks for, the pip command that installs it)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "trackio": ("trackio", "trackio"),
             "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"), "comet_ml": ("comet_ml", "comet_ml"),
@@ -190,8 +187,8 @@ class ContinualTracking:
         handler = trainer.callback_handler
         integrations = [cb for cb in handler.callbacks if isinstance(cb, kinds)]
         previous = None
-        if trainer.args.resume and (trainer.output_path / RUN_JSON).is_file():
-            previous = json.loads((trainer.output_path / RUN_JSON).read_text()).get(TRACKING)
+        if trainer.args.resume and trainer.run_folder.run_file.is_file():
+            previous = trainer.run_folder.read_run().get(TRACKING)
         self.entry = previous or {}
         self.callback = None
         if not integrations:
@@ -201,14 +198,14 @@ class ContinualTracking:
         args_view = copy.copy(trainer.args)
         flat = _flat_config(trainer.args, [t.name for t in trainer.tasks])
         args_view.to_dict = lambda: dict(flat)
-        default_name = f"{trainer.output_path.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        default_name = f"{trainer.run_folder.root.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         args_view.run_name = self.entry.get("run_name") or trainer.args.run_name or default_name
         self.entry.update(report_to=list(trainer.args.report_to), run_name=args_view.run_name)
         self.entry.setdefault("last_step", 0)
         self.callback = SequenceCallback(integrations, args_view, self._save_step)
         self.callback.last_step = self.entry["last_step"]
         handler.add_callback(self.callback)
-        trainer.run_info[TRACKING] = self.entry  # written to run.json with the run's facts
+        trainer.run_info[TRACKING] = self.entry  # written with the run's facts
 
     @property
     def main(self) -> bool:
@@ -225,10 +222,9 @@ class ContinualTracking:
             self._persist()
 
     def _persist(self) -> None:
-        path = self.trainer.output_path / RUN_JSON
-        if self.main and path.is_file():
-            info = json.loads(path.read_text())
-            write_json_atomic(path, {**info, TRACKING: self.entry})
+        run = self.trainer.run_folder
+        if self.main and run.run_file.is_file():
+            run.write_run({**run.read_run(), TRACKING: self.entry})
 
     def _log(self, logs: dict, step: int) -> None:
         if self.callback is not None and self.main and logs:
@@ -237,7 +233,7 @@ class ContinualTracking:
 
     # ------------------------------------------------------------------ the loop's calls
     def start(self, results, base: dict | None, general: dict | None, first_stage: int) -> None:
-        """Start the trackers (once per process, on the run recorded in run.json when resuming) and
+        """Start the trackers (once per process, on the run recorded in the run folder when resuming) and
         log what the base model scored at step 0, unless this tracker run has it already."""
         if self.callback is None or self.entry.get("final_logged"):  # a finished run, rerun: nothing new to log
             return
@@ -264,7 +260,7 @@ class ContinualTracking:
         if self._client("TensorBoardCallback") is not None and self.entry.get("tensorboard_dir"):
             where = Path(self.entry["tensorboard_dir"])
             self._client("TensorBoardCallback").logging_dir = str(where if where.is_absolute()
-                                                                  else self.trainer.output_path / where)
+                                                                  else self.trainer.run_folder.root / where)
         if self._client("WandbCallback") is not None:
             run_id = self.entry.get("wandb_run_id") or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
             env.update(WANDB_RUN_ID=run_id, WANDB_RESUME="allow")
@@ -277,7 +273,7 @@ class ContinualTracking:
         tb = self._client("TensorBoardCallback")
         if tb is not None and tb.logging_dir:
             where = Path(tb.logging_dir).resolve()
-            out = self.trainer.output_path.resolve()
+            out = self.trainer.run_folder.root.resolve()
             self.entry["tensorboard_dir"] = str(where.relative_to(out) if where.is_relative_to(out) else where)
         trackio = self._client("TrackioCallback")
         if trackio is not None:

@@ -1,5 +1,6 @@
-"""Atomic JSON writes: a reader sees either the old file or the whole new one; run summaries with
-their predictions in a compressed sidecar (leaf module)."""
+"""The package's one JSON reader and writer: `read_json`, `write_json_atomic` (a reader sees either
+the old file or the whole new one), `json_bytes` (the same text as bytes, for uploads); run
+summaries with their predictions in a compressed sidecar (leaf module)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["predictions_path", "read_summary", "write_json_atomic", "write_summary"]
+__all__ = ["json_bytes", "predictions_path", "read_json", "read_summary", "write_json_atomic", "write_summary"]
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in the UTF-8 file ``path``."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def json_bytes(obj) -> bytes:
+    """``obj`` as the bytes `write_json_atomic` writes (indent 2, UTF-8, trailing newline)."""
+    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
 
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> None:
