@@ -7,8 +7,8 @@ Flags: ``--dry-run`` (validate the recipe, read the task data and compare with t
 in ``output_dir``, load no model; exits non-zero on any problem), ``--push-only`` (publish the
 finished stages of ``output_dir`` that are not on the Hub yet, and task splits whose push failed;
 exits 1 when something is still not on the Hub), ``--overwrite`` (start over: move the whole
-previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``; the same as
-``--resume false``), ``--verbose`` (library logs and progress bars as they come),
+previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``, only when it holds a
+slice-trl run; the same as ``--resume false``), ``--verbose`` (library logs and progress bars as they come),
 ``--help`` (every recipe key with its help text), ``--list-sequences`` (every named benchmark
 sequence a recipe can give as ``sequence:``, its tasks and where its data comes from).
 
