@@ -7,8 +7,8 @@ Flags: ``--dry-run`` (validate the recipe, read the task data and compare with t
 in ``output_dir``, load no model; exits non-zero on any problem), ``--push-only`` (publish the
 finished stages of ``output_dir`` that are not on the Hub yet, and task splits whose push failed;
 exits 1 when something is still not on the Hub), ``--overwrite`` (start over: move the whole
-previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``; the same as
-``--resume false``), ``--verbose`` (library logs and progress bars as they come),
+previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``, only when it holds a
+slice-trl run; the same as ``--resume false``), ``--verbose`` (library logs and progress bars as they come),
 ``--help`` (every recipe key with its help text), ``--list-sequences`` (every named benchmark
 sequence a recipe can give as ``sequence:``, its tasks and where its data comes from).
 
@@ -102,6 +102,8 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     from slice_trl.trainer.continual_sft_trainer import ContinualSFTTrainer
 
     preflight.check_recipe(recipe)
+    if not recipe.training.resume:  # --overwrite: a folder that holds no slice-trl run is refused before any load
+        preflight.check_previous_run(recipe)
     m = recipe.model
     trust = recipe.training.trust_remote_code
     tokenizer = recipe.load_tokenizer()
@@ -136,7 +138,7 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
     trainer = ContinualSFTTrainer(
         model=model, args=recipe.training, tasks=tasks, peft_config=recipe.lora_config(), processing_class=tokenizer,
         run_info={"base_model": m.model_name_or_path, "base_model_revision": m.model_revision,
-                  "recipe": _public_recipe(recipe)}, publisher=publish,
+                  "recipe": _public_recipe(recipe)}, publisher=publish, model_args=m,
     )
     console.quiet_trainer(trainer)
     out = trainer.train()
@@ -178,6 +180,21 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def _interrupted(recipe: Recipe | None) -> str:
+    """The one line printed on Ctrl-C: how many stages are finished on disk (an unfinished one restarts)."""
+    if recipe is None:
+        return "interrupted while reading the recipe; nothing was written."
+    from slice_trl.utils.run_folder import RunFolder
+
+    out = recipe.training.output_dir
+    try:
+        done = len(RunFolder(out).finished_stages())
+    except (OSError, ValueError):
+        done = "?"
+    return (f"interrupted: {done} of {len(recipe.task_specs)} stages finished in {out}; rerun the same command "
+            "to resume.")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, flags = _split_flags(argv)
@@ -201,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
         configure(verbose="--verbose" in flags)
 
+    recipe = None
     try:
         # --dry-run and --push-only need neither the task data nor the training hardware on this machine
         recipe = load_recipe(path, overrides, for_this_machine=not flags & {"--dry-run", "--push-only"},
@@ -209,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is on disk and how to go on, no traceback
+        print(_interrupted(recipe), file=sys.stderr)
+        return 130
     if "--push-only" in flags and not out.ok:
         return 1  # something is still not on the Hub: scripts must see it
     return 0

@@ -34,7 +34,8 @@ def test_a_stage_is_finished_iff_its_record_exists(tmp_path):
     run.stage(1, "a").write_record({"stage": 2})
     run.stage(0, "b").write_record({"stage": 1})
     assert [(s.number, s.task) for s in run.finished_stages()] == [(1, "b"), (2, "a")]
-    assert json.loads((tmp_path / "stages" / "02-a" / "record.json").read_text()) == {"stage": 2}
+    # the record holds the sha256 of every other file of its stage folder (none here), checked on resume
+    assert json.loads((tmp_path / "stages" / "02-a" / "record.json").read_text()) == {"stage": 2, "files_sha256": {}}
     assert run.stage_records() == [tmp_path / "stages" / "01-b" / "record.json",
                                    tmp_path / "stages" / "02-a" / "record.json"]
     run.stage(1, "other").write_record({})  # two finished folders for stage 2: the stale one is named

@@ -410,8 +410,8 @@ def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_pat
 
     with monkeypatch.context() as mp:
         mp.setattr("slice_trl.trainer.continual_sft_trainer.ContinualSFTTrainer", Killed)
-        with pytest.raises(KeyboardInterrupt):
-            run_mod.main([str(recipe), "--overwrite", "--max_steps", "1"])
+        # main() ends a Ctrl-C with one line and exit 130 (issue 27)
+        assert run_mod.main([str(recipe), "--overwrite", "--max_steps", "1"]) == 130
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("out.replaced-")]
     assert len(aside) == 1 and _snapshot(aside[0]) == old  # the old run, whole, beside
     assert json.loads((out / "stages" / "01-first" / "record.json").read_text())["init"]["method"] == "slice"
@@ -436,6 +436,20 @@ def test_killed_overwrite_never_resumes_stale_stages_and_damage_is_named(tmp_pat
             for s in ("01-first", "02-last")] == ["slice", "slice"]
 
 
+def _finished_stage(out: Path, task: str) -> None:
+    """Stage 1 of ``task`` finished in ``out``: both adapters' weights (zeros) and a record."""
+    import torch
+    from safetensors.torch import save_file
+
+    from slice_trl.utils.run_folder import RunFolder
+
+    stage = RunFolder(out).stage(0, task)
+    for sub in (stage.init, stage.raw):
+        sub.mkdir(parents=True)
+        save_file({"w": torch.zeros(4)}, str(sub / stage.WEIGHTS))
+    stage.record.write_text("{}")
+
+
 def test_trainer_keeps_its_own_check_for_python_api_users(tmp_path):
     from peft import LoraConfig
 
@@ -454,6 +468,7 @@ def test_trainer_keeps_its_own_check_for_python_api_users(tmp_path):
     first = build()
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / "run.json").write_text(json.dumps({"fingerprint": first.fingerprint}))
+    _finished_stage(tmp_path / "out", "first")  # a run that finished no stage would simply restart (issue 27)
     assert build().fingerprint == first.fingerprint  # same settings, same in-memory weights: resumes
     with pytest.raises(ValueError, match=r"learning_rate: 0\.0001 -> 0\.0003.*resume=False"):
         build(learning_rate=3e-4)
@@ -477,6 +492,7 @@ def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys
     (out / "run.json").write_text(json.dumps({"fingerprint": integrity.run_fingerprint(
         vanilla.training, vanilla.lora_config(), integrity.model_identity(m.model_name_or_path, m.model_revision),
         task_names=[s.display_name for s in vanilla.task_specs])}))
+    _finished_stage(out, vanilla.task_specs[0].display_name)  # with no finished stage it would restart (issue 27)
     assert preflight.check_previous_run(vanilla) == "resume"
     capsys.readouterr()
     assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out)]) == 2
@@ -486,7 +502,7 @@ def test_quickstart_vanilla_then_slice_is_refused_under_dry_run(tmp_path, capsys
     assert "output_dir: resumes the run there" in capsys.readouterr().out
     assert run_mod.main([str(quickstart), "--dry-run", "--output_dir", str(out), "--overwrite"]) == 0
     assert "moves the previous run there aside" in capsys.readouterr().out
-    assert [p.name for p in out.iterdir()] == ["run.json"]  # a dry run moves nothing
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "stages"]  # a dry run moves nothing
 
 
 def test_stage_line_says_whether_the_projection_fired():

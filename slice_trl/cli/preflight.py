@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 OUTPUT_STATES = {"new": "new run", "resume": "resumes the run there (same settings)",
-                 "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)"}
+                 "replace": "a real run first moves the previous run there aside (resume=false / --overwrite)",
+                 "restart": "a run there finished no stage: a real run starts it afresh with these settings"}
 
 
 def _fail(key: str, value, why: str, fix: str):
@@ -208,7 +209,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
 
 def check_previous_run(recipe: Recipe, tasks=None) -> str:
     """Compare this run's fingerprint with the run already in output_dir (writing nothing).
-    Returns "new", "resume" or "replace" (see `integrity.check_output_dir`); a mismatch or a
+    Returns "new", "resume", "restart" or "replace" (see `integrity.check_output_dir`); a mismatch or a
     damaged finished stage is a `RecipeError`. Without ``tasks`` (a dry run: no tokenizer, so no
     prepared data, and possibly another machine than the run's) the task data and the
     hardware-dependent keys (use_cpu, bf16) are not compared."""
@@ -218,9 +219,10 @@ def check_previous_run(recipe: Recipe, tasks=None) -> str:
     m = recipe.model
     names = [s.display_name for s in recipe.task_specs]
     fp = integrity.run_fingerprint(recipe.training, recipe.lora_config(),
-                                   integrity.model_identity(m.model_name_or_path, m.model_revision), tasks, names)
+                                   integrity.model_identity(m.model_name_or_path, m.model_revision), tasks, names,
+                                   model_args=m)
     out = recipe.training.output_dir
-    sections = None if tasks is not None else ("base_model", "lora", "training", "task_names")
+    sections = None if tasks is not None else ("base_model", "lora", "model", "training", "task_names")
     skip = () if tasks is not None else ("use_cpu", "bf16")
     try:
         state = integrity.check_output_dir(out, fp, recipe.training.resume, sections=sections, skip=skip)

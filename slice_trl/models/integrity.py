@@ -6,6 +6,8 @@ The run's facts (`RunFolder.run_file`) hold ``fingerprint``, a nested mapping:
 - ``base_model``: ``id`` (Hub id or path as given), ``revision``, and for a local checkpoint
   ``files_sha256`` (a content hash of the checkpoint's files, cached by path, size and mtime);
 - ``lora``: the `peft.LoraConfig`;
+- ``model``: every field of TRL's `ModelConfig` (``dtype``, ``attn_implementation``, quantisation, ...)
+  less `IGNORED_MODEL_KEYS` (`model_fingerprint`); absent when the trainer is used without a recipe;
 - ``training``: every field of `ContinualSFTConfig` (TRL's SFTConfig, transformers'
   TrainingArguments and the nested ``init``/``replay``/``evaluation``/``strategy`` configs),
   taken generically from ``to_dict()`` so that a field added later is covered without an edit,
@@ -14,9 +16,12 @@ The run's facts (`RunFolder.run_file`) hold ``fingerprint``, a nested mapping:
   train and eval records (after splitting and length fitting).
 
 On a rerun in the same output_dir (`check_output_dir`): an equal fingerprint resumes, any
-difference stops with one message listing each differing key as ``old -> new``. Starting over
-(`move_aside`) moves the whole previous content of output_dir into a sibling
-``<output_dir>.replaced-<UTC timestamp>/`` before anything new is written.
+difference stops with one message listing each differing key as ``old -> new`` -- unless no stage
+finished there yet (a failure before stage 1 trained): then nothing can mix and the rerun starts
+afresh (`discard_unfinished`). Starting over (`move_aside`) moves the whole previous content of
+output_dir into a sibling ``<output_dir>.replaced-<UTC timestamp>/`` before anything new is
+written, and only when output_dir holds a slice-trl run (`foreign_entries`): never a folder of
+other files (a mistyped ``--output_dir ~``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slice_trl.utils.run_folder import RunFolder
+from slice_trl.utils.run_folder import RunFolder, sha256_file
 
 FINGERPRINT = "fingerprint"
 
@@ -53,6 +58,16 @@ IGNORED_KEYS = frozenset({
     "ddp_find_unused_parameters",  # only whether DDP searches the graph for unused parameters
 })
 
+# Fields of TRL's ModelConfig left out of the ``model`` section, each because another part of the
+# fingerprint already covers it or because the run always sets it:
+IGNORED_MODEL_KEYS = frozenset({
+    "model_name_or_path",  # base_model.id, and base_model.files_sha256 (the checkpoint's content)
+    "use_peft",  # always True: the recipe sets it (every stage trains a LoRA adapter)
+    # the LoRA settings: the `lora` section holds the `peft.LoraConfig` built from them
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+    "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora",
+})
+
 # Fields of earlier versions that were removed without ever changing a result: left out of a stored
 # fingerprint when it is compared, so a run made before their removal still resumes.
 RETIRED_KEYS = frozenset({"merge_after_task"})  # never read: every stage merged into the base
@@ -60,6 +75,18 @@ RETIRED_KEYS = frozenset({"merge_after_task"})  # never read: every stage merged
 RENAMED_KEYS = {"init.gradient_checkpointing": "init.activation_checkpointing"}  # transformers 5's name
 # Keys added later, with their defaults: a run recorded before they existed ran with the default.
 ADDED_KEYS = {"evaluation.every": 1, "evaluation.score_upcoming": False}
+
+
+def _model_defaults() -> dict:
+    """ModelConfig's defaults of the fingerprinted model keys (`ADDED_KEYS` of the ``model`` section):
+    a run recorded before that section existed ran with these unless its stored recipe says
+    otherwise (`_stored_model_settings`)."""
+    from dataclasses import MISSING, fields
+
+    from trl import ModelConfig
+
+    return {f.name: _jsonable(f.default) for f in fields(ModelConfig)
+            if f.name not in IGNORED_MODEL_KEYS and f.default is not MISSING}
 
 
 # Environment variables a recipe's ``env:`` may not set: where the Hub token is read from or
@@ -100,6 +127,15 @@ def training_fingerprint(args) -> dict:
     return _jsonable({k: v for k, v in args.to_dict().items() if k not in IGNORED_KEYS})
 
 
+def model_fingerprint(model_args) -> dict:
+    """Every field of a `trl.ModelConfig` (``dtype``, ``attn_implementation``, ``model_revision``,
+    quantisation, and any field TRL adds later) less `IGNORED_MODEL_KEYS`."""
+    from dataclasses import fields
+
+    return _jsonable({f.name: getattr(model_args, f.name) for f in fields(model_args)
+                      if f.name not in IGNORED_MODEL_KEYS})
+
+
 def lora_fingerprint(lora_config) -> dict:
     return _jsonable({k: v for k, v in lora_config.to_dict().items() if k not in IGNORED_KEYS})
 
@@ -134,13 +170,10 @@ def file_sha256(path: Path, cache: dict | None = None) -> str:
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     if cache is not None and key in cache:
         return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+    digest = sha256_file(path)
     if cache is not None:
-        cache[key] = h.hexdigest()
-    return h.hexdigest()
+        cache[key] = digest
+    return digest
 
 
 def checkpoint_sha256(folder: Path) -> str:
@@ -179,10 +212,12 @@ def model_identity(name_or_path: str, revision: str | None = None) -> dict:
     return out
 
 
-def run_fingerprint(args, lora_config, base_model: dict, tasks=None, task_names=None) -> dict:
+def run_fingerprint(args, lora_config, base_model: dict, tasks=None, task_names=None, model_args=None) -> dict:
     """The whole fingerprint; ``tasks=None`` leaves the task data out (a dry run has no
-    tokenizer, so no prepared data) and takes the names from ``task_names``."""
+    tokenizer, so no prepared data) and takes the names from ``task_names``; ``model_args`` (the
+    recipe's `trl.ModelConfig`) adds the ``model`` section."""
     fp = {"base_model": _jsonable(base_model), "lora": lora_fingerprint(lora_config),
+          **({"model": model_fingerprint(model_args)} if model_args is not None else {}),
           "training": training_fingerprint(args),
           "task_names": [t.name for t in tasks] if tasks is not None else list(task_names or [])}
     if tasks is not None:
@@ -190,9 +225,13 @@ def run_fingerprint(args, lora_config, base_model: dict, tasks=None, task_names=
     return fp
 
 
+_TOP_LEVEL = ("training", "model")  # sections whose keys a recipe gives at its top level
+
+
 def flatten(fp: dict) -> dict:
-    """Dotted keys as a user writes them: training fields are top level (``learning_rate``,
-    ``init.method``), the rest keep their section (``lora.r``, ``tasks[1].sha256``)."""
+    """Dotted keys as a user writes them: training and model fields are top level (``learning_rate``,
+    ``init.method``, ``dtype``; the two classes share no field name), the rest keep their section
+    (``lora.r``, ``tasks[1].sha256``)."""
     out = {}
 
     def walk(prefix, value):
@@ -206,7 +245,7 @@ def flatten(fp: dict) -> dict:
             out[prefix] = value
 
     for section, value in fp.items():
-        walk("" if section == "training" else section, value)
+        walk("" if section in _TOP_LEVEL else section, value)
     return out
 
 
@@ -218,13 +257,23 @@ def differences(old: dict, new: dict, sections=None, skip=()) -> list[str]:
         new = {k: v for k, v in new.items() if k in sections}
     a, b = flatten(old), flatten(new)
     a = {RENAMED_KEYS.get(k, k): v for k, v in a.items() if k not in RETIRED_KEYS}
+    added = {**ADDED_KEYS, **(_model_defaults() if "model" in new else {})}
     missing = object()
     out = []
     for key in [k for k in list(a) + [k for k in b if k not in a] if k not in skip]:
-        va, vb = a.get(key, ADDED_KEYS.get(key, missing)), b.get(key, missing)
+        va, vb = a.get(key, added.get(key, missing)), b.get(key, missing)
         if va != vb:
             out.append(f"{key}: {'(unset)' if va is missing else repr(va)} -> {'(unset)' if vb is missing else repr(vb)}")
     return out
+
+
+def _stored_model_settings(old: dict, info: dict) -> dict:
+    """``old`` (a fingerprint recorded before the ``model`` section existed) with that section
+    taken from the model keys of the recipe kept in the same run.json (the rest: `_model_defaults`)."""
+    if "model" in old or not isinstance(info.get("recipe"), dict):
+        return old
+    recipe = info["recipe"]
+    return {**old, "model": _jsonable({k: recipe[k] for k in _model_defaults() if k in recipe})}
 
 
 # ------------------------------------------------------------------------------ output_dir rules
@@ -241,29 +290,53 @@ def _ways_out(output_dir, overwrite_hint: str) -> str:
             f"{Path(output_dir)}.replaced-<UTC time>/).")
 
 
+def _not_a_run(out: Path, overwrite_hint: str) -> str | None:
+    """Why ``out`` may not be moved aside, or None: it must hold a slice-trl run, i.e. a run.json with
+    a fingerprint, or nothing but the files slice-trl writes (`RunFolder.foreign_entries`)."""
+    foreign = RunFolder(out).foreign_entries()
+    if not foreign or (read_run_info(out) or {}).get(FINGERPRINT) is not None:
+        return None
+    shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
+    return (f"output_dir {str(out)!r} holds files that are not a slice-trl run ({shown}); {overwrite_hint} moves "
+            "aside only a slice-trl run, so nothing was moved. Choose another output_dir.")
+
+
 def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint: str = "--overwrite",
                      sections=None, skip=()) -> str:
     """Decide what a run in ``output_dir`` does, writing nothing. Returns "new" (nothing there),
-    "resume" (an equal fingerprint) or "replace" (``resume`` is False and there is something to
-    move aside). Raises `RunMismatchError` (one line, every differing key ``old -> new``) when a
-    resume would mix two runs; ``sections`` and ``skip`` limit the comparison (see `differences`)."""
+    "resume" (an equal fingerprint), "restart" (a run there finished no stage: nothing can mix, so
+    `discard_unfinished` clears it whatever its settings) or "replace" (``resume`` is False and
+    there is a slice-trl run to move aside). Raises `RunMismatchError` (one line) when a resume would
+    mix two runs (naming every differing key ``old -> new``), or when ``resume`` is False and
+    output_dir holds other files; ``sections`` and ``skip`` limit the comparison (see `differences`)."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise RunMismatchError(f"output_dir={str(out)!r} is a file, not a directory. Choose another output_dir.")
     if not out.is_dir() or not any(out.iterdir()):
         return "new"
     if not resume:
+        why = _not_a_run(out, overwrite_hint)
+        if why is not None:
+            raise RunMismatchError(why)
         return "replace"
     info = read_run_info(out)
     old = (info or {}).get(FINGERPRINT)
+    try:
+        unfinished = not RunFolder(out).finished_stages()
+    except ValueError:  # two finished folders of one stage: a finished run, named by check_finished
+        unfinished = False
     if old is None:
         what = (f"holds files but no {RunFolder.RUN}" if info is None else
                 f"holds a {RunFolder.RUN} without a fingerprint (a damaged run, or one from an older slice-trl)")
         if info is None and not RunFolder(out).stages_dir.exists():
             return "new"  # an unrelated, stage-free folder: the run writes beside its files
+        if unfinished:
+            return "restart"
         raise RunMismatchError(f"output_dir {str(out)!r} {what}: resuming could mix two runs. "
                                + _ways_out(out, overwrite_hint))
-    diff = differences(old, fingerprint, sections, skip)
+    diff = differences(_stored_model_settings(old, info), fingerprint, sections, skip)
+    if diff and unfinished:
+        return "restart"  # e.g. a failure before stage 1 trained, rerun with corrected settings
     if diff:
         shown = "; ".join(diff[:12]) + (f"; ... and {len(diff) - 12} more" if len(diff) > 12 else "")
         raise RunMismatchError(f"output_dir {str(out)!r} holds a run with other settings ({shown}); resuming "
@@ -271,16 +344,38 @@ def check_output_dir(output_dir, fingerprint: dict, resume: bool, overwrite_hint
     return "resume"
 
 
-def move_aside(output_dir) -> Path | None:
+def discard_unfinished(output_dir) -> None:
+    """Clear a run that finished no stage ("restart"): its run.json (settings and tracker run ids of
+    the failed attempt), a results file and the partial stage folders. The base model's scores
+    (``base/``, reused only when measured with the same settings), pushed.json, the pending task
+    splits and anything slice-trl did not write stay."""
+    run = RunFolder(output_dir)
+    if run.finished_stages():
+        raise RunMismatchError(f"output_dir {str(run.root)!r} holds finished stages: not discarded.")
+    for f in (run.run_file, run.results_file, run.heatmap):
+        f.unlink(missing_ok=True)
+    if run.stages_dir.is_dir():
+        for child in run.stages_dir.iterdir():
+            if child.is_dir() and RunFolder.stage_number(child.name) is not None:
+                shutil.rmtree(child)
+        if not any(run.stages_dir.iterdir()):
+            run.stages_dir.rmdir()
+
+
+def move_aside(output_dir, overwrite_hint: str = "--overwrite") -> Path | None:
     """Move the whole content of ``output_dir`` (every file and folder, whoever wrote it) into a
     new sibling ``<output_dir>.replaced-<UTC timestamp>/``; the folder itself stays. Returns the
-    sibling, or None when there was nothing to move."""
+    sibling, or None when there was nothing to move. Raises `RunMismatchError`, moving nothing,
+    when output_dir does not hold a slice-trl run (`check_output_dir`)."""
     out = Path(output_dir)
     if not out.is_dir():
         return None
     entries = sorted(out.iterdir())
     if not entries:
         return None
+    why = _not_a_run(out, overwrite_hint)
+    if why is not None:
+        raise RunMismatchError(why)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     target = out.with_name(f"{out.name}.replaced-{stamp}")
     target.mkdir(parents=False, exist_ok=False)

@@ -69,6 +69,7 @@ class ContinualSFTTrainer(SFTTrainer):
             `InitReport`; default built from ``args.init``.
         replay_provider: default `ReplaySampleProvider(args.replay)`.
         run_info: extra facts kept with the run's own (`RunFolder.run_file`): e.g. the recipe, the base model id.
+        model_args: the `trl.ModelConfig` the model was loaded with (dtype, attention, ...): fingerprinted.
         publisher: optional callable(output_dir) run on the main process after each finished
             stage, and once more after GP/IP are written (e.g. `slice_trl.hub.push_pending`);
             it must not raise.
@@ -76,7 +77,7 @@ class ContinualSFTTrainer(SFTTrainer):
 
     def __init__(self, model, args: ContinualSFTConfig, tasks: Sequence[Task], peft_config, processing_class,
                  initializer=None, replay_provider: ReplaySampleProvider | None = None, callbacks=None,
-                 run_info: dict | None = None, publisher=None, **kwargs):
+                 run_info: dict | None = None, publisher=None, model_args=None, **kwargs):
         from peft import LoraConfig, PeftModel
 
         if not isinstance(args, ContinualSFTConfig):
@@ -97,9 +98,11 @@ class ContinualSFTTrainer(SFTTrainer):
         self._stage = -1
         self._base_general = None  # the base model's GP/IP scores, see evaluate_general_ability
         # before anything is built or written: a resume must not mix two runs (integrity.py)
-        self.fingerprint = self._fingerprint(model, args)
-        integrity.check_output_dir(args.output_dir, self.fingerprint, args.resume,
-                                   overwrite_hint="resume=False")
+        self.fingerprint = self._fingerprint(model, args, model_args)
+        state = integrity.check_output_dir(args.output_dir, self.fingerprint, args.resume, overwrite_hint="resume=False")
+        if state == "restart" and distributed.rank_and_world()[0] == 0:  # no stage finished: nothing to keep
+            integrity.discard_unfinished(args.output_dir)  # before the tracking reads the old run ids
+            logger.info("%s held a run that finished no stage: starting it afresh", args.output_dir)
         # SFTTrainer wraps the model with peft_config and decides completion-only loss from the
         # first task's format; all tasks share that format (validated above).
         super().__init__(model=model, args=args, train_dataset=self.tasks[0].train, peft_config=peft_config,
@@ -118,7 +121,7 @@ class ContinualSFTTrainer(SFTTrainer):
         trl_private.use_model(self, self.model.unload())
 
     # ------------------------------------------------------------------ helpers
-    def _fingerprint(self, model, args) -> dict:
+    def _fingerprint(self, model, args, model_args=None) -> dict:
         """Everything that determines the results (`integrity.run_fingerprint`). The base model
         is named by run_info's "base_model"/"base_model_revision" when given (the CLI), else by
         the model's own name_or_path and commit hash."""
@@ -127,7 +130,7 @@ class ContinualSFTTrainer(SFTTrainer):
         base = integrity.model_identity(name, revision) if name else {"id": None, "revision": revision}
         if not name and not distributed.zero3_enabled():  # an in-memory model: identify it by its weights
             base["state_sha256"] = integrity.state_sha256(model)  # (ZeRO-3 shards differ between ranks)
-        return integrity.run_fingerprint(args, self.lora_config, base, self.tasks)
+        return integrity.run_fingerprint(args, self.lora_config, base, self.tasks, model_args=model_args)
 
     @property
     def run_folder(self) -> RunFolder:
@@ -357,7 +360,7 @@ class ContinualSFTTrainer(SFTTrainer):
             raise TypeError("ContinualSFTTrainer.train() takes no arguments: resuming is automatic from output_dir.")
         if self.accelerator.is_main_process:
             if not self.args.resume:  # start over: nothing of the old run may be resumed later
-                moved = integrity.move_aside(self.run_folder.root)
+                moved = integrity.move_aside(self.run_folder.root, overwrite_hint="resume=False")
                 if moved is not None:
                     logger.warning("resume=False: moved the previous content of %s to %s", self.args.output_dir, moved)
             self.run_folder.root.mkdir(parents=True, exist_ok=True)
@@ -402,9 +405,10 @@ class ContinualSFTTrainer(SFTTrainer):
                 timings["general"] = time.perf_counter() - t0
             records.append(record)
             if self.accelerator.is_main_process:
-                # results first: the record marks the stage finished, so it is written last
-                self._write_results(results, records)
+                # the record marks the stage finished (written once its files are); results.json, which
+                # names the stage, only after it: a kill in between leaves no claim of an unfinished stage
                 path.write_record(record)
+                self._write_results(results, records)
                 self.tracking.stage_end(t, record, results, records)  # trackers, stage and progress lines
             distributed.barrier()
             self.after_stage(t, record)

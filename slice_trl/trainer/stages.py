@@ -71,12 +71,13 @@ class DamagedStageError(ValueError):
 
 def _damage(stage: StageFolder) -> str | None:
     """Why a finished stage folder cannot be resumed from, or None: the record must parse, both
-    adapters' weights must exist, and every safetensors file must be complete (its header is
-    read; a truncated file fails there)."""
+    adapters' weights must exist, every safetensors file must be complete (its header is read; a
+    truncated file fails there), and every file must still hold the bytes the stage wrote (the
+    sha256 its record keeps, `StageFolder.changed_files`: a change of content alone is found too)."""
     from safetensors import safe_open
 
     try:
-        json.loads(stage.record.read_text())
+        record = json.loads(stage.record.read_text())
     except ValueError as err:
         return f"{stage.RECORD} is not valid JSON ({err})"
     for sub in (stage.INIT, stage.RAW):
@@ -88,7 +89,8 @@ def _damage(stage: StageFolder) -> str | None:
                 pass
         except Exception as err:  # noqa: BLE001 - SafetensorError and OSError alike
             return f"{file.relative_to(stage.path)} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    return None
+    changed = stage.changed_files(record) if isinstance(record, dict) else []
+    return "; ".join(changed) or None
 
 
 def check_finished(output_dir: str | Path, task_names: list[str]) -> int:
@@ -103,8 +105,9 @@ def check_finished(output_dir: str | Path, task_names: list[str]) -> int:
         why = _damage(stage)
         if why is not None:
             raise DamagedStageError(
-                f"Finished stage folder {str(stage.path)!r} is damaged: {why}. Delete that folder to retrain stage {t + 1} "
-                "(and the stages after it) on the next run, or start over with a new output_dir.")
+                f"stage {t + 1} ({name}): finished stage folder {str(stage.path)!r} is damaged: {why}. Delete that "
+                f"folder to retrain stage {t + 1} (and the stages after it) on the next run, restore its files, or "
+                "start over with --overwrite or a new output_dir.")
         done += 1
     return done
 

@@ -1,12 +1,13 @@
 """The run folder: every file and folder name of a continual run, on disk and on the Hub, in one
-place (leaf module: pathlib, re and the package's JSON reader/writer).
+place (leaf module: pathlib, re, hashlib and the package's JSON reader/writer).
 
 ```
 output_dir/ (RunFolder)          written by the trainer        model repo on the Hub
   run.json                       first: base model, tasks,      run.json (public copy), recipe.yaml
                                  seed, LoRA config, recipe
-  results.json                   after every stage: R so far,   results.json
-                                 AP/FP/forgetting (GP/IP)
+  results.json                   after every stage's record:    results.json
+                                 R so far, AP/FP/forgetting
+                                 (GP/IP)
   results_heatmap.png            with results.json              results_heatmap.png
   base/record.json               R_0 (evaluation.score_base)    base/record.json
   base/general.json              the base model's GP/IP         base/general.json
@@ -19,7 +20,8 @@ output_dir/ (RunFolder)          written by the trainer        model repo on the
                                  to the base as it was          adapter_model.safetensors
     strategy_state.safetensors   a strategy's state
     record.json                  LAST: the stage is finished    record.json
-                                 iff it exists
+                                 iff it exists; holds the
+                                 sha256 of every file above
   pushed.json                    what this machine pushed where
   hub_pending/task_splits/       task splits whose push failed
                                                                 README.md (the model card)
@@ -31,6 +33,7 @@ its stage folders are named by `hub_stage_folder`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from typing import Iterable
 
 from slice_trl.utils.jsonio import read_json, write_json_atomic
 
-__all__ = ["RunFolder", "StageFolder", "hub_stage_folder", "published_stages", "safe_name"]
+__all__ = ["RunFolder", "StageFolder", "hub_stage_folder", "published_stages", "safe_name", "sha256_file"]
 
 HUB_STAGE_PREFIX = "stage-"
 _LOCAL_STAGE_RE = re.compile(r"^(\d+)-(.+)$")
@@ -68,6 +71,15 @@ def published_stages(paths: Iterable[str]) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class StageFolder:
     """Stage ``number`` (1-indexed) of a run: ``stages/NN-<task>/`` (``task`` as a folder name)."""
@@ -78,6 +90,7 @@ class StageFolder:
 
     INIT, RAW, CONVERTED = "init_adapter", "adapter", "adapter_original_base"
     RECORD = "record.json"
+    FILES_SHA256 = "files_sha256"  # the record's key: {file of the stage folder: sha256 of its bytes}
     STRATEGY_STATE = "strategy_state.safetensors"
     # PEFT's file names inside each adapter folder
     ADAPTER_CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -114,8 +127,31 @@ class StageFolder:
         return read_json(self.record)
 
     def write_record(self, record: dict) -> None:
-        """Atomically: a reader sees no record or the whole one."""
+        """Atomically: a reader sees no record or the whole one. Written last, once every other file
+        of the stage is: ``record[FILES_SHA256]`` is set (in place, so the caller's copy equals the
+        one on disk) to the hashes of those files, which `changed_files` checks on resume."""
+        record[self.FILES_SHA256] = self.files_sha256()
         write_json_atomic(self.record, record)
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and p != self.record)
+
+    def files_sha256(self) -> dict[str, str]:
+        """{path relative to the stage folder (posix): sha256 of its bytes} of every file but the record."""
+        return {f.relative_to(self.path).as_posix(): sha256_file(f) for f in self._files()}
+
+    def changed_files(self, record: dict) -> list[str]:
+        """Why each file named in ``record[FILES_SHA256]`` no longer holds what the stage wrote
+        (``"adapter/adapter_model.safetensors changed since it was written"`` or ``"... is missing"``);
+        [] when all match, or for a record written before the hashes were kept."""
+        out = []
+        for name, digest in sorted((record.get(self.FILES_SHA256) or {}).items()):
+            file = self.path / name
+            if not file.is_file():
+                out.append(f"{name} is missing")
+            elif sha256_file(file) != digest:
+                out.append(f"{name} changed since it was written (its sha256 is not the one in {self.RECORD})")
+        return out
 
     @property
     def hub_folder(self) -> str:
@@ -140,6 +176,17 @@ class RunFolder:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+
+    def owned(self, name: str) -> bool:
+        """Whether a top-level entry ``name`` of root is one slice-trl writes (see the module's tree)."""
+        if name.startswith(".") and name.endswith(".tmp"):  # a JSON write cut short: .<name>.<random>.tmp
+            name = name[1:-len(".tmp")].rsplit(".", 1)[0]
+        return name in (self.RUN, self.RESULTS, self.HEATMAP, self.BASE, self.STAGES, self.PUSHED,
+                        self.PENDING_SPLITS.parts[0])
+
+    def foreign_entries(self) -> list[str]:
+        """The top-level entries of root that slice-trl did not write (sorted names; [] when root is absent)."""
+        return sorted(p.name for p in self.root.iterdir() if not self.owned(p.name)) if self.root.is_dir() else []
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.root)!r})"
@@ -215,8 +262,8 @@ class RunFolder:
             return []
         found = []
         for child in self.stages_dir.iterdir():
-            match = _LOCAL_STAGE_RE.match(child.name)
-            stage = StageFolder(int(match.group(1)), match.group(2), child) if match else None
+            number = self.stage_number(child.name)
+            stage = StageFolder(number, _LOCAL_STAGE_RE.match(child.name).group(2), child) if number is not None else None
             if child.is_dir() and stage is not None and stage.finished:
                 found.append(stage)
         found.sort(key=lambda s: s.number)
@@ -225,6 +272,12 @@ class RunFolder:
             raise ValueError(f"{self.stages_dir} has two finished folders for the same stage number: "
                              f"{[s.path.name for s in found]}. Delete the stale one.")
         return found
+
+    @staticmethod
+    def stage_number(folder: str) -> int | None:
+        """The stage number of a local stage folder name (``NN-<task>``), None for any other name."""
+        match = _LOCAL_STAGE_RE.match(folder)
+        return int(match.group(1)) if match else None
 
     def stage_records(self) -> list[Path]:
         """The record of every finished stage, in folder-name order."""
