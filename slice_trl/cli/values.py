@@ -131,7 +131,7 @@ def _describe(members) -> str:
         elif isinstance(origin, type) and issubclass(origin, enum.Enum):
             word = f"one of {[e.value for e in origin]}"
         elif origin in (list, tuple) and typing.get_args(m) in ((str,),):
-            word = "a list of strings (or one string)"
+            word = "a list of strings"
         else:
             word = _WORDS.get(origin, getattr(origin, "__name__", str(origin)))
         if word not in words:
@@ -163,6 +163,8 @@ def check_value(where: str, label: str, value, hint, default=None):
         if ok:
             break
     if not ok:
+        if not example and str in plain and isinstance(value, (int, float)):  # YAML read `revision: 1234` as a number
+            example = f" (quote it in the recipe: {key}: '{value}')"
         raise RecipeError(f"{where}: {label}={value!r} has the wrong type: it must be {expected}{example}.")
     if isinstance(kept, float) and not math.isfinite(kept):
         raise RecipeError(f"{where}: {label}={value!r} is not a finite number: it must be {expected}{example}.")
