@@ -18,6 +18,7 @@ Imports no ML library at import time (see `slice_trl.cli.recipe`).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 import typing
@@ -69,6 +70,12 @@ RANGES: dict[str, tuple[typing.Callable[[object], bool], str]] = {
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
           dict: "a mapping"}
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    """The resolved field annotations of a dataclass (resolving them costs a few ms per class)."""
+    return typing.get_type_hints(cls)
 
 
 def enum_values(hint) -> list[str] | None:
@@ -179,7 +186,7 @@ def check_fields(where: str, prefix: str, cls, values: dict) -> dict:
     (reported with a suggestion). Returns the values as kept."""
     from dataclasses import MISSING, fields
 
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     defaults = {f.name: (None if f.default is MISSING else f.default) for f in fields(cls)}
     out = dict(values)
     for key, value in values.items():
@@ -202,7 +209,7 @@ def declared_choices(classes, key: str) -> list | None:
             declared = next((f for f in fields(base) if f.name == key), None)
             if declared is not None and declared.metadata.get("choices"):
                 return list(declared.metadata["choices"])
-            found = enum_values(typing.get_type_hints(base).get(key))
+            found = enum_values(_hints(base).get(key))
             if found is not None:
                 return found
     return None
