@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING
 
 # The recipe layer imports trl (and so transformers, huggingface_hub, datasets) lazily: a recipe's
-# ``env:`` (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, ...) must be in os.environ before those libraries
+# ``env:`` (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, ...: `ENV_ALLOWED`) must be in os.environ before those libraries
 # are imported, since they read these variables once, at import (`load_recipe` applies it first).
 if TYPE_CHECKING:
     from slice_trl.cli.recipe import Recipe

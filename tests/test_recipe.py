@@ -11,6 +11,7 @@ import pytest
 from slice_trl import run as run_mod
 from slice_trl.configs.config import InitConfig
 from slice_trl.cli.recipe import RecipeError, load_recipe, parse_overrides
+from slice_trl.cli.values import NO_VALUE
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger", "no_model_loading")
 
@@ -77,8 +78,8 @@ BAD = [
     ("recipe_not_a_mapping", "- a\n- b\n", [], ["must be a YAML mapping", "not list"]),
     ("invalid_yaml", "model_name_or_path: m\ntasks: [a, b\nlr: :\n", [], ["is not valid YAML", "line"]),
     ("wrong_value_type", BASE + "num_train_epochs: abc\n", [],
-     ["num_train_epochs='abc'", "invalid float value", "--num_train_epochs"]),
-    ("wrong_bool", BASE + "use_rslora: maybe\n", [], ["use_rslora='maybe'", "true/false"]),
+     ["num_train_epochs='abc'", "a number", "--num_train_epochs"]),
+    ("wrong_bool", BASE + "use_rslora: maybe\n", [], ["use_rslora='maybe'", "true or false"]),
     ("bad_choice", BASE + "dtype: float33\n", [], ["dtype='float33'", "Did you mean 'float32'?"]),
     ("dtype_auto", BASE + "dtype: auto\n", [], ["dtype='auto'", "float32"]),
     ("env_not_a_mapping", BASE + "env: [HF_HOME, /tmp]\n", [], ["'env' must be a mapping", "NAME: value"]),
@@ -118,7 +119,9 @@ def test_parse_overrides_types():
     got = parse_overrides(["--init.method", "lora_ga", "--learning_rate=2e-4", "--lora_r", "4", "--use_cpu",
                            "--lora_target_modules", "[q_proj, v_proj]", "--init.cur-steps", "3", "--seed", "7"])
     assert got == {"init": {"method": "lora_ga", "cur_steps": 3}, "learning_rate": "2e-4", "lora_r": 4,
-                   "use_cpu": True, "lora_target_modules": ["q_proj", "v_proj"], "seed": 7}
+                   "use_cpu": NO_VALUE, "lora_target_modules": ["q_proj", "v_proj"], "seed": 7}
+    # a flag without its value: True once its type is known to be true/false (test_overrides_take_effect...),
+    # "--KEY needs a value" otherwise (tests/test_recipe_values.py)
 
 
 def test_overrides_take_effect_with_the_right_types(tmp_path):
@@ -155,9 +158,8 @@ def test_nested_section_merge_keeps_other_keys(tmp_path):
 
 
 def test_env_goes_to_os_environ(tmp_path):
-    names = ("SLICE_TRL_TEST_ENV_A", "SLICE_TRL_TEST_ENV_B")
-    for n in names:
-        os.environ.pop(n, None)
+    names = ("WANDB_PROJECT", "TRACKIO_PROJECT")  # env: sets only allow-listed names (ENV_ALLOWED, issue 27)
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
     try:
         path = write(tmp_path, BASE + f"env: {{{names[0]}: hello, {names[1]}: 3}}\n")
         recipe = load_recipe(path)
@@ -172,6 +174,7 @@ def test_env_goes_to_os_environ(tmp_path):
     finally:
         for n in names:
             os.environ.pop(n, None)
+        os.environ.update(saved)
 
 
 def test_dry_run_of_a_valid_recipe_loads_nothing(tmp_path, capsys):

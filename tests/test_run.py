@@ -187,7 +187,7 @@ def test_recipe_env_is_set_before_the_hub_libraries_are_imported(tmp_path, monke
 
     # load_recipe reads the file once and applies its env before it (or the CLI's logging setup, run as
     # before_libraries) imports any of them
-    name = "SLICE_TRL_TEST_EARLY_ENV"
+    name = "TRACKIO_PROJECT"  # one of the names env: may set (ENV_ALLOWED)
     recipe = tmp_path / "env.yaml"
     recipe.write_text(f"model_name_or_path: m\nenv: {{{name}: /some/where}}\n"
                       "tasks:\n  - {name: first, source: builtin}\n")

@@ -1,11 +1,12 @@
 """Recipe YAML + command-line overrides -> validated configs, in one pass (`load_recipe`): the
 file is read once, its ``env:`` applied once, and every error of the recipe itself is raised
 here, as a `RecipeError` naming the key and the fix, before any model is loaded (a config
-dataclass's own ValueError becomes a `RecipeError` here). The checks that need more than the
-recipe (the model's structure, output_dir, the Hub, the task data) are `slice_trl.cli.preflight`.
+dataclass's own ValueError becomes a `RecipeError` here; each value's typed check is
+`slice_trl.cli.values`). The checks that need more than the recipe (the model's structure,
+output_dir, the Hub, the task data) are `slice_trl.cli.preflight`.
 
-This module imports no ML library at import time: a recipe's ``env:`` (HF_HOME, HF_HUB_OFFLINE,
-HF_ENDPOINT, ...) must be in ``os.environ`` before trl, transformers, huggingface_hub and datasets
+This module imports no ML library at import time: a recipe's ``env:`` (only `ENV_ALLOWED`, e.g.
+HF_HUB_OFFLINE) must be in ``os.environ`` before trl, transformers, huggingface_hub and datasets
 are imported, since they read these variables once, at import.
 
 A recipe follows TRL's `TrlParser` conventions (flat keys of `ContinualSFTConfig`, TRL's
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from slice_trl.cli.values import (NO_VALUE, DuplicateKeyError, RecipeError, UniqueKeyLoader, check_fields,
+                                  check_honoured, check_with_transformers, declared_choices, name_the_key)
 from slice_trl.configs.settings import duplicate_names, suggest
 
 if typing.TYPE_CHECKING:
@@ -48,8 +51,22 @@ def __getattr__(name):  # SECTIONS: the same mapping as a module attribute, buil
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class RecipeError(ValueError):
-    """A recipe problem, with the key and the fix in the message."""
+__all__ = ["ENV_ALLOWED", "Recipe", "RecipeError", "RunArguments", "load_recipe", "parse_overrides"]
+
+# The only environment variables a recipe's ``env:`` may set: each changes how much the run prints,
+# threads or caches on the GPU, whether the libraries go online, or the tracker project's name, never
+# where the Hub token is read from or sent, where code is loaded from, TLS, proxies, HOME/XDG_*/HF_HOME
+# or the caches (README, "What a recipe can do"). Anything else: the user's own shell.
+ENV_ALLOWED = ("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF",
+               "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+               "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_PROGRESS_BARS",
+               "HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT", "TRANSFORMERS_VERBOSITY", "WANDB_PROJECT",
+               "WANDB_MODE", "TRACKIO_PROJECT")
+
+
+def refused_env_keys(env: dict) -> list[str]:
+    """The keys of a recipe's ``env:`` mapping that are not in `ENV_ALLOWED`, sorted."""
+    return sorted(str(k) for k in env if str(k) not in ENV_ALLOWED)
 
 
 @dataclass
@@ -97,7 +114,9 @@ def flat_fields() -> dict[str, object]:
 
 def parse_overrides(argv: list[str]) -> dict[str, object]:
     """``--a value``, ``--a=value``, ``--sec.key value`` -> {"a": value, "sec": {"key": value}}.
-    Values are read as YAML scalars/lists (``0.5`` -> float, ``true`` -> bool, ``[a, b]`` -> list)."""
+    Values are read as YAML scalars/lists (``0.5`` -> float, ``true`` -> bool, ``[a, b]`` -> list).
+    ``--a`` with no value (last, or followed by another ``--flag``) -> `NO_VALUE`: True for a
+    true/false key, an error naming the flag otherwise (`values.check_value`, once the types are known)."""
     out: dict[str, object] = {}
     i = 0
     while i < len(argv):
@@ -105,14 +124,14 @@ def parse_overrides(argv: list[str]) -> dict[str, object]:
         if not tok.startswith("--"):
             raise RecipeError(f"Unexpected argument {tok!r}: overrides are '--key value' pairs.")
         key, eq, value = tok[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                value = "true"  # a bare flag
-            else:
-                i += 1
-                value = argv[i]
+        given = bool(eq)
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            i, value, given = i + 1, argv[i + 1], True
         i += 1
-        parsed = yaml.safe_load(value) if value != "" else ""
+        try:
+            parsed = (yaml.load(value, Loader=UniqueKeyLoader) if value != "" else "") if given else NO_VALUE
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--{key} {value!r} is not a valid value: {' '.join(str(err).split())}") from None
         if "." in key:
             section, sub = key.split(".", 1)
             out.setdefault(section, {})
@@ -135,61 +154,6 @@ def _merge(recipe: dict, overrides: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _check_section_types(where: str, name: str, cls, section: dict) -> dict:
-    """Type-check (and coerce where unambiguous) the values of a nested section against the
-    dataclass annotations, so that a wrong type is reported with the key instead of surfacing as
-    ``int('abc')`` from ``__post_init__``. YAML 1.1 reads ``5e-1`` as a string: a float field
-    accepts such a numeric string."""
-    hints = typing.get_type_hints(cls)
-    out = dict(section)
-    for key, value in section.items():
-        hint = hints.get(key)
-        if hint is None:
-            continue  # unknown keys are reported (with a suggestion) by from_dict
-        args = typing.get_args(hint)
-        optional = type(None) in args
-        base = next((a for a in args if a is not type(None)), hint) if optional else hint
-        base = typing.get_origin(base) or base
-        default = next(f.default for f in fields(cls) if f.name == key)
-        shown = str(default).lower() if isinstance(default, bool) else default
-        example = f" (e.g. --{name}.{key} {shown})" if default is not None and base in (int, float, bool) else ""
-        if value is None:
-            if optional:
-                continue
-            expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                        list: "a list", dict: "a mapping"}.get(base, str(hint))
-            raise RecipeError(f"{where}: {name}.{key} is empty; it must be {expected}{example}.")
-        if base is bool:
-            ok = isinstance(value, bool)
-            expected = "true or false"
-        elif base is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            expected = "an integer"
-        elif base is float:
-            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-                value = out[key] = float(value)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            expected = "a number"
-        elif base is str:
-            ok = isinstance(value, str)
-            expected = "a string"
-        elif base is list:
-            ok = isinstance(value, (list, str))
-            expected = "a list"
-        elif base is dict:
-            ok = isinstance(value, dict)
-            expected = "a mapping"
-        else:  # pragma: no cover - every field type of the sections is covered above
-            ok, expected = True, str(hint)
-        if not ok:
-            raise RecipeError(f"{where}: {name}.{key}={value!r} has the wrong type: it must be {expected}"
-                              f"{example}.")
-    return out
 
 
 def _concrete_section_class(cls, section: dict):
@@ -317,13 +281,21 @@ def _read(path, overrides) -> tuple[str, dict, dict]:
     if path is not None:
         p = Path(path)
         where = str(p)
+        if p.is_dir():
+            raise RecipeError(f"Recipe path {where!r} is a directory; give the path of a YAML recipe file, e.g. "
+                              "recipes/quickstart.yaml.")
         if not p.is_file():
             raise RecipeError(f"Recipe file {where!r} does not exist. Give the path of a YAML recipe, e.g. "
                               "recipes/quickstart.yaml.")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+        except UnicodeDecodeError as err:
+            raise RecipeError(f"{where} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                              "save the recipe as UTF-8.") from None
+        except DuplicateKeyError as err:
+            raise RecipeError(f"{where}: {err}") from None
         except yaml.YAMLError as err:
-            raise RecipeError(f"{where} is not valid YAML: {err}") from None
+            raise RecipeError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"{where} must be a YAML mapping of keys to values, not {type(raw).__name__}.")
     over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
@@ -333,13 +305,11 @@ def _read(path, overrides) -> tuple[str, dict, dict]:
     if not isinstance(env, dict):
         raise RecipeError(f"{where}: 'env' must be a mapping of environment variables (NAME: value), "
                           f"got {type(env).__name__}.")
-    from slice_trl.models.integrity import protected_env_keys
-
-    protected = protected_env_keys(env)
-    if protected:
-        raise RecipeError(f"{where}: env sets {protected}, which a recipe may not set (they decide where your Hub "
-                          "token is read from or sent); remove them from env: and set them in your own shell "
-                          "if you mean to.")
+    refused = refused_env_keys(env)
+    if refused:
+        raise RecipeError(f"{where}: env sets {refused}, which a recipe may not set: env: may set only "
+                          f"{', '.join(ENV_ALLOWED)} (README, 'What a recipe can do'); set any other variable "
+                          "in your own shell if you mean to.")
     return where, merged, env
 
 
@@ -351,19 +321,31 @@ def _validate(path, where: str, merged: dict, for_this_machine: bool) -> Recipe:
 
     sections = section_classes()
     known = flat_fields()
+    if "hub_token" in merged:  # never echoed: the value is a credential
+        raise RecipeError(f"{where}: hub_token is not a recipe key (a recipe is shared; the token is yours alone): "
+                          "set HF_TOKEN in your environment or run `hf auth login`, and remove hub_token.")
     allowed = set(known) | set(sections) | {"tasks", "sequence"}
     for key in merged:
         if key not in allowed:
             raise RecipeError(f"{where}: unknown key {key!r}.{suggest(key, allowed)} Run `python -m slice_trl.run "
                               "--help` for every key.")
-    for key, value in merged.items():  # argparse checks choices of command-line values, not of defaults
-        choices = getattr(known.get(key), "metadata", {}).get("choices")
-        if choices is None or value is None:
+    classes, todo = _dataclasses(), {k: v for k, v in merged.items() if k in known and k not in sections}
+    for cls in classes:  # each flat key once, against the class that declares it (flat_fields' order)
+        mine = {k: v for k, v in todo.items() if known[k] in fields(cls)}
+        for key, kept in check_fields(where, "", cls, mine).items():
+            # a bare flag becomes True; a numeric string stays as given (argparse converts it, and the
+            # recipe kept in run.json stays as written)
+            merged[key] = kept if mine[key] is NO_VALUE else merged[key]
+            todo.pop(key)
+    for key, value in merged.items():  # the values the config classes declare (choices, transformers' enums)
+        choices = declared_choices(classes, key) if isinstance(value, str) else None
+        if choices is None:
             continue
         choices = [c for c in choices if not (key == "dtype" and c == "auto")]  # the loader needs a real dtype
         if value not in choices:
             raise RecipeError(f"{where}: {key}={value!r} is not valid.{suggest(value, choices)} "
                               f"Choose one of {choices}.")
+    check_honoured(where, merged, for_this_machine)
     for name, cls in sections.items():
         section = merged.get(name)
         if section is None:
@@ -371,11 +353,13 @@ def _validate(path, where: str, merged: dict, for_this_machine: bool) -> Recipe:
         if not isinstance(section, dict):
             raise RecipeError(f"{where}: '{name}' must be a mapping of {cls.__name__} fields, e.g. "
                               f"'{name}: {{KEY: VALUE}}' or --{name}.KEY VALUE; got {section!r}.")
-        section = merged[name] = _check_section_types(where, name, _concrete_section_class(cls, section), section)
+        concrete = _concrete_section_class(cls, section)
+        section = merged[name] = check_fields(where, f"{name}.", concrete, section)
         try:
             cls.from_dict(section)
-        except ValueError as err:
-            raise RecipeError(f"{where}: {name}: {err}") from None
+        except ValueError as err:  # "EvalConfig.lm_eval_limit=0 ..." -> "evaluation.lm_eval_limit=0 ..."
+            message = str(err).replace(f"{concrete.__name__}.", f"{name}.").replace(f"{cls.__name__}.", f"{name}.")
+            raise RecipeError(f"{where}: {message if message.startswith(name) else f'{name}: {message}'}") from None
 
     sequence, tasks = merged.pop("sequence", None), merged.pop("tasks", None)
     if sequence is not None:  # a named benchmark order (slice_trl.tasks.sequences) instead of a task list
@@ -414,9 +398,6 @@ def _validate(path, where: str, merged: dict, for_this_machine: bool) -> Recipe:
     if not merged.get("model_name_or_path"):
         raise RecipeError(f"{where}: 'model_name_or_path' is missing. Set it to a Hub id, a local path or "
                           "'smollm2-135m-instruct' (the bundled offline model).")
-    lora_r = merged.get("lora_r", 16)
-    if not isinstance(lora_r, int) or isinstance(lora_r, bool) or lora_r <= 0:
-        raise RecipeError(f"{where}: lora_r={lora_r!r} must be a positive integer (the LoRA rank).")
     merged.setdefault("output_dir", str(Path("runs") / (Path(where).stem if path else "run")))
 
     if not for_this_machine:  # (the recipe's env, e.g. CUDA_VISIBLE_DEVICES, is applied already)
@@ -433,8 +414,9 @@ def _validate(path, where: str, merged: dict, for_this_machine: bool) -> Recipe:
         raise RecipeError(_argument_error_message(where, str(err), merged, known)) from None
     except SystemExit:  # pragma: no cover - any other argparse exit
         raise RecipeError(f"{where}: a value has the wrong type (see the message above).") from None
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"{where}: {err}") from None
+    except (ValueError, TypeError) as err:  # TrainingArguments' / SFTConfig's own validation
+        raise RecipeError(f"{where}: {name_the_key(str(err), merged)}") from None
+    check_with_transformers(where, training)
     model.use_peft = True
     raw_out = {**merged, **({"sequence": sequence} if sequence is not None else {}), "tasks": tasks}
     return Recipe(Path(path) if path else None, raw_out, run_args, training, model, specs, missing)

@@ -263,6 +263,9 @@ class EvalConfig(FromDict):
                              "stages; 1 = every stage).")
         if int(self.lm_eval_num_fewshot) < 0:
             raise ValueError(f"{n}.lm_eval_num_fewshot must be >= 0.")
+        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
+            raise ValueError(f"{n}.lm_eval_limit={self.lm_eval_limit!r} must be >= 1 examples per lm-eval task, or "
+                             "null for all of them.")
         if isinstance(self.lm_eval_tasks, str):  # a single task name from the command line
             self.lm_eval_tasks = [self.lm_eval_tasks]
         for name in ("lm_eval_fewshot_overrides", "lm_eval_metrics", "lm_eval_local_data"):

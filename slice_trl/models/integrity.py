@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,20 +86,6 @@ def _model_defaults() -> dict:
 
     return {f.name: _jsonable(f.default) for f in fields(ModelConfig)
             if f.name not in IGNORED_MODEL_KEYS and f.default is not MISSING}
-
-
-# Environment variables a recipe's ``env:`` may not set: where the Hub token is read from or
-# sent to (a shared recipe could otherwise send ``Authorization: Bearer <token>`` elsewhere),
-# proxies and TLS trust that could read it on the way, and any other credential. These come
-# from the user's own environment or command line only.
-PROTECTED_ENV = frozenset({"HF_HOME", "NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-                           "SSL_CERT_DIR"})
-_PROTECTED_ENV_RE = re.compile(r"(^|_)(TOKEN|ENDPOINT|PROXY|API_KEY|SECRET|PASSWORD|CREDENTIALS?)(_|$)", re.I)
-
-
-def protected_env_keys(env: dict) -> list[str]:
-    """The keys of a recipe's ``env:`` mapping that it may not set (see `PROTECTED_ENV`)."""
-    return sorted(str(k) for k in env if str(k).upper() in PROTECTED_ENV or _PROTECTED_ENV_RE.search(str(k)))
 
 
 class RunMismatchError(ValueError):
