@@ -179,3 +179,28 @@ def test_a_real_run_says_which_code_will_run_before_the_tokenizer_loads(tmp_path
     said = [r.getMessage() for r in caplog.records if "configuration_evil.py" in r.getMessage()]
     assert len(said) == 1 and "remote code" in said[0] and str(folder) in said[0]
     assert not marker.exists()
+
+
+def test_task_yamls_are_read_as_data_with_their_includes(tmp_path):
+    """`read_task_folder`: !function references are found in a task's YAML and in the files it
+    includes, without importing them; a task whose chain names none is "plain" (lm-eval builds it
+    without importing anything); groups and tags never are."""
+    from slice_trl.evaluation.general import read_task_folder
+
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "utils.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+                                       "def docs(ds):\n    return ds\n")
+    (tmp_path / "_base.yaml").write_text("process_docs: !function utils.docs\noutput_type: generate_until\n")
+    (tmp_path / "a.yaml").write_text("task: a_task\ninclude: _base.yaml\ntag: [my_tag]\n")
+    (tmp_path / "b.yaml").write_text("task: b_task\ndataset_path: json\nmetric_list:\n  - metric: !function utils.m\n")
+    (tmp_path / "c.yaml").write_text("task: c_task\ndataset_path: json\noutput_type: generate_until\n")
+    (tmp_path / "d.yaml").write_text("task: d_task\ninclude: missing.yaml\n")
+    (tmp_path / "broken.yaml").write_text("task: [unclosed\n")
+    found = read_task_folder(tmp_path)
+    assert found["a_task"]["functions"] == ["utils.docs"] and not found["a_task"]["plain"]
+    assert found["my_tag"]["functions"] == ["utils.docs"] and not found["my_tag"]["plain"]
+    assert found["b_task"]["functions"] == ["utils.m"]
+    assert found["c_task"] == {"files": [str(tmp_path / "c.yaml")], "functions": [], "plain": True}
+    assert not found["d_task"]["plain"]  # an include that cannot be read: nothing known about it
+    assert set(found) == {"a_task", "my_tag", "b_task", "c_task", "d_task"}
+    assert not marker.exists()

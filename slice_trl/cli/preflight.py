@@ -115,7 +115,7 @@ def _model_config(recipe: Recipe):
     name = m.model_name_or_path
     try:
         data, where = read_model_config(name, m.model_revision)
-    except (ModelConfigError, FileNotFoundError) as err:
+    except (ModelConfigError, FileNotFoundError, ImportError) as err:  # ImportError: the GGUF reader (gguf)
         raise RecipeError(f"model_name_or_path={name!r}: {err}; give a model folder written by save_pretrained, "
                           "a Hub id or 'smollm2-135m-instruct' (the bundled offline model).") from None
     if data is None:
@@ -125,7 +125,12 @@ def _model_config(recipe: Recipe):
         # the run would build the model from that code: --dry-run does not run it, so it cannot check
         return None, (f"{remote_code_line(name, data, where)} --dry-run does not run it: lora_target_modules and "
                       "lora_r are not checked")
-    config = config_from_data(data)
+    try:
+        config = config_from_data(data)
+    except (TypeError, ValueError) as err:  # transformers' own validation of the config's values
+        why = " ".join(str(err).split())[:200]
+        raise RecipeError(f"model_name_or_path={name!r}: its config.json is not a valid {data.get('model_type')!r} "
+                          f"config ({why}); fix or replace the model's config.json.") from None
     if config is None:
         needs = remote_code_files(data)
         raise RecipeError(f"model_name_or_path={name!r}: model_type={data.get('model_type')!r} is not a type this "

@@ -240,17 +240,18 @@ def read_task_folder(folder) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def task_folders(cfg: EvalConfig) -> Iterator[list[str]]:
+def task_folders(cfg: EvalConfig, user: bool = True) -> Iterator[list[str]]:
     """The lm-eval include paths of ``cfg`` (an `EvalConfig`): our own tasks, a temporary folder
     of local-data tasks (removed afterwards), then the user's ``lm_eval_include_path``. lm-eval
     lets a later folder override an earlier one and every folder override its built-in tasks of
-    the same name, so a local HellaSwag replaces the Hub one and the user's own YAML wins."""
+    the same name, so a local HellaSwag replaces the Hub one and the user's own YAML wins.
+    ``user=False`` leaves the user's folder out (validation that needs none of its tasks)."""
     with tempfile.TemporaryDirectory(prefix="slice_trl_lm_eval_") as tmp:
         folders = [str(package_task_dir())]
         if cfg.lm_eval_local_data:
             write_local_tasks(cfg.lm_eval_local_data, Path(tmp))
             folders.append(tmp)
-        if cfg.lm_eval_include_path:
+        if cfg.lm_eval_include_path and user:
             folders.append(str(cfg.lm_eval_include_path))
         yield folders  # lm-eval: later include paths override earlier ones
 

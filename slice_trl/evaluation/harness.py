@@ -154,15 +154,15 @@ def resolve_tasks(cfg: EvalConfig, run_user_code: bool = True) -> list[str]:
     read as data (`slice_trl.evaluation.general.read_task_folder`). A task there that names a
     ``!function`` (or a group or tag of them) is not built, since lm-eval would import that code:
     one note each, returned. Plain tasks there are built as on a real run (lm-eval indexes a
-    folder without importing anything, and such a task imports nothing), as are built-in tasks
-    and ours.
+    folder's YAMLs without resolving ``!function``, and such a task imports nothing), as are
+    built-in tasks and ours; the folder is shown to lm-eval only when such a task is needed.
 
     Raises ``ValueError`` whose message is ONE line naming the benchmark, why it cannot be
     used and the fix (a local file, the datasets cache, or dropping it)."""
     if not cfg.lm_eval_tasks:
         return []
     _, _, TaskManager = _require_lm_eval()
-    names, notes = list(cfg.lm_eval_tasks), []
+    names, notes, user = list(cfg.lm_eval_tasks), [], True
     if cfg.lm_eval_include_path and not run_user_code:
         defined = read_task_folder(cfg.lm_eval_include_path)
         code = [n for n in names if n in defined and not defined[n]["plain"]]
@@ -172,9 +172,10 @@ def resolve_tasks(cfg: EvalConfig, run_user_code: bool = True) -> list[str]:
                          f"{', '.join(refs) or '(of its subtasks or unreadable includes)'} run and its data is loaded "
                          "on a real run, not by --dry-run")
         names = [n for n in names if n not in code]
+        user = any(n in defined for n in names)  # lm-eval sees the folder only when a plain task there is needed
     if not names:
         return notes
-    with task_folders(cfg) as folders, _quiet_lm_eval():
+    with task_folders(cfg, user=user) as folders, _quiet_lm_eval():
         manager = _task_manager(TaskManager, folders, names)
         for name in names:
             try:

@@ -113,9 +113,11 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[d
         from transformers.utils import cached_file
 
         path = cached_file(name_or_path, "config.json", revision=revision)
-        return json.loads(Path(path).read_text(encoding="utf-8")), name_or_path
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - offline, not cached, not a repo: the real run reports it when loading
-        return None, name_or_path
+        data = None
+    where = f"the Hub repo {name_or_path}" + (f" at revision {revision}" if revision else "")
+    return (data if isinstance(data, dict) else None), where
 
 
 def remote_code_files(config: dict) -> list[str]:
@@ -139,7 +141,7 @@ def remote_code_line(name_or_path: str, config: dict, where: str) -> str | None:
     files = remote_code_files(config)
     if not files:
         return None
-    return (f"trust_remote_code: true: a real run imports and runs the model's remote code {', '.join(files)} "
+    return (f"trust_remote_code: true: the run imports and runs the model's remote code {', '.join(files)} "
             f"from {where} (config.json auto_map of {name_or_path!r}); use it only if you trust that code.")
 
 
