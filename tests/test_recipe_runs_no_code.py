@@ -204,3 +204,23 @@ def test_task_yamls_are_read_as_data_with_their_includes(tmp_path):
     assert not found["d_task"]["plain"]  # an include that cannot be read: nothing known about it
     assert set(found) == {"a_task", "my_tag", "b_task", "c_task", "d_task"}
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("model", ["{tmp}/no-such-model", "{tmp}/broken-model", "{tmp}/list-model"])
+def test_a_model_a_real_run_cannot_read_is_refused_by_dry_run(tmp_path, tiny_base, capsys, no_model_loading, model):
+    (tmp_path / "broken-model").mkdir()  # a folder without config.json
+    (tmp_path / "list-model").mkdir()
+    (tmp_path / "list-model" / "config.json").write_text("[1, 2]")
+    name = model.format(tmp=tmp_path)
+    code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base, {"model_name_or_path": name}))
+    refused(code, err, ["model_name_or_path", name])
+
+
+def test_a_hub_model_not_reachable_here_is_named_and_exits_3(tmp_path, tiny_base, capsys, monkeypatch,
+                                                             no_model_loading):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = dry_run(capsys, write_recipe(tmp_path, tiny_base, {"model_name_or_path": "nobody/no-such-model"}))
+    assert code == 3, (code, out, err)
+    not_checked = [line for line in out.splitlines() if line.startswith("not checked: ")]
+    assert any("'nobody/no-such-model' not readable here" in line for line in not_checked), out
+    assert any("max_length=96" in line for line in not_checked), out  # no tokenizer file here to fit with

@@ -89,7 +89,8 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[d
     The embedded model: its dequantised checkpoint when cached, else the bundled GGUF's header
     metadata (`transformers`' GGUF reader with ``return_tensors=False``: no weights are read), so
     a fresh machine checks its structure too. A local folder: its config.json, which must be a
-    JSON object (else `ModelConfigError`). A Hub id: config.json from the Hub or its cache; ``None``
+    JSON object (else `ModelConfigError`, as for a path that is neither a folder here nor a Hub
+    repo id). A Hub id: config.json from the Hub or its cache; ``None``
     when it cannot be reached here (offline, not cached)."""
     if name_or_path == EMBEDDED_MODEL:
         cached = cache_dir() / EMBEDDED_MODEL / "config.json"
@@ -109,6 +110,13 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[d
         if not isinstance(data, dict):
             raise ModelConfigError(f"{folder / 'config.json'} is not a JSON object")
         return data, str(folder)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:  # a path (absolute, ./, ~/...) that is not here: the run cannot load it either
+        raise ModelConfigError("could not be loaded: there is no such folder here, and it is not a Hub repo id "
+                               "(namespace/name)") from None
     try:
         from transformers.utils import cached_file
 
