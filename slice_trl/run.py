@@ -4,7 +4,9 @@
     accelerate launch [--config_file accelerate_configs/...] -m slice_trl.run RECIPE.yaml ...
 
 Flags: ``--dry-run`` (validate the recipe, read the task data and compare with the run already
-in ``output_dir``, load no model; exits non-zero on any problem), ``--push-only`` (publish the
+in ``output_dir``, load no model and run no code the recipe points to; exits 0 when every check
+passed, 2 on a problem, 3 when it passed but some checks could not be made here, each printed as
+a ``not checked:`` line), ``--push-only`` (publish the
 finished stages of ``output_dir`` that are not on the Hub yet, and task splits whose push failed;
 exits 1 when something is still not on the Hub), ``--overwrite`` (start over: move the whole
 previous content of ``output_dir`` aside to ``<output_dir>.replaced-<UTC time>/``, only when it holds a
@@ -83,14 +85,15 @@ def _is_main_process() -> bool:
 
 
 def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
-    """Execute a validated recipe. Returns the `ContinualTrainOutput` (None for a dry run, the
-    `slice_trl.hub.PushReport` for push-only)."""
+    """Execute a validated recipe. Returns the `ContinualTrainOutput` (for a dry run, the list of
+    checks it could not make here; the `slice_trl.hub.PushReport` for push-only)."""
     from slice_trl.utils import console
     from slice_trl.cli import preflight
 
     if dry_run:
-        print("\n".join(preflight.dry_run_report(recipe)))
-        return None
+        lines, unchecked = preflight.dry_run_report(recipe)
+        print("\n".join(lines + [f"not checked: {note}" for note in unchecked]))
+        return unchecked
     publish = _publisher(recipe)
     if push_only:
         preflight.check_push_only(recipe)
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if "--push-only" in flags and not out.ok:
         return 1  # something is still not on the Hub: scripts must see it
+    if "--dry-run" in flags and out:
+        return 3  # passed, but the checks printed as "not checked:" could not be made here
     return 0
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from slice_trl.configs.settings import EvalConfig
 from slice_trl.tasks.builtin import WORDS
 from slice_trl.evaluation.metrics import rouge_l
@@ -42,6 +44,7 @@ __all__ = [
     "package_task_dir",
     "write_local_tasks",
     "task_folders",
+    "read_task_folder",
     "summarize",
     "settings",
     "alpaca_docs",
@@ -172,18 +175,83 @@ def write_local_tasks(local_data: dict[str, str], folder: Path) -> None:
             f"dataset_kwargs:\n  data_files:\n    test: {_yaml_quote(path)}\n", encoding="utf-8")
 
 
+class _DataLoader(yaml.SafeLoader):
+    """YAML as data: ``!function module.name`` becomes the string ``"!function module.name"``
+    (lm-eval's own loader imports the module, i.e. runs the folder's code)."""
+
+
+_DataLoader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+
+
+def _functions(value) -> list[str]:
+    """Every ``!function`` reference in a task YAML's data, in order."""
+    if isinstance(value, str):
+        return [value.split(" ", 1)[1]] if value.startswith("!function ") else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [ref for item in items for ref in _functions(item)]
+
+
+def read_task_folder(folder) -> dict[str, dict]:
+    """The lm-eval tasks, groups and tags defined by the YAML files under ``folder`` (a path or a
+    list of paths), read as data: nothing is imported. ``{name: {"files": [yaml paths],
+    "functions": ["module.name" of every !function in those files and the files they include],
+    "plain": True when the name is a task (not a group or tag) whose files and includes were all
+    read and name no function, i.e. lm-eval builds it without importing anything}}``. A YAML
+    that cannot be parsed defines nothing (lm-eval skips it too)."""
+
+    def parse(path: Path) -> dict | None:
+        try:
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_DataLoader)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def functions(path: Path, seen: frozenset) -> list[str] | None:
+        """Every !function of ``path`` and its includes (resolved as lm-eval does); None when one
+        of them cannot be read (so nothing is known about it)."""
+        data = parse(path)
+        if data is None or path in seen:
+            return None
+        refs = _functions(data)
+        includes = data.get("include") or []
+        for inc in includes if isinstance(includes, list) else [includes]:
+            more = functions((path.parent / str(inc)).expanduser().resolve(), seen | {path})
+            if more is None:
+                return None
+            refs += more
+        return refs
+
+    out: dict[str, dict] = {}
+    for root in ([folder] if isinstance(folder, (str, Path)) else list(folder)):
+        for path in sorted(Path(root).expanduser().rglob("*.yaml")):
+            data = parse(path.resolve())
+            if data is None:
+                continue
+            tags = data.get("tag") if isinstance(data.get("tag"), list) else [data.get("tag")]
+            refs = functions(path.resolve(), frozenset())
+            for kind, name in [("task", data.get("task")), ("group", data.get("group"))] + [("tag", t) for t in tags]:
+                if not isinstance(name, str):
+                    continue
+                entry = out.setdefault(name, {"files": [], "functions": [], "plain": True})
+                entry["files"].append(str(path))
+                entry["functions"] += [f for f in (refs or []) if f not in entry["functions"]]
+                entry["plain"] = entry["plain"] and kind == "task" and refs == []
+    return out
+
+
 @contextlib.contextmanager
-def task_folders(cfg: EvalConfig) -> Iterator[list[str]]:
+def task_folders(cfg: EvalConfig, user: bool = True) -> Iterator[list[str]]:
     """The lm-eval include paths of ``cfg`` (an `EvalConfig`): our own tasks, a temporary folder
     of local-data tasks (removed afterwards), then the user's ``lm_eval_include_path``. lm-eval
     lets a later folder override an earlier one and every folder override its built-in tasks of
-    the same name, so a local HellaSwag replaces the Hub one and the user's own YAML wins."""
+    the same name, so a local HellaSwag replaces the Hub one and the user's own YAML wins.
+    ``user=False`` leaves the user's folder out (validation that needs none of its tasks)."""
     with tempfile.TemporaryDirectory(prefix="slice_trl_lm_eval_") as tmp:
         folders = [str(package_task_dir())]
         if cfg.lm_eval_local_data:
             write_local_tasks(cfg.lm_eval_local_data, Path(tmp))
             folders.append(tmp)
-        if cfg.lm_eval_include_path:
+        if cfg.lm_eval_include_path and user:
             folders.append(str(cfg.lm_eval_include_path))
         yield folders  # lm-eval: later include paths override earlier ones
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from slice_trl.utils import console
 from slice_trl.models.lora import eval_mode
 from slice_trl.configs.settings import EvalConfig
-from slice_trl.evaluation.general import LOCAL_TEMPLATES, task_folders
+from slice_trl.evaluation.general import LOCAL_TEMPLATES, read_task_folder, task_folders
 from slice_trl.evaluation.generation import generating_model, model_device
 
 __all__ = ["PRIMARY_METRICS", "LMEvalDataError", "load_task", "resolve_tasks", "evaluate_general",
@@ -147,17 +147,37 @@ def _quiet_lm_eval():
 # Every benchmark built before any model loads
 # ---------------------------------------------------------------------------------------------
 
-def resolve_tasks(cfg: EvalConfig) -> None:
+def resolve_tasks(cfg: EvalConfig, run_user_code: bool = True) -> list[str]:
     """Build every ``cfg.lm_eval_tasks`` entry and load its data, before any model loads.
+
+    ``run_user_code=False`` (``--dry-run``): the YAMLs of ``cfg.lm_eval_include_path`` are first
+    read as data (`slice_trl.evaluation.general.read_task_folder`). A task there that names a
+    ``!function`` (or a group or tag of them) is not built, since lm-eval would import that code:
+    one note each, returned. Plain tasks there are built as on a real run (lm-eval indexes a
+    folder's YAMLs without resolving ``!function``, and such a task imports nothing), as are
+    built-in tasks and ours; the folder is shown to lm-eval only when such a task is needed.
 
     Raises ``ValueError`` whose message is ONE line naming the benchmark, why it cannot be
     used and the fix (a local file, the datasets cache, or dropping it)."""
     if not cfg.lm_eval_tasks:
-        return
+        return []
     _, _, TaskManager = _require_lm_eval()
-    with task_folders(cfg) as folders, _quiet_lm_eval():
-        manager = _task_manager(TaskManager, folders, cfg.lm_eval_tasks)
-        for name in cfg.lm_eval_tasks:
+    names, notes, user = list(cfg.lm_eval_tasks), [], True
+    if cfg.lm_eval_include_path and not run_user_code:
+        defined = read_task_folder(cfg.lm_eval_include_path)
+        code = [n for n in names if n in defined and not defined[n]["plain"]]
+        for name in code:
+            refs = defined[name]["functions"]
+            notes.append(f"lm-eval task {name!r} ({', '.join(defined[name]['files'])}) names code: its functions "
+                         f"{', '.join(refs) or '(of its subtasks or unreadable includes)'} run and its data is loaded "
+                         "on a real run, not by --dry-run")
+        names = [n for n in names if n not in code]
+        user = any(n in defined for n in names)  # lm-eval sees the folder only when a plain task there is needed
+    if not names:
+        return notes
+    with task_folders(cfg, user=user) as folders, _quiet_lm_eval():
+        manager = _task_manager(TaskManager, folders, names)
+        for name in names:
             try:
                 loaded = load_task(manager, name)
             except (LMEvalDataError, ValueError) as err:
@@ -165,6 +185,7 @@ def resolve_tasks(cfg: EvalConfig) -> None:
             shots = int(cfg.lm_eval_fewshot_overrides.get(name, cfg.lm_eval_num_fewshot))
             for task in loaded:
                 _check_fewshot_pool(name, task, shots)
+    return notes
 
 
 def _check_fewshot_pool(name: str, task, shots: int) -> None:
