@@ -98,7 +98,7 @@ def build_trainer(run_dir: Path, scratch: Path, data_dir: str | None = None):
     trainer = ContinualSFTTrainer(model=model, args=recipe.training, tasks=tasks, peft_config=recipe.lora_config(),
                                   processing_class=tokenizer, initializer=_probe_initializer(recipe.training.init),
                                   run_info={"base_model": m.model_name_or_path,
-                                            "base_model_revision": m.model_revision})
+                                            "base_model_revision": m.model_revision}, model_args=m)
     diff = integrity.differences(info[integrity.FINGERPRINT], trainer.fingerprint, skip=("data_dir",))
     if diff:
         raise SystemExit(f"The rebuilt run differs from {run_dir}: {diff[:5]}")

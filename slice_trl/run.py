@@ -59,7 +59,7 @@ def _public_recipe(recipe: Recipe) -> dict:
     HF token) are redacted, as on the Hub."""
     from slice_trl.hub.redaction import known_secrets, redact
 
-    return redact(recipe.raw, known_secrets(recipe.training.hub_token))
+    return redact(recipe.raw, known_secrets(None))
 
 
 def _publisher(recipe: Recipe):
@@ -70,7 +70,7 @@ def _publisher(recipe: Recipe):
 
     def publish(output_dir):
         report = hub.push_pending(output_dir, recipe.run.push_repo_id, private=recipe.run.push_private,
-                                  token=recipe.training.hub_token, dataset_repo_id=recipe.run.push_dataset_repo_id)
+                                  dataset_repo_id=recipe.run.push_dataset_repo_id)
         if not report.ok:
             logger.warning("Hub push incomplete:\n%s\nIt will be retried by the next push or by "
                            "`python -m slice_trl.run RECIPE --push-only`.", report)
@@ -126,12 +126,11 @@ def run(recipe: Recipe, dry_run: bool = False, push_only: bool = False):
         from slice_trl import hub
 
         try:
-            hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private,
-                                 token=recipe.training.hub_token)
+            hub.push_task_splits(tasks, recipe.run.push_dataset_repo_id, private=recipe.run.push_private)
         except Exception as err:  # publishing never costs the run; the splits are kept for a retry
             from slice_trl.hub.redaction import describe, known_secrets
 
-            reason = describe(err, known_secrets(recipe.training.hub_token))
+            reason = describe(err, known_secrets(None))
             kept = hub.save_pending_splits(tasks, recipe.training.output_dir, reason)
             logger.warning("Could not push the task splits to %s: %s. They are kept in %s; the push after each "
                            "stage (or `--push-only`) retries them.", recipe.run.push_dataset_repo_id, reason, kept)
@@ -211,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print(help_text())
         return 0 if flags & {"--help", "-h"} else 2
+    if {"--dry-run", "--push-only"} <= flags:
+        print("error: --dry-run and --push-only together: --dry-run checks a recipe, --push-only publishes a "
+              "finished run; give one of them.", file=sys.stderr)
+        return 2
     path, overrides = (rest[0], rest[1:]) if not rest[0].startswith("--") else (None, rest)
     if "--overwrite" in flags:  # start over: the old content of output_dir is moved aside first
         overrides = [*overrides, "--resume", "false"]

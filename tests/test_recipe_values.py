@@ -150,3 +150,8 @@ def test_recipes_documented_in_the_readme():
         assert f"`{name}`" in section
 
 
+
+
+def test_dry_run_and_push_only_together_is_one_line(tmp_path, tiny_base, capsys, no_model_loading):
+    code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base), "--push-only")
+    refused(code, err, ["--dry-run", "--push-only"])
