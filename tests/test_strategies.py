@@ -60,7 +60,7 @@ def test_a_run_without_strategy_uses_the_no_op_strategy_and_leaves_no_trace(tmp_
     for t in range(2):
         record = json.loads((stage(tmp_path, t) / "record.json").read_text())
         assert "strategy" not in record and "strategy_step_hooks" not in record["timings"]
-        assert not (stage(tmp_path, t) / STATE_FILE).exists()
+        assert not (stage(tmp_path, t) / "strategy_state.safetensors").exists()  # the on-disk name
 
 
 # ------------------------------------------------------------------ O-LoRA
