@@ -67,7 +67,18 @@ def test_bad_value_is_refused_once_before_any_model(tmp_path, tiny_base, capsys,
     assert "hf_recipe_author_token" not in err  # a refused token is not echoed
 
 
-def test_missing_optional_packages_arerefused(tmp_path, tiny_base, capsys, no_model_loading):
+@pytest.mark.parametrize("edits, needles", [t[1:] for t in TYPED], ids=[t[0] for t in TYPED])
+def test_bad_value_is_refused_for_real_too(tmp_path, tiny_base, capsys, no_model_loading, edits, needles):
+    """The same recipes without --dry-run: the same one line, before any model, nothing written."""
+    from slice_trl import run as run_mod
+
+    capsys.readouterr()
+    code = run_mod.main([str(write_recipe(tmp_path, tiny_base, edits))])
+    refused(code, capsys.readouterr().err.strip(), needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_optional_packages_are_refused(tmp_path, tiny_base, capsys, no_model_loading):
     """An optimiser or a tracker whose package is not installed: refused by name, with its pip command."""
     import importlib.util
 
