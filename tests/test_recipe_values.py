@@ -112,12 +112,12 @@ FLAGS = [  # (id, overrides): a flag whose value was forgotten
 
 
 @pytest.mark.parametrize("overrides", [f[1] for f in FLAGS], ids=[f[0] for f in FLAGS])
-def test_a_flag_without_its_value_isrefused(tmp_path, tiny_base, capsys, no_model_loading, overrides):
+def test_a_flag_without_its_value_is_refused(tmp_path, tiny_base, capsys, no_model_loading, overrides):
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base), *overrides)
     refused(code, err, [overrides[0].lstrip("-"), "value"])
 
 
-def test_hub_token_on_the_command_line_isrefused(tmp_path, tiny_base, capsys, no_model_loading):
+def test_hub_token_on_the_command_line_is_refused(tmp_path, tiny_base, capsys, no_model_loading):
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base), "--hub_token", "hf_secret_value")
     refused(code, err, ["hub_token", "HF_TOKEN"])
     assert "hf_secret_value" not in err
@@ -126,7 +126,7 @@ def test_hub_token_on_the_command_line_isrefused(tmp_path, tiny_base, capsys, no
 # ------------------------------------------------------------------------------ env: an allow-list
 @pytest.mark.parametrize("name", ["HOME", "XDG_CACHE_HOME", "SSLKEYLOGFILE", "PYTHONPATH", "LD_PRELOAD", "HF_HUB_CACHE",
                                   "HUGGINGFACE_HUB_CACHE", "MY_OWN_VARIABLE", "WANDB_BASE_URL"])
-def test_env_outside_the_allow_list_isrefused(tmp_path, tiny_base, capsys, no_model_loading, name):
+def test_env_outside_the_allow_list_is_refused(tmp_path, tiny_base, capsys, no_model_loading, name):
     before = dict(os.environ)
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base, extra=f"env: {{{name}: '{tmp_path}'}}\n"))
     refused(code, err, ["env", name])
