@@ -67,7 +67,18 @@ def test_bad_value_is_refused_once_before_any_model(tmp_path, tiny_base, capsys,
     assert "hf_recipe_author_token" not in err  # a refused token is not echoed
 
 
-def test_missing_optional_packages_arerefused(tmp_path, tiny_base, capsys, no_model_loading):
+@pytest.mark.parametrize("edits, needles", [t[1:] for t in TYPED], ids=[t[0] for t in TYPED])
+def test_bad_value_is_refused_for_real_too(tmp_path, tiny_base, capsys, no_model_loading, edits, needles):
+    """The same recipes without --dry-run: the same one line, before any model, nothing written."""
+    from slice_trl import run as run_mod
+
+    capsys.readouterr()
+    code = run_mod.main([str(write_recipe(tmp_path, tiny_base, edits))])
+    refused(code, capsys.readouterr().err.strip(), needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_optional_packages_are_refused(tmp_path, tiny_base, capsys, no_model_loading):
     """An optimiser or a tracker whose package is not installed: refused by name, with its pip command."""
     import importlib.util
 
@@ -101,12 +112,12 @@ FLAGS = [  # (id, overrides): a flag whose value was forgotten
 
 
 @pytest.mark.parametrize("overrides", [f[1] for f in FLAGS], ids=[f[0] for f in FLAGS])
-def test_a_flag_without_its_value_isrefused(tmp_path, tiny_base, capsys, no_model_loading, overrides):
+def test_a_flag_without_its_value_is_refused(tmp_path, tiny_base, capsys, no_model_loading, overrides):
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base), *overrides)
     refused(code, err, [overrides[0].lstrip("-"), "value"])
 
 
-def test_hub_token_on_the_command_line_isrefused(tmp_path, tiny_base, capsys, no_model_loading):
+def test_hub_token_on_the_command_line_is_refused(tmp_path, tiny_base, capsys, no_model_loading):
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base), "--hub_token", "hf_secret_value")
     refused(code, err, ["hub_token", "HF_TOKEN"])
     assert "hf_secret_value" not in err
@@ -115,7 +126,7 @@ def test_hub_token_on_the_command_line_isrefused(tmp_path, tiny_base, capsys, no
 # ------------------------------------------------------------------------------ env: an allow-list
 @pytest.mark.parametrize("name", ["HOME", "XDG_CACHE_HOME", "SSLKEYLOGFILE", "PYTHONPATH", "LD_PRELOAD", "HF_HUB_CACHE",
                                   "HUGGINGFACE_HUB_CACHE", "MY_OWN_VARIABLE", "WANDB_BASE_URL"])
-def test_env_outside_the_allow_list_isrefused(tmp_path, tiny_base, capsys, no_model_loading, name):
+def test_env_outside_the_allow_list_is_refused(tmp_path, tiny_base, capsys, no_model_loading, name):
     before = dict(os.environ)
     code, _, err = dry_run(capsys, write_recipe(tmp_path, tiny_base, extra=f"env: {{{name}: '{tmp_path}'}}\n"))
     refused(code, err, ["env", name])
