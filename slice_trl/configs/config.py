@@ -98,8 +98,9 @@ class ContinualSFTConfig(SFTConfig):
     )
     strategy: dict | str | None = field(
         default=None,
-        metadata={"help": "Continual strategy (slice_trl.strategies), as a mapping or JSON string with 'name' "
-                  "(eblora, inflora, keeplora, olora, slao) and that strategy's fields, e.g. {name: olora, lambda1: 0.5}. "
+        metadata={"help": "Continual strategy, as a mapping or JSON string with 'name' (a registered strategy: "
+                  "slice_trl.strategies, or a package of your own through the 'slice_trl.strategies' entry point "
+                  "group) and that strategy's fields, e.g. {name: olora, lambda1: 0.5}. "
                   "None = no strategy (initialiser + merge into the base only)."},
     )
     resume: bool = field(
