@@ -91,6 +91,18 @@ def settings(recipe: Path, extra: list[str], arm: str, seed: int) -> dict:
             "seed": seed}
 
 
+def code_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when it has uncommitted changes), or None outside git."""
+    import subprocess
+
+    git = ["git", "-C", str(ROOT)]
+    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if sha.returncode:
+        return None
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs: Path, results: Path) -> dict:
     """One run in its own process (one thread), unless its summary with the same settings exists."""
     summary_file = results / bench / "runs" / f"{arm}_seed{seed}.json"
@@ -114,7 +126,8 @@ def launch(bench: str, arm: str, seed: int, recipe: Path, extra: list[str], runs
         off_label = [json.loads(p.read_text()).get("off_label") for p in records]
         summary = {**summarise_run(out), "label": arm, "bench_settings": want, "wall_s": wall,
                    "tasks_evaluated": evaluated, "off_label": off_label,
-                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                   "code_commit": code_commit()}  # what made the numbers (not part of "the same run")
         write_json_atomic(summary_file, summary)
     return {"ok": ok, "reused": False}
 
