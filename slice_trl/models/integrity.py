@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slice_trl.utils.jsonio import read_json, write_json_atomic
 from slice_trl.utils.run_folder import RunFolder, sha256_file
 
 FINGERPRINT = "fingerprint"
@@ -166,7 +166,7 @@ def checkpoint_sha256(folder: Path) -> str:
     names included; per-file hashes are cached in ``<slice_trl cache>/files_sha256.json``."""
     cache_file = _hash_cache_path()
     try:
-        cache = json.loads(cache_file.read_text())
+        cache = read_json(cache_file)
     except (OSError, ValueError):
         cache = {}
     n_known = len(cache)
@@ -175,10 +175,7 @@ def checkpoint_sha256(folder: Path) -> str:
         h.update(f"{f.name}\0{file_sha256(f, cache)}\n".encode())
     if len(cache) != n_known:
         try:  # best effort: an unwritable cache only costs re-hashing next time
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
+            write_json_atomic(cache_file, cache, indent=None)
         except OSError:
             pass
     return h.hexdigest()
