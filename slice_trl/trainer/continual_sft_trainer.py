@@ -33,6 +33,7 @@ from trl import SFTTrainer
 
 from slice_trl.utils import console, distributed
 from slice_trl.utils.run_folder import RunFolder, StageFolder
+from slice_trl.utils.jsonio import read_json
 from slice_trl.models import integrity
 from slice_trl.trainer import stages, trl_private
 from slice_trl.trainer.batching import sample_batches
@@ -265,7 +266,7 @@ class ContinualSFTTrainer(SFTTrainer):
             self._base_general = stages.base_measurement(path, identity, measure, self.args.resume)["scores"]
             return general.summarize(self._base_general, self._base_general, 0)
         if self._base_general is None:  # asked without stage 0 first: the base model's scores are on disk
-            self._base_general = json.loads(path.read_text())["scores"]
+            self._base_general = read_json(path)["scores"]
         return general.summarize(evaluate_general(self.model, self.processing_class, cfg), self._base_general, stage)
 
     def evaluate_base(self) -> dict | None:

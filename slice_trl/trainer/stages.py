@@ -8,7 +8,6 @@ one. Publishing uses the converted adapter.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def _damage(stage: StageFolder) -> str | None:
     from safetensors import safe_open
 
     try:
-        record = json.loads(stage.record.read_text())
+        record = stage.read_record()
     except ValueError as err:
         return f"{stage.RECORD} is not valid JSON ({err})"
     for sub in (stage.INIT, stage.RAW):
